@@ -1,0 +1,292 @@
+//! `cyxcloud-testkit`: what every multi-process test needs, with no async runtime so any test
+//! can use it.
+//!
+//! * [`free_port`]: a port nobody in this test process was handed before, free at the time.
+//! * [`Proc`]: a child process killed (SIGKILL) and reaped on drop, its output in a log file
+//!   that is printed when a test fails, with fault operations: `kill9`, `term`, `pause`,
+//!   `resume`.
+//! * [`wait_until`] / [`wait_for_http`]: readiness by polling with a deadline, never a fixed
+//!   sleep.
+//! * [`bin`]: the path of a workspace binary next to the running test.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use tempfile::{TempDir, tempdir};
+
+/// Returns a free TCP port on 127.0.0.1 that this process has not handed out before.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// Path of the workspace binary `name` (built by `cargo test --workspace` next to the test
+/// executable, in `target/<profile>/`).
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("CYXCLOUD_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let p = profile_dir.join(name);
+    assert!(
+        p.exists(),
+        "binary {} not built: run `cargo build --bins` or `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` every few milliseconds until it returns `Some`, or panics with `what` after
+/// `timeout`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a plain socket: `(status, body)`.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| {
+            if h.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked")
+            {
+                dechunk(b)
+            } else {
+                b.to_string()
+            }
+        })
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn dechunk(mut b: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = b.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        b = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Waits until `GET path` on `addr` answers 200; returns the body.
+pub fn wait_for_http(addr: SocketAddr, path: &str, timeout: Duration) -> String {
+    wait_until(
+        timeout,
+        &format!("http://{addr}{path} to answer 200"),
+        || match http_get(addr, path) {
+            Ok((200, body)) => Some(body),
+            _ => None,
+        },
+    )
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
+    wait_until(timeout, &format!("{addr} to accept connections"), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            .ok()
+            .map(|_| ())
+    })
+}
+
+/// A child process that is killed and reaped when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Proc {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open log");
+        let err = out.try_clone().expect("clone log handle");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            unsafe_kill(c.id() as i32, sig);
+        }
+    }
+
+    /// SIGKILL and reap: the crash fault.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM.
+    pub fn term(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// SIGSTOP: the process hangs without closing sockets.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Waits for the process to exit on its own within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let name = self.name.clone();
+        let child = self.child.as_mut().expect("process already reaped");
+        let status = wait_until(timeout, &format!("{name} to exit"), || {
+            child.try_wait().ok().flatten()
+        });
+        self.child = None;
+        status
+    }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            eprintln!(
+                "---- last lines of {} ({}) ----\n{tail}\n----",
+                self.name,
+                self.log.display()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_unique() {
+        let a: HashSet<u16> = (0..50).map(|_| free_port()).collect();
+        assert_eq!(a.len(), 50);
+    }
+
+    #[test]
+    fn proc_is_killed_on_drop_and_faults_work() {
+        let dir = tempdir().unwrap();
+        let mut cmd = Command::new("sleep");
+        cmd.arg("600");
+        let mut p = Proc::spawn("sleep", cmd, &dir.path().join("sleep.log"));
+        let pid = p.pid();
+        assert!(p.is_running());
+        p.pause();
+        p.resume();
+        drop(p);
+        // The pid is reaped: /proc/<pid> no longer refers to our sleep.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(!status.contains("sleep"));
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo hello; exit 3"]);
+        let mut p = Proc::spawn("sh", cmd, &dir.path().join("sh.log"));
+        assert_eq!(p.wait_exit(Duration::from_secs(10)).code(), Some(3));
+        assert!(p.log().contains("hello"));
+    }
+}
