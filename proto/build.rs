@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|f| format!("proto/cyxcloud/v1/{f}.proto"))
         .collect();
     tonic_prost_build::configure()
-        .bytes(".cyxcloud.v1.PutShardRequest.msg.data")
+        .bytes(".cyxcloud.v1.PutShardRequest.data")
         .bytes(".cyxcloud.v1.GetShardResponse.data")
         .compile_with_config(config, &files, &["proto".to_string()])?;
     println!("cargo:rerun-if-changed=proto");

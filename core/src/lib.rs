@@ -21,7 +21,9 @@ pub mod placement;
 pub mod record;
 pub mod token;
 
-pub use chunk::{ChunkMeta, DecodedChunk, EncodedChunk, decode_chunk, encode_chunk};
+pub use chunk::{
+    ChunkMeta, DecodedChunk, EncodedChunk, decode_chunk, decode_chunk_fast, encode_chunk,
+};
 pub use chunker::{ChunkSplitter, ReadChunker};
 pub use codec::{Codec, CodecId, Profile};
 pub use crypto::MasterKey;

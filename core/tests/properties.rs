@@ -331,3 +331,37 @@ proptest! {
         prop_assert_eq!(p.limits, Limits::default());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The readers' fast path (no per-shard hashing) still never returns wrong bytes: a corrupt
+    /// shard among the k it uses makes it fail (unless only padding changed), and the checked
+    /// path then recovers and names the shard.
+    #[test]
+    fn fast_decode_never_returns_wrong_bytes(
+        profile in profiles(),
+        data in proptest::collection::vec(any::<u8>(), 1..5_000),
+        corrupt in any::<usize>(),
+        encrypt in any::<bool>(),
+    ) {
+        let key = MasterKey::from_bytes([3; 32]);
+        let key = encrypt.then_some(&key);
+        let enc = encode_chunk(BytesMut::from(&data[..]), CodecId::ReedSolomonErasure, profile, key).unwrap();
+        let all: Vec<Option<Bytes>> = enc.shards.iter().cloned().map(Some).collect();
+        prop_assert_eq!(&cyxcloud_core::decode_chunk_fast(&enc.meta, all.clone(), key).unwrap()[..], &data[..]);
+        let mut bad = all;
+        let i = corrupt % profile.data(); // among the first k: the fast path uses them
+        let mut v = enc.shards[i].to_vec();
+        let at = corrupt % v.len();
+        v[at] ^= 0xff;
+        bad[i] = Some(Bytes::from(v));
+        // Corrupting zero padding changes nothing that is returned; anything else must fail.
+        if let Ok(d) = cyxcloud_core::decode_chunk_fast(&enc.meta, bad.clone(), key) {
+            prop_assert_eq!(&d[..], &data[..]);
+        }
+        let out = decode_chunk(&enc.meta, bad, key).unwrap();
+        prop_assert_eq!(&out.data[..], &data[..]);
+        prop_assert_eq!(out.corrupt, vec![i]);
+    }
+}
