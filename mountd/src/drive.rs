@@ -1,0 +1,644 @@
+//! The drive's state and the operations the FUSE layer calls. Namespace reads are answered
+//! from the metadata cache when it can (a directory listed once, kept current by the journal
+//! stream); everything else goes to the gateway and the answer is cached.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cyxcloud_client::{id_ref, path_ref};
+use cyxcloud_proto::v1;
+use fuser::{FileAttr, FileType, INodeNo};
+
+use crate::chunkcache::ChunkCache;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::remote::Remote;
+use crate::staging::{StagedFile, Staging};
+use crate::store::{MetaStore, Mutation, SqliteStore};
+
+/// The gateway's root inode (buckets are its children).
+pub const GATEWAY_ROOT: u64 = 1;
+/// Longest name of one path segment.
+pub const MAX_NAME: usize = 255;
+
+/// One open file or directory.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub ino: u64,
+    pub write: bool,
+    pub append: bool,
+    /// End of the last read, to detect sequential access.
+    pub last_end: u64,
+    /// The open file uses a staged copy (counted in its `open`).
+    pub staged: Option<Arc<StagedFile>>,
+    /// Directory snapshot for readdir: `(ino, kind, name)`.
+    pub dir: Option<Arc<Vec<(FileAttr, String)>>>,
+}
+
+pub struct Drive {
+    pub cfg: Config,
+    pub store: Arc<dyn MetaStore>,
+    pub remote: Remote,
+    pub chunks: ChunkCache,
+    pub staging: Staging,
+    /// Gateway id of the mount root (the gateway root, or the bucket).
+    pub root: u64,
+    pub handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    pub notifier: OnceLock<fuser::Notifier>,
+    /// Layouts decoded recently: ino -> (version, layout, fetched).
+    pub layouts: Mutex<HashMap<u64, (u64, Arc<v1::GetLayoutResponse>, Instant)>>,
+    /// Versions this mount committed itself (their journal events need no data invalidation).
+    pub own_versions: Mutex<HashSet<(u64, u64)>>,
+    /// Single-flight fetches per chunk id.
+    pub fetching: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    pub started: SystemTime,
+    pub statfs: Mutex<Option<v1::StatFsResponse>>,
+    /// Itself, for tasks spawned from `&self` (set by [`Drive::into_arc`]).
+    pub this: OnceLock<std::sync::Weak<Drive>>,
+}
+
+impl std::fmt::Debug for Drive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drive")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A lock file keeps two daemons off one cache directory.
+pub fn lock_cache_dir(cfg: &Config) -> Result<std::fs::File> {
+    use std::io::Write;
+    std::fs::create_dir_all(&cfg.cache_dir)?;
+    let p = cfg.cache_dir.join("mountd.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&p)?;
+    if !try_flock(&f) {
+        let pid = std::fs::read_to_string(&p).unwrap_or_default();
+        return Err(Error::CacheInUse {
+            path: cfg.cache_dir.display().to_string(),
+            pid: pid.trim().to_string(),
+        });
+    }
+    f.set_len(0)?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
+}
+
+#[allow(unsafe_code)]
+fn try_flock(f: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a valid, owned descriptor; no memory is passed.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+impl Drive {
+    /// Opens the caches in the cache directory and resolves the mount root (from the gateway,
+    /// or from the cache when it is unreachable).
+    pub async fn start(cfg: Config) -> Result<Drive> {
+        std::fs::create_dir_all(&cfg.cache_dir)?;
+        let store: Arc<dyn MetaStore> =
+            Arc::new(SqliteStore::open(&cfg.cache_dir.join("meta.db"))?);
+        let chunks =
+            ChunkCache::open(&cfg.cache_dir.join("chunks"), cfg.cache_size, store.clone())?;
+        let staging = Staging::open(
+            &cfg.cache_dir.join("staging"),
+            store.clone(),
+            cfg.upload_delay,
+            cfg.queue_capacity,
+        )?;
+        let remote = Remote::new(&cfg);
+        let root = match &cfg.bucket {
+            None => GATEWAY_ROOT,
+            Some(b) => resolve_bucket(&remote, store.as_ref(), b).await?,
+        };
+        Ok(Drive {
+            cfg,
+            store,
+            remote,
+            chunks,
+            staging,
+            root,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            notifier: OnceLock::new(),
+            layouts: Mutex::new(HashMap::new()),
+            own_versions: Mutex::new(HashSet::new()),
+            fetching: Mutex::new(HashMap::new()),
+            started: SystemTime::now(),
+            statfs: Mutex::new(None),
+            this: OnceLock::new(),
+        })
+    }
+
+    pub fn into_arc(self) -> Arc<Drive> {
+        let a = Arc::new(self);
+        let _ = a.this.set(Arc::downgrade(&a));
+        a
+    }
+
+    // ---- inode numbers ----
+
+    /// Gateway id for a kernel inode number.
+    pub fn gid(&self, ino: INodeNo) -> u64 {
+        if ino.0 == 1 { self.root } else { ino.0 }
+    }
+
+    /// Kernel inode number for a gateway id.
+    pub fn kino(&self, id: u64) -> INodeNo {
+        if id == self.root {
+            INodeNo(1)
+        } else if id == 1 {
+            // Only reachable in bucket mode, where the gateway root is never shown.
+            INodeNo(u64::MAX - 1)
+        } else {
+            INodeNo(id)
+        }
+    }
+
+    /// Whether `dir` is the gateway root (its children are buckets).
+    pub fn is_bucket_level(&self, dir: u64) -> bool {
+        dir == GATEWAY_ROOT && self.root == GATEWAY_ROOT
+    }
+
+    // ---- handles ----
+
+    pub fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, h);
+        fh
+    }
+
+    pub fn handle(&self, fh: u64) -> Result<Handle> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(Error::BadHandle(fh))
+    }
+
+    pub fn update_handle(&self, fh: u64, f: impl FnOnce(&mut Handle)) {
+        if let Some(h) = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&fh)
+        {
+            f(h);
+        }
+    }
+
+    pub fn take_handle(&self, fh: u64) -> Option<Handle> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh)
+    }
+
+    /// Open handles on `ino`.
+    pub fn open_count(&self, ino: u64) -> usize {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|h| h.ino == ino && h.dir.is_none())
+            .count()
+    }
+
+    // ---- attributes ----
+
+    fn root_entry(&self) -> v1::Entry {
+        let t = self
+            .started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        v1::Entry {
+            id: GATEWAY_ROOT,
+            kind: v1::EntryKind::Directory as i32,
+            mode: 0o755,
+            uid: self.cfg.uid.unwrap_or_else(current_uid),
+            gid: self.cfg.gid.unwrap_or_else(current_gid),
+            atime_ns: t,
+            mtime_ns: t,
+            ctime_ns: t,
+            btime_ns: t,
+            nlink: 2,
+            ..Default::default()
+        }
+    }
+
+    /// The kernel's view of an entry (a staged copy's size and mtime win).
+    pub fn attr(&self, e: &v1::Entry) -> FileAttr {
+        let kind = kind_of(e);
+        let (mut size, mut mtime_ns) = (e.size, e.mtime_ns);
+        if kind == FileType::RegularFile
+            && let Some(sf) = self.staging.get(e.id)
+        {
+            let st = sf.lock();
+            size = st.size;
+            mtime_ns = st.mtime_ns;
+        }
+        if kind == FileType::Symlink {
+            size = e.symlink_target.len() as u64;
+        }
+        let default_mode = match kind {
+            FileType::Directory => 0o755,
+            _ => 0o644,
+        };
+        let perm = if e.mode & 0o7777 == 0 && e.mode == 0 {
+            default_mode
+        } else {
+            e.mode & 0o7777
+        };
+        let nlink = match kind {
+            FileType::Directory => e.nlink.max(2),
+            _ => e.nlink.max(1),
+        };
+        FileAttr {
+            ino: self.kino(e.id),
+            size,
+            blocks: size.div_ceil(512),
+            atime: time(e.atime_ns),
+            mtime: time(mtime_ns),
+            ctime: time(e.ctime_ns),
+            crtime: time(e.btime_ns),
+            kind,
+            perm: perm as u16,
+            nlink,
+            uid: self.cfg.uid.unwrap_or(e.uid),
+            gid: self.cfg.gid.unwrap_or(e.gid),
+            rdev: 0,
+            blksize: 128 * 1024,
+            flags: 0,
+        }
+    }
+
+    // ---- the cache ----
+
+    /// Caches entries the gateway returned (and a name for each when given).
+    pub fn remember(&self, e: &v1::Entry, name: Option<(u64, &str)>) -> Result<()> {
+        let mut batch = vec![Mutation::PutEntry(e.clone())];
+        if let Some((parent, n)) = name {
+            batch.push(Mutation::PutDentry {
+                parent,
+                name: n.to_string(),
+                ino: e.id,
+            });
+        }
+        self.store.apply(&batch)
+    }
+
+    /// The entry of `id`: cache first, then the gateway.
+    pub async fn entry(&self, id: u64) -> Result<v1::Entry> {
+        if id == GATEWAY_ROOT && self.root == GATEWAY_ROOT {
+            return Ok(self.root_entry());
+        }
+        if let Some(e) = self.store.entry(id)? {
+            return Ok(e);
+        }
+        let e = self
+            .remote
+            .call("getattr", |c| async move {
+                c.control()
+                    .get_attr(v1::GetAttrRequest {
+                        entry: Some(id_ref(id)),
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        self.remember(&e, None)?;
+        Ok(e)
+    }
+
+    /// Looks `name` up in `parent`.
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<v1::Entry> {
+        check_name(name)?;
+        if let Some(id) = self.store.lookup(parent, name)?
+            && let Some(e) = self.store.entry(id)?
+        {
+            return Ok(e);
+        }
+        if self.store.is_complete(parent)? {
+            return Err(Error::NotFound(name.to_string()));
+        }
+        let n = name.to_string();
+        let r = self
+            .remote
+            .call("lookup", |c| async move {
+                c.control()
+                    .lookup(v1::LookupRequest {
+                        parent_id: parent,
+                        name: n,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await;
+        match r {
+            Ok(e) => {
+                self.remember(&e, Some((parent, name)))?;
+                Ok(e)
+            }
+            Err(e) if e.is_not_found() => Err(Error::NotFound(name.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The children of a directory, listing it at the gateway unless the cache has it all.
+    pub async fn list(&self, dir: u64) -> Result<Vec<(String, v1::Entry)>> {
+        if !self.store.is_complete(dir)? {
+            match self.fetch_listing(dir).await {
+                Ok(()) => {}
+                Err(e) if e.is_unavailable() => {
+                    tracing::debug!(dir, "offline: listing what the cache has");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut out = Vec::new();
+        for (name, id) in self.store.children(dir)? {
+            if let Some(e) = self.store.entry(id)? {
+                out.push((name, e));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn fetch_listing(&self, dir: u64) -> Result<()> {
+        let mut all: Vec<v1::Entry> = Vec::new();
+        if self.is_bucket_level(dir) {
+            let r = self
+                .remote
+                .call("list buckets", |c| async move {
+                    c.control()
+                        .list_buckets(v1::ListBucketsRequest {})
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await?;
+            all = r.buckets;
+        } else {
+            let mut after = String::new();
+            loop {
+                let a = after.clone();
+                let r = self
+                    .remote
+                    .call("readdir", |c| async move {
+                        c.control()
+                            .read_dir(v1::ReadDirRequest {
+                                directory: Some(id_ref(dir)),
+                                after: a,
+                                limit: 1000,
+                            })
+                            .await
+                            .map(|r| r.into_inner())
+                    })
+                    .await?;
+                let more = r.more && !r.entries.is_empty();
+                if let Some(last) = r.entries.last() {
+                    after = last.name.clone();
+                }
+                all.extend(r.entries);
+                if !more {
+                    break;
+                }
+            }
+        }
+        let mut batch: Vec<Mutation> = Vec::with_capacity(all.len() + 1);
+        let mut children = Vec::with_capacity(all.len());
+        for e in all {
+            children.push((e.name.clone(), e.id));
+            batch.push(Mutation::PutEntry(e));
+        }
+        batch.push(Mutation::ReplaceChildren { dir, children });
+        self.store.apply(&batch)
+    }
+
+    /// `(bucket, path)` of a directory, from cached names (or the gateway).
+    pub async fn locate(&self, dir: u64) -> Result<(String, String)> {
+        let mut parts = Vec::new();
+        let mut cur = dir;
+        let mut hops = 0;
+        while cur != GATEWAY_ROOT && hops < 4096 {
+            match self.store.names(cur)?.into_iter().next() {
+                Some((parent, name)) => {
+                    parts.push(name);
+                    cur = parent;
+                }
+                None => break,
+            }
+            hops += 1;
+        }
+        if cur == GATEWAY_ROOT && !parts.is_empty() {
+            parts.reverse();
+            let bucket = parts.remove(0);
+            return Ok((bucket, parts.join("/")));
+        }
+        let e = self
+            .remote
+            .call("getattr", |c| async move {
+                c.control()
+                    .get_attr(v1::GetAttrRequest {
+                        entry: Some(id_ref(dir)),
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        let r = (e.bucket.clone(), e.path.clone());
+        self.remember(
+            &e,
+            (e.parent_id != 0).then_some((e.parent_id, e.name.as_str())),
+        )?;
+        Ok(r)
+    }
+
+    /// The bucket a directory belongs to ("" for the gateway root).
+    pub async fn bucket_of(&self, dir: u64) -> Result<String> {
+        if dir == GATEWAY_ROOT {
+            return Ok(String::new());
+        }
+        Ok(self.locate(dir).await?.0)
+    }
+
+    /// Bumps a directory's times (and link count) after a change made through this mount, so
+    /// the next stat sees it without a round trip.
+    pub fn touch_dir(&self, dir: u64, nlink_delta: i32) -> Result<()> {
+        if let Some(mut e) = self.store.entry(dir)? {
+            let now = crate::staging::now_ns();
+            e.mtime_ns = now;
+            e.ctime_ns = now;
+            e.nlink = (e.nlink as i64 + nlink_delta as i64).max(2) as u32;
+            self.store.apply(&[Mutation::PutEntry(e)])?;
+        }
+        Ok(())
+    }
+
+    /// Asks the kernel to forget a name (after a change it did not make).
+    pub fn inval_entry(&self, parent: u64, name: &str) {
+        if let Some(n) = self.notifier.get()
+            && let Err(e) = n.inval_entry(self.kino(parent), std::ffi::OsStr::new(name))
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::debug!(parent, name, error = %e, "inval_entry");
+        }
+    }
+
+    /// Asks the kernel to drop an inode's attributes (and cached data unless `attrs_only`).
+    pub fn inval_inode(&self, id: u64, attrs_only: bool) {
+        if let Some(n) = self.notifier.get()
+            && let Err(e) = n.inval_inode(self.kino(id), if attrs_only { -1 } else { 0 }, 0)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::debug!(id, error = %e, "inval_inode");
+        }
+    }
+
+    /// Records a version this mount committed.
+    pub fn own_version(&self, id: u64, version: u64) {
+        let mut s = self.own_versions.lock().unwrap_or_else(|e| e.into_inner());
+        if s.len() > 100_000 {
+            s.clear();
+        }
+        s.insert((id, version));
+    }
+
+    pub fn is_own_version(&self, id: u64, version: u64) -> bool {
+        self.own_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(id, version))
+    }
+
+    /// `statfs` figures (the last known ones when offline).
+    pub async fn statfs(&self) -> Result<v1::StatFsResponse> {
+        let r = self
+            .remote
+            .call("statfs", |c| async move {
+                c.control()
+                    .stat_fs(v1::StatFsRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await;
+        match r {
+            Ok(s) => {
+                *self.statfs.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.clone());
+                Ok(s)
+            }
+            Err(e) if e.is_unavailable() => Ok(self
+                .statfs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_default()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+async fn resolve_bucket(remote: &Remote, store: &dyn MetaStore, bucket: &str) -> Result<u64> {
+    let key = format!("bucket-id:{bucket}");
+    let b = bucket.to_string();
+    let r = remote
+        .call("getattr", |c| async move {
+            c.control()
+                .get_attr(v1::GetAttrRequest {
+                    entry: Some(path_ref(&b, "")),
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await;
+    match r {
+        Ok(e) => {
+            store.apply(&[
+                Mutation::PutEntry(e.clone()),
+                Mutation::PutDentry {
+                    parent: GATEWAY_ROOT,
+                    name: bucket.to_string(),
+                    ino: e.id,
+                },
+                Mutation::SetKv {
+                    key,
+                    value: e.id.to_string(),
+                },
+            ])?;
+            Ok(e.id)
+        }
+        Err(e) if e.is_unavailable() => match store.kv(&key)? {
+            Some(v) => v.parse().map_err(|_| Error::Corrupt {
+                what: key,
+                detail: v,
+            }),
+            None => Err(e),
+        },
+        Err(e) if e.is_not_found() => {
+            Err(Error::Config(format!("bucket {bucket:?} does not exist")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub fn kind_of(e: &v1::Entry) -> FileType {
+    match v1::EntryKind::try_from(e.kind) {
+        Ok(v1::EntryKind::Directory) | Ok(v1::EntryKind::Bucket) => FileType::Directory,
+        Ok(v1::EntryKind::Symlink) => FileType::Symlink,
+        _ => FileType::RegularFile,
+    }
+}
+
+pub fn is_dir(e: &v1::Entry) -> bool {
+    kind_of(e) == FileType::Directory
+}
+
+pub fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::from_nanos(ns.unsigned_abs()))
+            .unwrap_or(UNIX_EPOCH)
+    }
+}
+
+pub fn ns_of(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+/// Validates a name from the kernel.
+pub fn check_name(name: &str) -> Result<()> {
+    if name.len() > MAX_NAME {
+        return Err(Error::NameTooLong);
+    }
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(Error::Invalid(format!("bad name {name:?}")));
+    }
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+pub fn current_uid() -> u32 {
+    // SAFETY: getuid(2) cannot fail and touches no memory.
+    unsafe { libc::getuid() }
+}
+
+#[allow(unsafe_code)]
+pub fn current_gid() -> u32 {
+    // SAFETY: getgid(2) cannot fail and touches no memory.
+    unsafe { libc::getgid() }
+}

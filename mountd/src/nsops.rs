@@ -1,0 +1,643 @@
+//! Namespace changes: each is one gateway call, then the cache is updated from its answer.
+
+use cyxcloud_client::{id_ref, path_ref};
+use cyxcloud_proto::v1;
+
+use crate::drive::{Drive, GATEWAY_ROOT, check_name, is_dir, ns_of};
+use crate::error::{Error, Result};
+use crate::store::Mutation;
+
+/// Who is asking (for the owner of new entries).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub umask: u32,
+}
+
+/// What `setattr` changes.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttrs {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime_ns: Option<i64>,
+    pub mtime_ns: Option<i64>,
+}
+
+/// `rename(2)` flavours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameMode {
+    Replace,
+    NoReplace,
+    Exchange,
+}
+
+impl Drive {
+    fn writable(&self) -> Result<()> {
+        if self.cfg.read_only {
+            Err(Error::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        who: Caller,
+    ) -> Result<v1::Entry> {
+        self.writable()?;
+        check_name(name)?;
+        let n = name.to_string();
+        let e = if self.is_bucket_level(parent) {
+            self.remote
+                .call("create bucket", |c| async move {
+                    c.control()
+                        .create_bucket(v1::CreateBucketRequest {
+                            name: n,
+                            public_read: false,
+                        })
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await?
+        } else {
+            let mode = mode & 0o7777 & !who.umask;
+            self.remote
+                .call("mkdir", |c| async move {
+                    c.control()
+                        .mkdir(v1::MkdirRequest {
+                            parent_id: parent,
+                            name: n,
+                            mode,
+                            uid: who.uid,
+                            gid: who.gid,
+                            path: None,
+                        })
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await?
+        };
+        self.remember(&e, Some((parent, name)))?;
+        self.touch_dir(parent, 1)?;
+        Ok(e)
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
+        self.writable()?;
+        check_name(name)?;
+        let child = self.lookup(parent, name).await?;
+        if !is_dir(&child) {
+            return Err(Error::NotDir(name.to_string()));
+        }
+        let n = name.to_string();
+        if self.is_bucket_level(parent) {
+            self.remote
+                .call("delete bucket", |c| async move {
+                    c.control()
+                        .delete_bucket(v1::DeleteBucketRequest { name: n })
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await?;
+        } else {
+            self.remote
+                .call("rmdir", |c| async move {
+                    c.control()
+                        .rmdir(v1::RemoveRequest {
+                            parent_id: parent,
+                            name: n,
+                            path: None,
+                        })
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await?;
+        }
+        self.store.apply(&[
+            Mutation::RemoveDentry {
+                parent,
+                name: name.to_string(),
+            },
+            Mutation::RemoveEntry(child.id),
+        ])?;
+        self.touch_dir(parent, -1)?;
+        Ok(())
+    }
+
+    /// Creates an empty regular file (`O_EXCL` semantics at the gateway).
+    pub async fn create_file(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        who: Caller,
+    ) -> Result<v1::Entry> {
+        self.writable()?;
+        check_name(name)?;
+        if self.is_bucket_level(parent) {
+            return Err(Error::NotPermitted(
+                "only buckets (directories) live at the top of the drive".into(),
+            ));
+        }
+        let (bucket, dir) = self.locate(parent).await?;
+        let path = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
+        let mode = mode & 0o7777 & !who.umask;
+        let e = self
+            .remote
+            .call("create", |c| async move {
+                c.control()
+                    .write_inline(v1::WriteInlineRequest {
+                        target: Some(path_ref(&bucket, &path)),
+                        data: vec![],
+                        etag: "d41d8cd98f00b204e9800998ecf8427e".into(),
+                        content_type: String::new(),
+                        user_metadata: Default::default(),
+                        mode,
+                        uid: who.uid,
+                        gid: who.gid,
+                        if_version: 0,
+                        if_absent: true,
+                        mtime_ns: None,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        self.remember(&e, Some((parent, name)))?;
+        self.touch_dir(parent, 0)?;
+        Ok(e)
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+        self.writable()?;
+        check_name(name)?;
+        let child = self.lookup(parent, name).await?;
+        if is_dir(&child) {
+            return Err(Error::IsDir(name.to_string()));
+        }
+        let last_name = child.nlink <= 1;
+        if last_name {
+            self.keep_open_copy(&child).await?;
+        }
+        let n = name.to_string();
+        self.remote
+            .call("unlink", |c| async move {
+                c.control()
+                    .unlink(v1::RemoveRequest {
+                        parent_id: parent,
+                        name: n,
+                        path: None,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        self.forget_name(parent, name, &child, last_name)?;
+        self.touch_dir(parent, 0)?;
+        Ok(())
+    }
+
+    /// Drops a name from the cache; the last name of a file also drops its staged copy (open
+    /// handles keep theirs as an orphan).
+    fn forget_name(&self, parent: u64, name: &str, child: &v1::Entry, last: bool) -> Result<()> {
+        let mut batch = vec![Mutation::RemoveDentry {
+            parent,
+            name: name.to_string(),
+        }];
+        let mut e = child.clone();
+        e.nlink = e.nlink.saturating_sub(1);
+        e.ctime_ns = crate::staging::now_ns();
+        batch.push(Mutation::PutEntry(e));
+        self.store.apply(&batch)?;
+        if last && !is_dir(child) {
+            if self.open_count(child.id) > 0 {
+                self.staging.orphan(child.id)?;
+            } else {
+                self.staging.remove(child.id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Before the last name of an open file goes, make sure its bytes are local so the open
+    /// handles keep working.
+    async fn keep_open_copy(&self, child: &v1::Entry) -> Result<()> {
+        if self.open_count(child.id) == 0 || self.staging.get(child.id).is_some() {
+            return Ok(());
+        }
+        let sf = self.materialize(child, false).await?;
+        // Handles opened before the copy existed switch to it.
+        let mut hs = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        for h in hs.values_mut() {
+            if h.ino == child.id && h.dir.is_none() && h.staged.is_none() {
+                sf.lock().open += 1;
+                h.staged = Some(sf.clone());
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        mode: RenameMode,
+    ) -> Result<()> {
+        self.writable()?;
+        check_name(name)?;
+        check_name(new_name)?;
+        if parent == GATEWAY_ROOT || new_parent == GATEWAY_ROOT {
+            return Err(Error::NotPermitted("buckets cannot be renamed".into()));
+        }
+        let src = self.lookup(parent, name).await?;
+        if parent != new_parent {
+            let (a, b) = (
+                self.bucket_of(parent).await?,
+                self.bucket_of(new_parent).await?,
+            );
+            if a != b {
+                return Err(Error::CrossBucket(format!("{a} -> {b}")));
+            }
+        }
+        let dst = match self.lookup(new_parent, new_name).await {
+            Ok(d) => Some(d),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(d) = &dst
+            && mode == RenameMode::Replace
+            && d.id != src.id
+            && !is_dir(d)
+            && d.nlink <= 1
+        {
+            self.keep_open_copy(d).await?;
+        }
+        let flags = match mode {
+            RenameMode::Replace => v1::RenameFlags::None,
+            RenameMode::NoReplace => v1::RenameFlags::Noreplace,
+            RenameMode::Exchange => v1::RenameFlags::Exchange,
+        };
+        let (n, nn) = (name.to_string(), new_name.to_string());
+        self.remote
+            .call("rename", |c| async move {
+                c.control()
+                    .rename(v1::RenameRequest {
+                        parent_id: parent,
+                        name: n,
+                        new_parent_id: new_parent,
+                        new_name: nn,
+                        flags: flags as i32,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        let now = crate::staging::now_ns();
+        let mut batch = Vec::new();
+        let moved = |mut e: v1::Entry, p: u64, n: &str| {
+            e.parent_id = p;
+            e.name = n.to_string();
+            e.ctime_ns = now;
+            e
+        };
+        match (mode, dst) {
+            (RenameMode::Exchange, Some(d)) => {
+                batch.push(Mutation::PutDentry {
+                    parent,
+                    name: name.to_string(),
+                    ino: d.id,
+                });
+                batch.push(Mutation::PutDentry {
+                    parent: new_parent,
+                    name: new_name.to_string(),
+                    ino: src.id,
+                });
+                batch.push(Mutation::PutEntry(moved(d, parent, name)));
+                batch.push(Mutation::PutEntry(moved(src.clone(), new_parent, new_name)));
+                self.store.apply(&batch)?;
+            }
+            (_, dst) => {
+                if let Some(d) = dst.filter(|d| d.id != src.id) {
+                    if is_dir(&d) {
+                        batch.push(Mutation::RemoveEntry(d.id));
+                    }
+                    self.store.apply(&batch)?;
+                    batch.clear();
+                    self.forget_name(new_parent, new_name, &d, d.nlink <= 1)?;
+                }
+                batch.push(Mutation::RemoveDentry {
+                    parent,
+                    name: name.to_string(),
+                });
+                batch.push(Mutation::PutDentry {
+                    parent: new_parent,
+                    name: new_name.to_string(),
+                    ino: src.id,
+                });
+                batch.push(Mutation::PutEntry(moved(src.clone(), new_parent, new_name)));
+                self.store.apply(&batch)?;
+            }
+        }
+        let dirs = if is_dir(&src) && parent != new_parent {
+            1
+        } else {
+            0
+        };
+        self.touch_dir(parent, -dirs)?;
+        if new_parent != parent {
+            self.touch_dir(new_parent, dirs)?;
+        }
+        Ok(())
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &str,
+        who: Caller,
+    ) -> Result<v1::Entry> {
+        self.writable()?;
+        check_name(name)?;
+        if self.is_bucket_level(parent) {
+            return Err(Error::NotPermitted(
+                "only buckets (directories) live at the top of the drive".into(),
+            ));
+        }
+        if target.is_empty() {
+            return Err(Error::NotFound("empty symlink target".into()));
+        }
+        if target.len() > 4095 {
+            return Err(Error::NameTooLong);
+        }
+        let (n, t) = (name.to_string(), target.to_string());
+        let e = self
+            .remote
+            .call("symlink", |c| async move {
+                c.control()
+                    .symlink(v1::SymlinkRequest {
+                        parent_id: parent,
+                        name: n,
+                        target: t,
+                        uid: who.uid,
+                        gid: who.gid,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        self.remember(&e, Some((parent, name)))?;
+        self.touch_dir(parent, 0)?;
+        Ok(e)
+    }
+
+    pub async fn readlink(&self, id: u64) -> Result<String> {
+        let e = self.entry(id).await?;
+        if crate::drive::kind_of(&e) != fuser::FileType::Symlink {
+            return Err(Error::Invalid("not a symlink".into()));
+        }
+        if !e.symlink_target.is_empty() {
+            return Ok(e.symlink_target);
+        }
+        let r = self
+            .remote
+            .call("readlink", |c| async move {
+                c.control()
+                    .readlink(v1::GetAttrRequest {
+                        entry: Some(id_ref(id)),
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        Ok(r.target)
+    }
+
+    pub async fn link(&self, id: u64, new_parent: u64, new_name: &str) -> Result<v1::Entry> {
+        self.writable()?;
+        check_name(new_name)?;
+        if self.is_bucket_level(new_parent) {
+            return Err(Error::NotPermitted(
+                "only buckets (directories) live at the top of the drive".into(),
+            ));
+        }
+        let e = self.entry(id).await?;
+        if is_dir(&e) {
+            return Err(Error::NotPermitted("hard links to directories".into()));
+        }
+        let src_bucket = match self.store.names(id)?.into_iter().next() {
+            Some((p, _)) => self.bucket_of(p).await?,
+            None => e.bucket.clone(),
+        };
+        let dst_bucket = self.bucket_of(new_parent).await?;
+        if !src_bucket.is_empty() && src_bucket != dst_bucket {
+            return Err(Error::CrossBucket(format!("{src_bucket} -> {dst_bucket}")));
+        }
+        let n = new_name.to_string();
+        let e = self
+            .remote
+            .call("link", |c| async move {
+                c.control()
+                    .link(v1::LinkRequest {
+                        id,
+                        new_parent_id: new_parent,
+                        new_name: n,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        self.remember(&e, Some((new_parent, new_name)))?;
+        self.touch_dir(new_parent, 0)?;
+        Ok(e)
+    }
+
+    /// chmod, chown, utimens, truncate.
+    pub async fn setattr(&self, id: u64, a: SetAttrs) -> Result<v1::Entry> {
+        self.writable()?;
+        let cur = self.entry(id).await?;
+        if id == GATEWAY_ROOT && self.root == GATEWAY_ROOT {
+            return Err(Error::NotPermitted(
+                "the root of the drive cannot be changed".into(),
+            ));
+        }
+        let mut size = a.size;
+        if let Some(s) = a.size {
+            if is_dir(&cur) {
+                return Err(Error::IsDir(cur.name.clone()));
+            }
+            // A staged file is truncated locally and uploaded later.
+            let staged = match self.staging.get(id) {
+                Some(sf) => Some(sf),
+                None if self.open_count(id) > 0 && s > 0 => {
+                    Some(self.materialize(&cur, true).await?)
+                }
+                None => None,
+            };
+            if let Some(sf) = staged {
+                match sf.set_size(s, self.staging.delay) {
+                    Ok(r) => {
+                        r?;
+                        self.staging.journal(&sf)?;
+                        size = None;
+                    }
+                    // The copy was just committed and dropped: truncate at the gateway.
+                    Err(crate::staging::Stale) => {}
+                }
+            }
+        }
+        let mut req = v1::SetAttrRequest {
+            entry: Some(id_ref(id)),
+            mode: a.mode.map(|m| m & 0o7777),
+            uid: a.uid,
+            gid: a.gid,
+            size,
+            atime_ns: a.atime_ns,
+            mtime_ns: a.mtime_ns,
+            content_type: None,
+        };
+        if let Some(sf) = self.staging.get(id) {
+            let mut st = sf.lock();
+            if let Some(m) = a.mode {
+                st.mode = m & 0o7777;
+            }
+            if let Some(u) = a.uid {
+                st.uid = u;
+            }
+            if let Some(g) = a.gid {
+                st.gid = g;
+            }
+            if let Some(t) = a.mtime_ns {
+                st.mtime_ns = t;
+            }
+            drop(st);
+            self.staging.journal(&sf)?;
+        }
+        if req.mode.is_none()
+            && req.uid.is_none()
+            && req.gid.is_none()
+            && req.size.is_none()
+            && req.atime_ns.is_none()
+            && req.mtime_ns.is_none()
+        {
+            let mut e = cur;
+            e.ctime_ns = crate::staging::now_ns();
+            self.store.apply(&[Mutation::PutEntry(e.clone())])?;
+            return Ok(e);
+        }
+        // A staged mtime travels with the upload; the gateway gets it now too.
+        if req.mtime_ns.is_none() && req.size.is_some() {
+            req.mtime_ns = Some(ns_of(std::time::SystemTime::now()));
+        }
+        let e = self
+            .remote
+            .call("setattr", |c| async move {
+                c.control().set_attr(req).await.map(|r| r.into_inner())
+            })
+            .await?;
+        self.store.apply(&[Mutation::PutEntry(e.clone())])?;
+        self.layouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        Ok(e)
+    }
+
+    pub async fn set_xattr(&self, id: u64, name: &str, value: &[u8], flags: i32) -> Result<()> {
+        self.writable()?;
+        if name == crate::fileops::STATE_XATTR {
+            return Err(Error::NotPermitted(
+                "user.cyxcloud.state is read-only".into(),
+            ));
+        }
+        if !name.starts_with("user.") {
+            return Err(Error::Unsupported(format!("xattr namespace of {name:?}")));
+        }
+        if name.len() > 255 {
+            return Err(Error::Range);
+        }
+        if value.len() > 64 * 1024 {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::E2BIG)));
+        }
+        let cur = self.entry(id).await?;
+        let mut f = 0u32;
+        if flags & libc::XATTR_CREATE != 0 {
+            if cur.xattrs.contains_key(name) {
+                return Err(Error::Exists(name.to_string()));
+            }
+            f |= 1;
+        }
+        if flags & libc::XATTR_REPLACE != 0 {
+            if !cur.xattrs.contains_key(name) {
+                return Err(Error::NoAttr);
+            }
+            f |= 2;
+        }
+        let (n, v) = (name.to_string(), value.to_vec());
+        let r = self
+            .remote
+            .call("setxattr", |c| async move {
+                c.control()
+                    .set_xattr(v1::SetXattrRequest {
+                        entry: Some(id_ref(id)),
+                        name: n,
+                        value: v,
+                        flags: f,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await;
+        match r {
+            Err(e) if e.is_not_found() && flags & libc::XATTR_REPLACE != 0 => {
+                return Err(Error::NoAttr);
+            }
+            r => r?,
+        };
+        let mut e = cur;
+        e.xattrs.insert(name.to_string(), value.to_vec());
+        e.ctime_ns = crate::staging::now_ns();
+        self.store.apply(&[Mutation::PutEntry(e)])
+    }
+
+    pub async fn remove_xattr(&self, id: u64, name: &str) -> Result<()> {
+        self.writable()?;
+        let cur = self.entry(id).await?;
+        if !cur.xattrs.contains_key(name) {
+            return Err(Error::NoAttr);
+        }
+        let n = name.to_string();
+        let r = self
+            .remote
+            .call("removexattr", |c| async move {
+                c.control()
+                    .remove_xattr(v1::RemoveXattrRequest {
+                        entry: Some(id_ref(id)),
+                        name: n,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await;
+        match r {
+            Err(e) if e.is_not_found() => return Err(Error::NoAttr),
+            r => r?,
+        };
+        let mut e = cur;
+        e.xattrs.remove(name);
+        e.ctime_ns = crate::staging::now_ns();
+        self.store.apply(&[Mutation::PutEntry(e)])
+    }
+}

@@ -1,0 +1,237 @@
+//! The connection to the gateway: connected lazily, reconnected after failures, with a timeout
+//! on every control call so a hung gateway cannot hang the mount. Tracks whether the gateway is
+//! reachable (offline mode).
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use cyxcloud_client::{Client, ClientConfig};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// Time allowed for one control call.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(15);
+/// After a failed connect, calls fail fast for this long before the next attempt.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+
+pub struct Remote {
+    gateway: String,
+    grpc_address: Option<String>,
+    access_key: String,
+    secret_key: String,
+    client: tokio::sync::Mutex<Option<Client>>,
+    last_failure: Mutex<Option<(Instant, String)>>,
+    online: AtomicBool,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("gateway", &self.gateway)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Remote {
+    pub fn new(cfg: &Config) -> Remote {
+        Remote {
+            gateway: cfg.gateway.clone(),
+            grpc_address: cfg.grpc_address.clone(),
+            access_key: cfg.access_key.clone(),
+            secret_key: cfg.secret_key.clone(),
+            client: tokio::sync::Mutex::new(None),
+            last_failure: Mutex::new(None),
+            online: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    pub fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
+    /// The connected client, connecting first if needed.
+    pub async fn client(&self) -> Result<Client> {
+        let mut g = self.client.lock().await;
+        if let Some(c) = g.as_ref() {
+            return Ok(c.clone());
+        }
+        if let Some((at, why)) = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            && at.elapsed() < RECONNECT_BACKOFF
+        {
+            return Err(Error::Offline(why));
+        }
+        match self.connect().await {
+            Ok(c) => {
+                *g = Some(c.clone());
+                self.online.store(true, Ordering::Relaxed);
+                *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                tracing::info!(gateway = %self.gateway, "connected to the gateway");
+                Ok(c)
+            }
+            Err(e) => {
+                self.online.store(false, Ordering::Relaxed);
+                let why = e.to_string();
+                *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), why.clone()));
+                if e.is_unavailable() {
+                    Err(Error::Offline(why))
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Client> {
+        let address = match &self.grpc_address {
+            Some(a) => a.clone(),
+            None => discover(&self.gateway).await?,
+        };
+        let mut cc = ClientConfig::new(address, &self.access_key, &self.secret_key);
+        cc.connect_timeout = Duration::from_secs(3);
+        cc.shard_timeout = Duration::from_secs(30);
+        let c = tokio::time::timeout(RPC_TIMEOUT, Client::connect(cc))
+            .await
+            .map_err(|_| Error::Offline("connecting to the gateway timed out".into()))??;
+        Ok(c)
+    }
+
+    /// Records the outcome of a call: unreachable gateways drop the connection (the next call
+    /// reconnects) and switch to offline mode.
+    pub fn observe<T>(&self, r: &Result<T>) {
+        match r {
+            Ok(_) => self.online.store(true, Ordering::Relaxed),
+            Err(e) if e.is_unavailable() => {
+                self.online.store(false, Ordering::Relaxed);
+                if let Ok(mut g) = self.client.try_lock() {
+                    *g = None;
+                }
+                *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), e.to_string()));
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Runs one control call with the timeout; `f` gets a fresh client handle.
+    pub async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let c = self.client().await?;
+        if let Err(e) = c.refresh_token().await {
+            let e = Error::from(e);
+            self.observe::<()>(&Err(Error::Offline(e.to_string())));
+            return Err(if e.is_unavailable() {
+                Error::Offline(e.to_string())
+            } else {
+                e
+            });
+        }
+        let r = match tokio::time::timeout(RPC_TIMEOUT, f(c)).await {
+            Err(_) => Err(Error::Offline(format!(
+                "{op}: no answer within {RPC_TIMEOUT:?}"
+            ))),
+            Ok(Err(s)) => Err(Error::rpc(op, s)),
+            Ok(Ok(v)) => Ok(v),
+        };
+        self.observe(&r);
+        r
+    }
+}
+
+/// Finds the Control gRPC endpoint from the gateway's HTTP URL (`GET /api/info`).
+pub async fn discover(gateway: &str) -> Result<String> {
+    let (host, port) = host_port(gateway)?;
+    let fut = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        s.write_all(
+            format!("GET /api/info HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .map_err(|_| Error::Offline(format!("gateway {gateway} did not answer within 5 s")))?
+        .map_err(|e| Error::Offline(format!("cannot reach gateway {gateway}: {e}")))?;
+    let text = String::from_utf8_lossy(&raw);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if status != 200 {
+        return Err(Error::Offline(format!(
+            "gateway {gateway} answered {status} to /api/info"
+        )));
+    }
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| Error::Config(format!("gateway {gateway}: /api/info is not JSON: {e}")))?;
+    let addr = v["grpc_address"].as_str().ok_or_else(|| {
+        Error::Config(format!("gateway {gateway}: /api/info has no grpc_address"))
+    })?;
+    // The gateway may report a wildcard bind address: reach it through the host we used.
+    let (_, gport) = host_port(addr)?;
+    Ok(format!("http://{host}:{gport}"))
+}
+
+fn host_port(url: &str) -> Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (
+            h.to_string(),
+            p.parse()
+                .map_err(|_| Error::Config(format!("bad port in {url:?}")))?,
+        ),
+        None => (authority.to_string(), 80),
+    };
+    if host.is_empty() {
+        return Err(Error::Config(format!("URL {url:?} has no host")));
+    }
+    Ok((host, port))
+}
+
+fn dechunk(mut b: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = b.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        b = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

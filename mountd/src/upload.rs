@@ -1,0 +1,132 @@
+//! Upload workers: take staged files from the queue in order and stripe them to nodes with the
+//! client library; the gateway commits the new version atomically.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use cyxcloud_client::{UploadOptions, id_ref};
+use cyxcloud_proto::v1;
+use tokio_util::sync::CancellationToken;
+
+use crate::drive::Drive;
+use crate::error::{Error, Result};
+use crate::staging::StagedFile;
+use crate::store::Mutation;
+
+/// Bytes read from a staged file per write into the upload pipeline.
+const READ_STEP: usize = 4 << 20;
+
+/// Runs `workers` upload workers until `stop` is cancelled.
+pub async fn run(d: Arc<Drive>, workers: usize, stop: CancellationToken) {
+    let Some(rx) = d.staging.take_queue().await else {
+        return;
+    };
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers.max(1) {
+        let (d, rx, stop) = (d.clone(), rx.clone(), stop.clone());
+        set.spawn(async move {
+            loop {
+                let ino = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    ino = async { rx.lock().await.recv().await } => ino,
+                };
+                let Some(ino) = ino else { return };
+                upload_one(&d, ino).await;
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+async fn upload_one(d: &Drive, ino: u64) {
+    let Some(sf) = d.staging.get(ino) else { return };
+    let snap = {
+        let mut st = sf.lock();
+        st.queued = false;
+        if !st.dirty() || st.removed || st.uploading {
+            return;
+        }
+        st.uploading = true;
+        (st.generation, st.size, st.mtime_ns, st.mode, st.uid, st.gid)
+    };
+    let generation = snap.0;
+    let started = std::time::Instant::now();
+    let r = upload_bytes(d, &sf, snap).await;
+    d.remote.observe(&r);
+    match r {
+        Ok(e) => {
+            tracing::info!(
+                ino,
+                size = snap.1,
+                version = e.version,
+                secs = started.elapsed().as_secs_f64(),
+                "committed"
+            );
+            d.own_version(ino, e.version);
+            let mut e = e;
+            if let Some(old) = d.store.entry(ino).ok().flatten()
+                && e.xattrs.is_empty()
+            {
+                e.xattrs = old.xattrs;
+            }
+            if let Err(err) = d.store.apply(&[Mutation::PutEntry(e)]) {
+                tracing::warn!(ino, error = %err, "cannot cache a committed entry");
+            }
+            d.layouts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ino);
+            d.staging.finished(&sf, generation, Ok(()));
+        }
+        Err(e) if e.is_not_found() => {
+            tracing::warn!(ino, error = %e, "the file was deleted at the gateway; its staged bytes are dropped");
+            sf.lock().uploading = false;
+            if let Err(err) = d.staging.remove(ino) {
+                tracing::warn!(ino, error = %err, "cannot drop a staged file");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(ino, error = %e, "upload failed; will retry");
+            d.staging.finished(&sf, generation, Err(e.to_string()));
+        }
+    }
+}
+
+async fn upload_bytes(
+    d: &Drive,
+    sf: &StagedFile,
+    (_, size, mtime_ns, mode, uid, gid): (u64, u64, i64, u32, u32, u32),
+) -> Result<v1::Entry> {
+    let client = d.remote.client().await?;
+    let f = sf.reopen()?;
+    let opts = UploadOptions {
+        mode,
+        uid,
+        gid,
+        size_hint: size,
+        md5: true,
+        mtime_ns: Some(mtime_ns),
+        ..Default::default()
+    };
+    let mut up = client.upload(id_ref(sf.ino), opts);
+    let mut buf = vec![0u8; READ_STEP];
+    let mut off = 0u64;
+    while off < size {
+        let want = READ_STEP.min((size - off) as usize);
+        let n = match f.read_at(&mut buf[..want], off) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                let _ = up.abort().await;
+                return Err(Error::Io(e));
+            }
+        };
+        if let Err(e) = up.write(&buf[..n]).await {
+            let _ = up.abort().await;
+            return Err(e.into());
+        }
+        off += n as u64;
+    }
+    Ok(up.finish().await?)
+}

@@ -1,0 +1,236 @@
+//! Keeps the cache current from the gateway's change journal (WatchChanges) and tells the
+//! kernel to drop what changed, so a change made over S3 or by another mount shows up here
+//! within a second or two. Reconnects with backoff; resumes after the last applied sequence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cyxcloud_proto::v1;
+use tokio_util::sync::CancellationToken;
+
+use crate::drive::{Drive, GATEWAY_ROOT, is_dir};
+use crate::error::{Error, Result};
+use crate::store::Mutation;
+
+const SEQ_KEY: &str = "journal_seq";
+
+pub async fn run(d: Arc<Drive>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let r = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = follow(&d) => r,
+        };
+        match r {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(e) => {
+                d.remote.observe::<()>(&Err(if e.is_unavailable() {
+                    Error::Offline(e.to_string())
+                } else {
+                    Error::Invalid(e.to_string())
+                }));
+                tracing::debug!(error = %e, "change stream ended; reconnecting");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn start_seq(d: &Drive) -> Result<u64> {
+    if let Some(s) = d.store.kv(SEQ_KEY)?
+        && let Ok(v) = s.parse()
+    {
+        return Ok(v);
+    }
+    // A fresh cache holds nothing to catch up on: start at the journal's head.
+    let r = d
+        .remote
+        .call("cluster status", |c| async move {
+            c.control()
+                .cluster_status(v1::ClusterStatusRequest {})
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await;
+    Ok(match r {
+        Ok(s) => s.journal_seq,
+        Err(e) if e.is_unavailable() => return Err(e),
+        Err(_) => 0,
+    })
+}
+
+async fn follow(d: &Drive) -> Result<()> {
+    let since = start_seq(d).await?;
+    let client = d.remote.client().await?;
+    client.refresh_token().await?;
+    let bucket = d.cfg.bucket.clone().unwrap_or_default();
+    let mut stream = client
+        .control()
+        .watch_changes(v1::WatchChangesRequest { since, bucket })
+        .await
+        .map_err(|s| Error::rpc("watch changes", s))?
+        .into_inner();
+    tracing::debug!(since, "following the change journal");
+    loop {
+        let ev = match stream.message().await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => return Ok(()),
+            Err(s) => {
+                let e = Error::rpc("watch changes", s);
+                if e.code() == Some(cyxcloud_proto::ErrorCode::ResyncRequired) {
+                    resync(d)?;
+                    d.store.apply(&[Mutation::SetKv {
+                        key: SEQ_KEY.into(),
+                        value: "".into(),
+                    }])?;
+                }
+                return Err(e);
+            }
+        };
+        d.remote.observe::<()>(&Ok(()));
+        apply(d, &ev)?;
+    }
+}
+
+fn resync(d: &Drive) -> Result<()> {
+    tracing::info!("change journal resync: dropping cached names");
+    d.store.apply(&[Mutation::ClearNamespace])?;
+    if let Some(b) = &d.cfg.bucket {
+        d.store.apply(&[Mutation::PutDentry {
+            parent: GATEWAY_ROOT,
+            name: b.clone(),
+            ino: d.root,
+        }])?;
+    }
+    d.layouts.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    Ok(())
+}
+
+fn last_segment(path: &str) -> &str {
+    path.trim_end_matches('/').rsplit('/').next().unwrap_or("")
+}
+
+/// Applies one journal event to the cache and invalidates the kernel's copies.
+pub fn apply(d: &Drive, ev: &v1::ChangeEvent) -> Result<()> {
+    let kind = v1::ChangeKind::try_from(ev.kind).unwrap_or(v1::ChangeKind::Unspecified);
+    let mut batch = Vec::new();
+    let mut inval_entries: Vec<(u64, String)> = Vec::new();
+    let mut inval_inode: Option<(u64, bool)> = None;
+    match kind {
+        v1::ChangeKind::Create | v1::ChangeKind::Update => {
+            if let Some(e) = &ev.entry {
+                let cached = d.store.entry(e.id)?;
+                let known = cached
+                    .as_ref()
+                    .is_some_and(|c| c.change_seq >= e.change_seq);
+                if !known {
+                    let data_changed = cached.as_ref().is_none_or(|c| c.version != e.version)
+                        && !d.is_own_version(e.id, e.version);
+                    batch.push(Mutation::PutEntry(e.clone()));
+                    if kind == v1::ChangeKind::Create {
+                        inval_entries.push((e.parent_id, e.name.clone()));
+                    } else {
+                        inval_inode = Some((e.id, !data_changed));
+                        if data_changed {
+                            d.layouts
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .remove(&e.id);
+                        }
+                    }
+                }
+                if e.parent_id != 0 && d.store.lookup(e.parent_id, &e.name)? != Some(e.id) {
+                    batch.push(Mutation::PutDentry {
+                        parent: e.parent_id,
+                        name: e.name.clone(),
+                        ino: e.id,
+                    });
+                    inval_entries.push((e.parent_id, e.name.clone()));
+                    if !known {
+                        d.touch_dir(e.parent_id, is_dir(e) as i32)?;
+                    }
+                }
+            }
+        }
+        v1::ChangeKind::Delete => {
+            let name = if ev.path.is_empty() {
+                ev.bucket.clone()
+            } else {
+                last_segment(&ev.path).to_string()
+            };
+            let names = d.store.names(ev.entry_id)?;
+            if let Some((parent, n)) = names.iter().find(|(_, n)| *n == name).cloned() {
+                batch.push(Mutation::RemoveDentry {
+                    parent,
+                    name: n.clone(),
+                });
+                let dir = d.store.entry(ev.entry_id)?.is_some_and(|e| is_dir(&e));
+                if names.len() == 1 && (dir || d.open_count(ev.entry_id) == 0) {
+                    batch.push(Mutation::RemoveEntry(ev.entry_id));
+                } else if let Some(mut e) = d.store.entry(ev.entry_id)? {
+                    e.nlink = e.nlink.saturating_sub(1);
+                    batch.push(Mutation::PutEntry(e));
+                }
+                inval_entries.push((parent, n));
+                d.touch_dir(parent, -(dir as i32))?;
+                if names.len() == 1 && !dir {
+                    if d.open_count(ev.entry_id) > 0 {
+                        d.staging.orphan(ev.entry_id)?;
+                    } else {
+                        d.staging.remove(ev.entry_id)?;
+                    }
+                }
+            }
+        }
+        v1::ChangeKind::Rename => {
+            if let Some(e) = &ev.entry {
+                let old_name = last_segment(&ev.old_path).to_string();
+                if ev.old_parent_id != 0
+                    && d.store.lookup(ev.old_parent_id, &old_name)? == Some(e.id)
+                {
+                    batch.push(Mutation::RemoveDentry {
+                        parent: ev.old_parent_id,
+                        name: old_name.clone(),
+                    });
+                    inval_entries.push((ev.old_parent_id, old_name));
+                }
+                if d.store.lookup(e.parent_id, &e.name)? != Some(e.id) {
+                    batch.push(Mutation::PutDentry {
+                        parent: e.parent_id,
+                        name: e.name.clone(),
+                        ino: e.id,
+                    });
+                    inval_entries.push((e.parent_id, e.name.clone()));
+                }
+                if d.store
+                    .entry(e.id)?
+                    .is_none_or(|c| c.change_seq < e.change_seq)
+                {
+                    batch.push(Mutation::PutEntry(e.clone()));
+                    inval_inode = Some((e.id, true));
+                }
+            }
+        }
+        v1::ChangeKind::Resync => resync(d)?,
+        _ => {}
+    }
+    batch.push(Mutation::SetKv {
+        key: SEQ_KEY.into(),
+        value: ev.seq.to_string(),
+    });
+    d.store.apply(&batch)?;
+    for (p, n) in inval_entries {
+        d.inval_entry(p, &n);
+    }
+    if let Some((id, attrs_only)) = inval_inode {
+        d.inval_inode(id, attrs_only);
+    }
+    Ok(())
+}
