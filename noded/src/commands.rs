@@ -1,0 +1,344 @@
+//! Execution of the commands a gateway sends in heartbeat replies:
+//! * **repair**: fetch shards of a chunk from source nodes (GetShard with the command's read
+//!   tokens; a source without an address is resolved through the DHT), verify each against the
+//!   chunk's shard hashes, decode from any `k`, re-encode, check the target shard's blake3 and
+//!   store it here;
+//! * **transfer**: push a shard held here to another node with PutShard and the target's token;
+//! * **delete**: remove shards, with a gateway or rebalancer token, exactly like DeleteShards.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cyxcloud_core::token::Op;
+use cyxcloud_core::{Hash, codec};
+use cyxcloud_proto::v1::chunk_service_client::ChunkServiceClient;
+use cyxcloud_proto::v1::node_command::Command;
+use cyxcloud_proto::v1::put_shard_request::Msg;
+use cyxcloud_proto::v1::{
+    CommandResult, DeleteCommand, GetShardRequest, NodeCommand, PutShardHeader, PutShardRequest,
+    RepairCommand, ShardLocation, TransferCommand,
+};
+use cyxcloud_proto::{MAX_MESSAGE_BYTES, STREAM_PIECE_BYTES};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::p2p::P2pHandle;
+use crate::service::{delete_all, parse_hash};
+use crate::store::Shards;
+use crate::tokens::Tokens;
+
+const PEER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What commands need.
+#[derive(Clone)]
+pub struct Executor {
+    pub shards: Arc<Shards>,
+    pub tokens: Arc<Tokens>,
+    pub lifecycle: Lifecycle,
+    pub metrics: Metrics,
+    pub p2p: P2pHandle,
+}
+
+/// Connects to another node's ChunkService.
+pub async fn connect(address: &str, node: &str) -> Result<ChunkServiceClient<Channel>> {
+    let peer = |reason: String| Error::Peer {
+        node: node.to_string(),
+        reason,
+    };
+    let ch = Endpoint::from_shared(address.to_string())
+        .map_err(|e| peer(format!("bad address {address:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(PEER_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| peer(format!("cannot connect to {address}: {e}")))?;
+    Ok(ChunkServiceClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Reads a whole shard from another node.
+pub async fn fetch_shard(
+    client: &mut ChunkServiceClient<Channel>,
+    node: &str,
+    hash: &Hash,
+    token: &[u8],
+) -> Result<Bytes> {
+    let peer = |reason: String| Error::Peer {
+        node: node.to_string(),
+        reason,
+    };
+    let mut stream = client
+        .get_shard(GetShardRequest {
+            hash: hash.0.to_vec(),
+            token: token.to_vec(),
+            offset: 0,
+            length: 0,
+        })
+        .await
+        .map_err(|s| peer(format!("GetShard {hash}: {}", s.message())))?
+        .into_inner();
+    let mut buf = Vec::new();
+    while let Some(piece) = stream
+        .message()
+        .await
+        .map_err(|s| peer(format!("GetShard {hash}: {}", s.message())))?
+    {
+        if buf.is_empty() && piece.shard_size > 0 {
+            buf.reserve(piece.shard_size.min(1 << 30) as usize);
+        }
+        buf.extend_from_slice(&piece.data);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Stores a shard on another node.
+pub async fn push_shard(
+    client: &mut ChunkServiceClient<Channel>,
+    node: &str,
+    hash: &Hash,
+    data: Bytes,
+    token: &[u8],
+) -> Result<()> {
+    let mut msgs = vec![PutShardRequest {
+        msg: Some(Msg::Header(PutShardHeader {
+            hash: hash.0.to_vec(),
+            size: data.len() as u64,
+            token: token.to_vec(),
+        })),
+    }];
+    let mut off = 0;
+    while off < data.len() {
+        let n = (data.len() - off).min(STREAM_PIECE_BYTES);
+        msgs.push(PutShardRequest {
+            msg: Some(Msg::Data(data.slice(off..off + n))),
+        });
+        off += n;
+    }
+    let resp = client
+        .put_shard(tokio_stream::iter(msgs))
+        .await
+        .map_err(|s| Error::Peer {
+            node: node.to_string(),
+            reason: format!("PutShard {hash}: {}", s.message()),
+        })?
+        .into_inner();
+    if resp.hash != hash.0 {
+        return Err(Error::Peer {
+            node: node.to_string(),
+            reason: "PutShard acknowledged another hash".into(),
+        });
+    }
+    Ok(())
+}
+
+impl Executor {
+    /// Runs one command; the result goes back to the gateway with the next heartbeat.
+    pub async fn execute(&self, cmd: NodeCommand) -> CommandResult {
+        let (kind, r) = match cmd.command {
+            Some(Command::Repair(c)) => ("repair", self.repair(c).await),
+            Some(Command::Transfer(c)) => ("transfer", self.transfer(c).await),
+            Some(Command::Delete(c)) => ("delete", self.delete(c).await),
+            None => ("unknown", Err(Error::Malformed("command without a body"))),
+        };
+        self.metrics.command(kind, r.is_ok());
+        self.metrics.observe_usage(self.shards.usage());
+        match r {
+            Ok(()) => {
+                tracing::info!(id = %cmd.id, kind, "command done");
+                CommandResult {
+                    command_id: cmd.id,
+                    ok: true,
+                    error: String::new(),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(id = %cmd.id, kind, error = %e, "command failed");
+                CommandResult {
+                    command_id: cmd.id,
+                    ok: false,
+                    error: e.to_string(),
+                }
+            }
+        }
+    }
+
+    async fn delete(&self, c: DeleteCommand) -> Result<()> {
+        let hashes = c
+            .hashes
+            .iter()
+            .map(|h| parse_hash(h, "delete.hashes[]"))
+            .collect::<Result<Vec<_>>>()?;
+        self.tokens.check(&c.token, Op::Delete, &hashes)?;
+        let shards = self.shards.clone();
+        let r = tokio::task::spawn_blocking(move || delete_all(&shards, &hashes))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        tracing::info!(
+            deleted = r.deleted,
+            missing = r.missing,
+            freed = r.freed_bytes,
+            "delete command"
+        );
+        Ok(())
+    }
+
+    async fn address_of(&self, node_id: &str, given: &str) -> Result<String> {
+        if !given.is_empty() {
+            return Ok(given.to_string());
+        }
+        let rec = self.p2p.resolve(node_id).await?;
+        tracing::debug!(node = node_id, address = %rec.grpc_address, "resolved through the DHT");
+        Ok(rec.grpc_address)
+    }
+
+    async fn read_local(&self, hash: Hash) -> Result<Bytes> {
+        let shards = self.shards.clone();
+        let r = tokio::task::spawn_blocking(move || shards.get(&hash))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        if let Err(Error::Corrupt { .. }) = &r {
+            self.metrics.corrupt_shards.inc();
+        }
+        r
+    }
+
+    async fn transfer(&self, c: TransferCommand) -> Result<()> {
+        let hash = parse_hash(&c.hash, "transfer.hash")?;
+        let data = self.read_local(hash).await?;
+        let addr = self
+            .address_of(&c.target_node_id, &c.target_address)
+            .await?;
+        let mut client = connect(&addr, &c.target_node_id).await?;
+        let n = data.len() as u64;
+        push_shard(&mut client, &c.target_node_id, &hash, data, &c.target_token).await?;
+        self.metrics.bytes_downloaded.inc_by(n);
+        Ok(())
+    }
+
+    async fn fetch_source(
+        &self,
+        meta_hash: Hash,
+        shard_size: usize,
+        src: ShardLocation,
+    ) -> Result<(usize, Bytes)> {
+        let hash = parse_hash(&src.hash, "repair.sources[].hash")?;
+        if hash != meta_hash {
+            return Err(Error::HashMismatch {
+                expected: meta_hash,
+                actual: hash,
+            });
+        }
+        let addr = self.address_of(&src.node_id, &src.address).await?;
+        let mut client = connect(&addr, &src.node_id).await?;
+        let data = fetch_shard(&mut client, &src.node_id, &hash, &src.token).await?;
+        if data.len() != shard_size {
+            return Err(Error::SizeMismatch {
+                declared: shard_size as u64,
+                received: data.len() as u64,
+            });
+        }
+        let actual = Hash::of(&data);
+        if actual != hash {
+            return Err(Error::HashMismatch {
+                expected: hash,
+                actual,
+            });
+        }
+        Ok((src.index as usize, data))
+    }
+
+    async fn repair(&self, c: RepairCommand) -> Result<()> {
+        let info = c
+            .chunk
+            .ok_or(Error::Malformed("repair command without chunk"))?;
+        let meta = cyxcloud_proto::convert::chunk_meta(&info).map_err(|s| Error::Peer {
+            node: "gateway".into(),
+            reason: format!("repair command has invalid chunk metadata: {}", s.message()),
+        })?;
+        let total = meta.profile.total();
+        let k = meta.profile.data();
+        let target = c.target_index as usize;
+        if target >= total {
+            return Err(Error::Malformed(
+                "repair target index beyond the chunk's shards",
+            ));
+        }
+        let want = meta.shard_hashes[target];
+        if self.shards.contains(&want)? {
+            return Ok(());
+        }
+        if !self.lifecycle.accepts_puts() {
+            return Err(Error::Draining {
+                state: self.lifecycle.state().as_str(),
+            });
+        }
+        let shard_size = meta.shard_size as usize;
+        let mut slots: Vec<Option<Bytes>> = vec![None; total];
+        let mut have = 0;
+        let mut failures = Vec::new();
+        let mut pending = FuturesUnordered::new();
+        for src in c.sources {
+            let idx = src.index as usize;
+            if idx >= total || idx == target {
+                failures.push(format!("source index {idx} is not a usable shard"));
+                continue;
+            }
+            pending.push(self.fetch_source(meta.shard_hashes[idx], shard_size, src));
+        }
+        while let Some(r) = pending.next().await {
+            match r {
+                Ok((i, data)) if slots[i].is_none() => {
+                    slots[i] = Some(data);
+                    have += 1;
+                    if have >= k {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        drop(pending);
+        if have < k {
+            return Err(Error::Peer {
+                node: "sources".into(),
+                reason: format!(
+                    "only {have} of the {k} shards needed could be fetched: {}",
+                    failures.join("; ")
+                ),
+            });
+        }
+        let shards = self.shards.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let codec = codec::codec(meta.codec, meta.profile);
+            let decode_err = |e: cyxcloud_core::error::CodecError| Error::Peer {
+                node: "sources".into(),
+                reason: format!("decode failed: {e}"),
+            };
+            let payload = codec
+                .decode(&slots, meta.encoded_size as usize)
+                .map_err(decode_err)?;
+            let rebuilt = codec.encode(&Bytes::from(payload)).map_err(decode_err)?;
+            let shard = &rebuilt[target];
+            let actual = Hash::of(shard);
+            if actual != want {
+                return Err(Error::HashMismatch {
+                    expected: want,
+                    actual,
+                });
+            }
+            shards.put(&want, shard)?;
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        tracing::info!(chunk = %meta.id, index = target, shard = %want, "shard repaired");
+        Ok(())
+    }
+}

@@ -1,0 +1,310 @@
+//! Shard storage: the [`ShardStore`] trait (a durable map from shard hash to CYXC record bytes)
+//! with two implementations, [`rocks::RocksStore`] (production) and [`memory::MemoryStore`]
+//! (tests), and [`Shards`], the one layer above them that knows what a shard is: it verifies
+//! blake3 hashes, encodes and decodes records (`cyxcloud_core::record`), enforces the capacity
+//! limit, and quarantines records that fail verification.
+//!
+//! Both backends pass the same conformance suite (`store/conformance.rs`), including a
+//! model-based test against a `BTreeMap` with reopen steps for RocksDB.
+
+pub mod memory;
+pub mod rocks;
+
+#[cfg(test)]
+mod conformance;
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use cyxcloud_core::Hash;
+use cyxcloud_core::record::{self, EncodeOptions};
+
+use crate::error::{Error, Result};
+
+/// Largest shard the node accepts: the largest a CYXC record can describe.
+pub const MAX_SHARD_BYTES: u64 = record::MAX_ORIGINAL_SIZE;
+
+/// A durable map from shard hash to record bytes. Implementations do no verification and no
+/// accounting; [`Shards`] does both, once, for every backend.
+pub trait ShardStore: Send + Sync {
+    /// Short backend name for logs and metadata ("rocksdb", "memory").
+    fn name(&self) -> &'static str;
+    /// Stores `record` under `hash`, replacing any previous value. When this returns `Ok`, the
+    /// write survives a crash of the process (and, for RocksDB, of the machine: the WAL is
+    /// synced).
+    fn put(&self, hash: &Hash, record: &[u8]) -> Result<()>;
+    /// The record stored under `hash`.
+    fn get(&self, hash: &Hash) -> Result<Option<Vec<u8>>>;
+    /// The length of the record under `hash`, without reading it.
+    fn record_len(&self, hash: &Hash) -> Result<Option<u64>>;
+    /// Removes `hash` durably; returns the freed record length.
+    fn delete(&self, hash: &Hash) -> Result<Option<u64>>;
+    /// Every stored hash with its record length.
+    fn scan(&self) -> Result<Vec<(Hash, u64)>>;
+    /// Moves the record under `hash` aside (kept for inspection, no longer served or counted).
+    fn quarantine(&self, hash: &Hash) -> Result<()>;
+    /// Number of quarantined records.
+    fn quarantined(&self) -> Result<u64>;
+}
+
+/// Space accounting of a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Record bytes stored (what counts against capacity).
+    pub used_bytes: u64,
+    pub shard_count: u64,
+    pub capacity_bytes: u64,
+}
+
+impl Usage {
+    pub fn available_bytes(&self) -> u64 {
+        self.capacity_bytes.saturating_sub(self.used_bytes)
+    }
+}
+
+/// Result of a successful put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Written now; `record_bytes` on disk.
+    Stored { record_bytes: u64 },
+    /// An identical shard (same hash) was already stored; nothing was written.
+    AlreadyPresent { record_bytes: u64 },
+}
+
+impl PutOutcome {
+    pub fn record_bytes(&self) -> u64 {
+        match *self {
+            PutOutcome::Stored { record_bytes } | PutOutcome::AlreadyPresent { record_bytes } => {
+                record_bytes
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Accounting {
+    used: u64,
+    reserved: u64,
+    count: u64,
+}
+
+const STRIPES: usize = 64;
+
+/// Verified, capacity-limited shard storage over any [`ShardStore`].
+pub struct Shards {
+    backend: Box<dyn ShardStore>,
+    compress: bool,
+    capacity: u64,
+    /// Serialises put/delete of one hash (and of the hashes sharing its stripe), so the
+    /// exists-check and the write are atomic; different stripes write concurrently and share
+    /// WAL syncs.
+    stripes: Vec<Mutex<()>>,
+    acct: Mutex<Accounting>,
+}
+
+impl std::fmt::Debug for Shards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shards")
+            .field("backend", &self.backend.name())
+            .field("compress", &self.compress)
+            .field("usage", &self.usage())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shards {
+    /// Wraps `backend`, counting what it holds.
+    pub fn open(backend: Box<dyn ShardStore>, compress: bool, capacity_bytes: u64) -> Result<Self> {
+        let mut acct = Accounting::default();
+        for (_, len) in backend.scan()? {
+            acct.used += len;
+            acct.count += 1;
+        }
+        Ok(Shards {
+            backend,
+            compress,
+            capacity: capacity_bytes,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            acct: Mutex::new(acct),
+        })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    pub fn usage(&self) -> Usage {
+        let a = lock(&self.acct);
+        Usage {
+            used_bytes: a.used,
+            shard_count: a.count,
+            capacity_bytes: self.capacity,
+        }
+    }
+
+    fn stripe(&self, hash: &Hash) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.stripes[hash.0[0] as usize % STRIPES])
+    }
+
+    /// Cheap admission check before receiving `size` bytes: refuses shards that are too large,
+    /// and (without compression, where the record size is known) shards that cannot fit.
+    pub fn admit(&self, size: u64) -> Result<()> {
+        if size > MAX_SHARD_BYTES {
+            return Err(Error::TooLarge {
+                size,
+                limit: MAX_SHARD_BYTES,
+            });
+        }
+        if !self.compress {
+            let a = lock(&self.acct);
+            let needed = size + record::HEADER_LEN as u64;
+            let would_use = a.used + a.reserved + needed;
+            if would_use > self.capacity {
+                return Err(Error::NoSpace {
+                    needed,
+                    would_use,
+                    capacity: self.capacity,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies `data` against `hash` and stores it durably.
+    pub fn put(&self, hash: &Hash, data: &[u8]) -> Result<PutOutcome> {
+        if data.len() as u64 > MAX_SHARD_BYTES {
+            return Err(Error::TooLarge {
+                size: data.len() as u64,
+                limit: MAX_SHARD_BYTES,
+            });
+        }
+        let actual = Hash::of(data);
+        if actual != *hash {
+            return Err(Error::HashMismatch {
+                expected: *hash,
+                actual,
+            });
+        }
+        let _g = self.stripe(hash);
+        if let Some(len) = self.backend.record_len(hash)? {
+            return Ok(PutOutcome::AlreadyPresent { record_bytes: len });
+        }
+        let rec = record::encode(
+            data,
+            hash,
+            &EncodeOptions {
+                compress: self.compress,
+                at_rest: None,
+            },
+        );
+        let len = rec.len() as u64;
+        {
+            let mut a = lock(&self.acct);
+            let would_use = a.used + a.reserved + len;
+            if would_use > self.capacity {
+                return Err(Error::NoSpace {
+                    needed: len,
+                    would_use,
+                    capacity: self.capacity,
+                });
+            }
+            a.reserved += len;
+        }
+        let r = self.backend.put(hash, &rec);
+        let mut a = lock(&self.acct);
+        a.reserved -= len;
+        r?;
+        a.used += len;
+        a.count += 1;
+        Ok(PutOutcome::Stored { record_bytes: len })
+    }
+
+    /// The verified bytes of shard `hash`. A record that fails verification is quarantined
+    /// and reported as [`Error::Corrupt`]; its bytes are never returned.
+    pub fn get(&self, hash: &Hash) -> Result<Bytes> {
+        let raw = match self.backend.get(hash) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(Error::NotFound(*hash)),
+            // RocksDB's own checksums (blob and block CRCs) caught it.
+            Err(Error::Rocks { source, .. }) if source.kind() == rocksdb::ErrorKind::Corruption => {
+                return Err(self.corrupt(hash, source.to_string()));
+            }
+            Err(e) => return Err(e),
+        };
+        match verify_record(hash, raw) {
+            Ok(b) => Ok(b),
+            Err(reason) => Err(self.corrupt(hash, reason)),
+        }
+    }
+
+    fn corrupt(&self, hash: &Hash, reason: String) -> Error {
+        tracing::error!(shard = %hash, %reason, "corrupt shard detected; quarantining it");
+        let _g = self.stripe(hash);
+        match self.backend.record_len(hash) {
+            Ok(Some(len)) => {
+                if let Err(e) = self.backend.quarantine(hash) {
+                    tracing::error!(shard = %hash, error = %e, "cannot quarantine corrupt shard");
+                } else {
+                    let mut a = lock(&self.acct);
+                    a.used = a.used.saturating_sub(len);
+                    a.count = a.count.saturating_sub(1);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(shard = %hash, error = %e, "cannot inspect corrupt shard"),
+        }
+        Error::Corrupt {
+            hash: *hash,
+            reason,
+        }
+    }
+
+    pub fn contains(&self, hash: &Hash) -> Result<bool> {
+        Ok(self.backend.record_len(hash)?.is_some())
+    }
+
+    /// Removes a shard durably; returns the freed record bytes (None when absent).
+    pub fn delete(&self, hash: &Hash) -> Result<Option<u64>> {
+        let _g = self.stripe(hash);
+        let freed = self.backend.delete(hash)?;
+        if let Some(len) = freed {
+            let mut a = lock(&self.acct);
+            a.used = a.used.saturating_sub(len);
+            a.count = a.count.saturating_sub(1);
+        }
+        Ok(freed)
+    }
+
+    /// Every stored shard hash.
+    pub fn list(&self) -> Result<Vec<Hash>> {
+        Ok(self.backend.scan()?.into_iter().map(|(h, _)| h).collect())
+    }
+
+    pub fn quarantined(&self) -> Result<u64> {
+        self.backend.quarantined()
+    }
+}
+
+/// Checks a raw record against the key it was stored under and returns the shard bytes.
+/// Plain records (neither compressed nor encrypted) are verified in place and returned as a
+/// zero-copy slice.
+fn verify_record(key: &Hash, raw: Vec<u8>) -> std::result::Result<Bytes, String> {
+    let view = record::decode(&raw).map_err(|e| e.to_string())?;
+    if view.hash != *key {
+        return Err(format!("record holds shard {} under key {key}", view.hash));
+    }
+    if view.flags == 0 {
+        let actual = Hash::of(view.payload);
+        if actual != *key {
+            return Err(format!("content hashes to {actual}"));
+        }
+        return Ok(Bytes::from(raw).slice(record::HEADER_LEN..));
+    }
+    view.into_shard(None)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,316 @@
+//! Registration, heartbeats and gateway commands between real node processes and a real
+//! NodeRegistry server.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use cyxcloud_core::token::{Op, Role, Scope};
+use cyxcloud_core::{CodecId, Hash, Profile, encode_chunk};
+use cyxcloud_proto::v1::node_command::Command;
+use cyxcloud_proto::v1::{
+    ChunkInfo, DeleteCommand, NodeCommand, NodeState, RepairCommand, ShardLocation, TransferCommand,
+};
+
+use crate::support::gateway::{FakeGateway, GwState};
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_heartbeats_and_keeps_serving_while_the_gateway_is_down() {
+    let mut gw = FakeGateway::start().await;
+    gw.state().require_api_key = Some("machine-key".into());
+    let tmp = cyxcloud_testkit::tempdir().unwrap();
+    let cfg = tmp.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        "[cyxwiz_api]\napi_key = \"machine-key\"\nmachine_id = \"machine-9\"\nowner_id = \"user-1\"\n",
+    )
+    .unwrap();
+    let mut spec = Spec {
+        trust_test_key: false,
+        ..Spec::id("hb-node").gateway(gw.addr)
+    }
+    .env("NODE_REGION", "eu-west")
+    .env("NODE_DATACENTER", "dc2")
+    .env("NODE_RACK", "r3")
+    .env("STORAGE_CAPACITY_GB", "3");
+    spec.args = vec!["--config".into(), cfg.display().to_string()];
+    let node = Node::start(spec);
+    let reg = eventually(Duration::from_secs(20), "registration", || {
+        gw.state().registrations.first().cloned()
+    })
+    .await;
+    let (r, auth) = reg;
+    assert_eq!(auth.as_deref(), Some("Bearer machine-key"));
+    assert_eq!(r.node_id, "hb-node");
+    assert_eq!(r.grpc_address, node.url());
+    assert_eq!(r.machine_id, "machine-9");
+    let topo = r.topology.unwrap();
+    assert_eq!(
+        (
+            topo.region.as_str(),
+            topo.datacenter.as_str(),
+            topo.rack.as_str()
+        ),
+        ("eu-west", "dc2", "r3")
+    );
+    assert_eq!(r.capacity_bytes, 3 << 30);
+    assert_eq!(r.state, NodeState::Online as i32);
+    assert!(r.peer_id.starts_with("12D3Koo"));
+    assert!(!r.p2p_addresses.is_empty());
+
+    // The node trusts the key the gateway handed out (none was configured).
+    eventually(Duration::from_secs(20), "registered", || {
+        (node.health()["registered"] == true).then_some(())
+    })
+    .await;
+    let mut c = node.client().await;
+    let a = random(1, 30_000);
+    put(&mut c, "hb-node", &a).await.unwrap();
+    let hb = eventually(
+        Duration::from_secs(20),
+        "a heartbeat reporting the shard",
+        || {
+            gw.state()
+                .heartbeats_of("hb-node")
+                .iter()
+                .find(|h| h.shard_count == 1)
+                .map(|h| (*h).clone())
+        },
+    )
+    .await;
+    assert_eq!(hb.used_bytes, 30_060);
+    assert_eq!(hb.available_bytes, (3 << 30) - 30_060);
+    assert_eq!(hb.bytes_uploaded, 30_000);
+    assert!(hb.active_connections >= 1);
+    assert_eq!(hb.state, NodeState::Online as i32);
+    assert!(
+        gw.state()
+            .heartbeats
+            .iter()
+            .all(|(_, a)| a.as_deref() == Some("Bearer machine-key"))
+    );
+    assert!(node.metric("cyxcloud_heartbeat_success_total") >= 1.0);
+    assert_eq!(node.health()["registered"], true);
+
+    // Gateway gone: reads and writes go on, heartbeats fail.
+    gw.stop().await;
+    eventually(Duration::from_secs(20), "a failed heartbeat", || {
+        (node.metric("cyxcloud_heartbeat_failure_total") >= 1.0).then_some(())
+    })
+    .await;
+    assert!(get(&mut c, "hb-node", &Hash::of(&a)).await.unwrap() == a);
+    let b = random(2, 1000);
+    put(&mut c, "hb-node", &b).await.unwrap();
+    assert_eq!(node.health()["registered"], false);
+
+    // A fresh gateway on the same address (empty registry): the node registers again.
+    let fresh = std::sync::Arc::new(std::sync::Mutex::new(GwState::default()));
+    let gw2 = FakeGateway::start_on(gw.addr, fresh).await;
+    let again = eventually(Duration::from_secs(20), "re-registration", || {
+        gw2.state().registrations.first().map(|(r, _)| r.clone())
+    })
+    .await;
+    assert_eq!(again.shard_count, 2);
+    eventually(Duration::from_secs(20), "heartbeats again", || {
+        (!gw2.state().heartbeats_of("hb-node").is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(node.health()["registered"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_requiring_machine_keys_refuses_a_node_without_one() {
+    let gw = FakeGateway::start().await;
+    gw.state().require_api_key = Some("machine-key".into());
+    let node = Node::start(Spec::id("nokey-node").gateway(gw.addr));
+    eventually(
+        Duration::from_secs(20),
+        "a refused registration in the log",
+        || {
+            node.log()
+                .contains("a valid machine API key is required")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(gw.state().registrations.is_empty());
+    assert_eq!(node.health()["registered"], false);
+    // Still serving.
+    let mut c = node.client().await;
+    put(&mut c, "nokey-node", &random(5, 100)).await.unwrap();
+}
+
+fn read_token(node: &str, h: Hash) -> Vec<u8> {
+    token(node, Role::Client, &[Op::Get], Scope::Shards(vec![h]))
+}
+
+fn cmd(id: &str, c: Command) -> NodeCommand {
+    NodeCommand {
+        id: id.into(),
+        command: Some(c),
+    }
+}
+
+async fn result_of(gw: &FakeGateway, id: &str) -> cyxcloud_proto::v1::CommandResult {
+    eventually(Duration::from_secs(30), &format!("result of {id}"), || {
+        gw.state().result(id).cloned()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_transfer_and_delete_commands_run_end_to_end() {
+    let gw = FakeGateway::start().await;
+    let a = Node::start(Spec::id("cmd-a").gateway(gw.addr));
+    let boot = format!("/ip4/127.0.0.1/tcp/{}", a.p2p_port);
+    let b = Node::start(
+        Spec::id("cmd-b")
+            .gateway(gw.addr)
+            .env("BOOTSTRAP_PEERS", boot.clone()),
+    );
+    let c = Node::start(
+        Spec::id("cmd-c")
+            .gateway(gw.addr)
+            .env("BOOTSTRAP_PEERS", boot),
+    );
+    eventually(Duration::from_secs(20), "three registrations", || {
+        let st = gw.state();
+        (st.registered("cmd-a") > 0 && st.registered("cmd-b") > 0 && st.registered("cmd-c") > 0)
+            .then_some(())
+    })
+    .await;
+
+    // A 2+1 chunk: shard 0 on A, shard 1 on B, shard 2 lost.
+    let enc = encode_chunk(
+        BytesMut::from(&random(42, 300_000)[..]),
+        CodecId::ReedSolomonErasure,
+        Profile::new(2, 1).unwrap(),
+        None,
+    )
+    .unwrap();
+    let info = ChunkInfo::from(&enc.meta);
+    let hs = enc.meta.shard_hashes.clone();
+    let (mut ca, mut cb, mut cc) = (a.client().await, b.client().await, c.client().await);
+    put(&mut ca, "cmd-a", &enc.shards[0]).await.unwrap();
+    put(&mut cb, "cmd-b", &enc.shards[1]).await.unwrap();
+
+    // C must find B through the DHT alone (the repair source has no address).
+    wait(
+        Duration::from_secs(30),
+        "C resolves B in the DHT",
+        || match cyxcloud_testkit::http_get(c.metrics, "/peers/cmd-b") {
+            Ok((200, _)) => Some(()),
+            _ => None,
+        },
+    );
+    let sources = vec![
+        ShardLocation {
+            index: 0,
+            hash: hs[0].0.to_vec(),
+            node_id: "cmd-a".into(),
+            address: a.url(),
+            token: read_token("cmd-a", hs[0]),
+            ..Default::default()
+        },
+        ShardLocation {
+            index: 1,
+            hash: hs[1].0.to_vec(),
+            node_id: "cmd-b".into(),
+            address: String::new(),
+            token: read_token("cmd-b", hs[1]),
+            ..Default::default()
+        },
+    ];
+    gw.state().commands.insert(
+        "cmd-c".into(),
+        vec![
+            cmd(
+                "repair-1",
+                Command::Repair(RepairCommand {
+                    chunk: Some(info.clone()),
+                    target_index: 2,
+                    sources: sources.clone(),
+                }),
+            ),
+            cmd(
+                "repair-short",
+                Command::Repair(RepairCommand {
+                    chunk: Some(info.clone()),
+                    target_index: 2,
+                    sources: sources[..1].to_vec(),
+                }),
+            ),
+        ],
+    );
+    let r = result_of(&gw, "repair-1").await;
+    assert!(r.ok, "{r:?}\n{}", c.log());
+    assert!(get(&mut cc, "cmd-c", &hs[2]).await.unwrap() == enc.shards[2]);
+    let short = result_of(&gw, "repair-short").await;
+    // The shard is already held by then, or the single source was refused as not enough.
+    assert!(
+        short.ok || short.error.contains("only 1 of the 2"),
+        "{short:?}"
+    );
+
+    // Transfer shard 0 from A to C with a put token for C.
+    let put_c = token(
+        "cmd-c",
+        Role::Rebalancer,
+        &[Op::Put],
+        Scope::Shards(vec![hs[0]]),
+    );
+    gw.state().commands.insert(
+        "cmd-a".into(),
+        vec![cmd(
+            "transfer-1",
+            Command::Transfer(TransferCommand {
+                hash: hs[0].0.to_vec(),
+                target_node_id: "cmd-c".into(),
+                target_address: c.url(),
+                target_token: put_c,
+            }),
+        )],
+    );
+    let r = result_of(&gw, "transfer-1").await;
+    assert!(r.ok, "{r:?}");
+    assert!(get(&mut cc, "cmd-c", &hs[0]).await.unwrap() == enc.shards[0]);
+
+    // Delete on A with a gateway token; a client token is refused and deletes nothing.
+    gw.state().commands.insert(
+        "cmd-b".into(),
+        vec![cmd(
+            "delete-client",
+            Command::Delete(DeleteCommand {
+                hashes: vec![hs[1].0.to_vec()],
+                token: token(
+                    "cmd-b",
+                    Role::Client,
+                    &[Op::Delete],
+                    Scope::Shards(vec![hs[1]]),
+                ),
+            }),
+        )],
+    );
+    gw.state().commands.insert(
+        "cmd-a".into(),
+        vec![cmd(
+            "delete-1",
+            Command::Delete(DeleteCommand {
+                hashes: vec![hs[0].0.to_vec()],
+                token: gateway_token("cmd-a", &[Op::Delete]),
+            }),
+        )],
+    );
+    assert!(result_of(&gw, "delete-1").await.ok);
+    assert_eq!(has(&mut ca, &[hs[0]]).await, vec![false]);
+    let refused = result_of(&gw, "delete-client").await;
+    assert!(!refused.ok);
+    assert!(refused.error.contains("may not Delete"), "{refused:?}");
+    assert_eq!(has(&mut cb, &[hs[1]]).await, vec![true]);
+    // Any two of the three shards still rebuild the chunk: C holds 0 and 2.
+    let m = c.metrics_text();
+    assert!(
+        m.contains("cyxcloud_node_commands_total{kind=\"repair\",result=\"ok\"}"),
+        "{m}"
+    );
+}
