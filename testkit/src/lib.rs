@@ -8,6 +8,8 @@
 //! * [`wait_until`] / [`wait_for_http`]: readiness by polling with a deadline, never a fixed
 //!   sleep.
 //! * [`bin`]: the path of a workspace binary next to the running test.
+//! * [`services`]: throwaway PostgreSQL databases and Redis key spaces (private servers started
+//!   on demand, or the ones named by `CYXCLOUD_TEST_DATABASE_URL` / `CYXCLOUD_TEST_REDIS_URL`).
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -16,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+pub mod services;
 
 pub use tempfile::{TempDir, tempdir};
 

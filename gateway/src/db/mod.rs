@@ -1,0 +1,627 @@
+//! The metadata store connection: one code path for SQLite and PostgreSQL.
+//!
+//! Every query in the gateway is written once, in SQL that both engines run (`$1` parameters,
+//! `INSERT .. ON CONFLICT`, `RETURNING`, `WITH RECURSIVE`, integers, text and blobs only). This
+//! module binds [`Arg`]s and reads [`Row`]s for either engine; the few real dialect differences
+//! (how a write transaction is serialized, snapshot reads, notifications, DDL type names, which
+//! errors are retryable) live in [`sqlite`] and [`postgres`].
+//!
+//! # Write transactions
+//!
+//! All transactions that change the namespace, the journal or chunk references are serialized:
+//! SQLite takes its write lock up front (`BEGIN IMMEDIATE`), PostgreSQL a transaction-scoped
+//! advisory lock as the first statement. Transactions therefore commit in journal order (the
+//! journal's sequence is allocated inside them), and every read inside a write transaction sees
+//! all earlier commits. Serialization and lock failures (`SQLITE_BUSY`, SQLSTATE 40001/40P01) are
+//! retried with backoff by [`write_tx!`]. See `docs/adr/0001-namespace-paths.md`.
+
+pub mod migrations;
+pub mod postgres;
+pub mod sqlite;
+
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Row as _};
+use tokio::sync::watch;
+
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+
+/// Which engine a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(sqlx::SqlitePool),
+    Pg(sqlx::PgPool),
+}
+
+/// Shared state the store keeps beside the pool: the last journal sequence this process
+/// committed or saw (watchers wait on it) and the cache to invalidate after each commit.
+struct Hooks {
+    journal_head: watch::Sender<u64>,
+    cache: OnceLock<Cache>,
+}
+
+/// A handle on the metadata store (cheap to clone).
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    backend: Backend,
+    hooks: Arc<Hooks>,
+    /// For PostgreSQL: the database URL (listeners open their own connection).
+    url: Arc<str>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Db({})", self.backend.name())
+    }
+}
+
+/// A bound parameter. `None` values are typed nulls (PostgreSQL wants the type).
+#[derive(Debug, Clone)]
+pub enum Arg {
+    I64(Option<i64>),
+    Text(Option<String>),
+    Blob(Option<Vec<u8>>),
+}
+
+macro_rules! arg_from_int {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Arg {
+            fn from(v: $t) -> Self {
+                Arg::I64(Some(v as i64))
+            }
+        }
+    )*};
+}
+arg_from_int!(i64, u64, i32, u32, u16, u8, usize);
+
+impl From<bool> for Arg {
+    fn from(v: bool) -> Self {
+        Arg::I64(Some(v as i64))
+    }
+}
+impl From<&str> for Arg {
+    fn from(v: &str) -> Self {
+        Arg::Text(Some(v.to_string()))
+    }
+}
+impl From<&String> for Arg {
+    fn from(v: &String) -> Self {
+        Arg::Text(Some(v.clone()))
+    }
+}
+impl From<String> for Arg {
+    fn from(v: String) -> Self {
+        Arg::Text(Some(v))
+    }
+}
+impl From<&[u8]> for Arg {
+    fn from(v: &[u8]) -> Self {
+        Arg::Blob(Some(v.to_vec()))
+    }
+}
+impl From<Vec<u8>> for Arg {
+    fn from(v: Vec<u8>) -> Self {
+        Arg::Blob(Some(v))
+    }
+}
+impl From<&Vec<u8>> for Arg {
+    fn from(v: &Vec<u8>) -> Self {
+        Arg::Blob(Some(v.clone()))
+    }
+}
+impl From<[u8; 32]> for Arg {
+    fn from(v: [u8; 32]) -> Self {
+        Arg::Blob(Some(v.to_vec()))
+    }
+}
+impl From<&cyxcloud_core::Hash> for Arg {
+    fn from(v: &cyxcloud_core::Hash) -> Self {
+        Arg::Blob(Some(v.0.to_vec()))
+    }
+}
+impl From<cyxcloud_core::Hash> for Arg {
+    fn from(v: cyxcloud_core::Hash) -> Self {
+        Arg::Blob(Some(v.0.to_vec()))
+    }
+}
+impl From<Option<Vec<u8>>> for Arg {
+    fn from(v: Option<Vec<u8>>) -> Self {
+        Arg::Blob(v)
+    }
+}
+impl From<Option<String>> for Arg {
+    fn from(v: Option<String>) -> Self {
+        Arg::Text(v)
+    }
+}
+impl From<Option<i64>> for Arg {
+    fn from(v: Option<i64>) -> Self {
+        Arg::I64(v)
+    }
+}
+
+/// `args![a, b, c]` builds a `Vec<Arg>`.
+#[macro_export]
+macro_rules! args {
+    () => { Vec::<$crate::db::Arg>::new() };
+    ($($a:expr),+ $(,)?) => { vec![$($crate::db::Arg::from($a)),+] };
+}
+pub use crate::args;
+
+/// SQL text: static (statement cached by the driver) or built at run time from trusted pieces.
+pub type Sql = Cow<'static, str>;
+
+fn q_sqlite(
+    sql: Sql,
+    args: Vec<Arg>,
+) -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for a in args {
+        q = match a {
+            Arg::I64(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::Blob(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+fn q_pg(
+    sql: Sql,
+    args: Vec<Arg>,
+) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for a in args {
+        q = match a {
+            Arg::I64(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::Blob(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+/// A result row of either engine.
+pub enum Row {
+    Sqlite(sqlx::sqlite::SqliteRow),
+    Pg(sqlx::postgres::PgRow),
+}
+
+macro_rules! get {
+    ($self:ident, $i:ident, $t:ty) => {
+        match $self {
+            Row::Sqlite(r) => r.try_get::<$t, usize>($i),
+            Row::Pg(r) => r.try_get::<$t, usize>($i),
+        }
+        .map_err(Error::Db)
+    };
+}
+
+impl Row {
+    pub fn i64(&self, i: usize) -> Result<i64> {
+        get!(self, i, i64)
+    }
+    pub fn opt_i64(&self, i: usize) -> Result<Option<i64>> {
+        get!(self, i, Option<i64>)
+    }
+    pub fn u64(&self, i: usize) -> Result<u64> {
+        Ok(self.i64(i)? as u64)
+    }
+    pub fn u32(&self, i: usize) -> Result<u32> {
+        let v = self.i64(i)?;
+        u32::try_from(v).map_err(|_| Error::Corrupt(format!("column {i}: {v} is not a u32")))
+    }
+    pub fn bool(&self, i: usize) -> Result<bool> {
+        Ok(self.i64(i)? != 0)
+    }
+    pub fn text(&self, i: usize) -> Result<String> {
+        get!(self, i, String)
+    }
+    pub fn opt_text(&self, i: usize) -> Result<Option<String>> {
+        get!(self, i, Option<String>)
+    }
+    pub fn blob(&self, i: usize) -> Result<Vec<u8>> {
+        get!(self, i, Vec<u8>)
+    }
+    pub fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>> {
+        get!(self, i, Option<Vec<u8>>)
+    }
+    pub fn hash(&self, i: usize) -> Result<cyxcloud_core::Hash> {
+        let b = self.blob(i)?;
+        cyxcloud_core::Hash::from_slice(&b)
+            .ok_or_else(|| Error::Corrupt(format!("column {i}: {} bytes, not a hash", b.len())))
+    }
+}
+
+enum TxInner {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Pg(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// A transaction (a snapshot read, or a serialized write).
+pub struct Tx {
+    inner: TxInner,
+    /// Highest journal sequence appended in this transaction.
+    pub(crate) last_seq: u64,
+    /// Inodes whose cached layouts or listings the commit makes stale.
+    pub(crate) touched: Vec<u64>,
+}
+
+macro_rules! run {
+    ($target:expr, $sql:expr, $args:expr, $method:ident, $wrap:expr) => {
+        match $target {
+            Target::Sqlite(e) => q_sqlite($sql, $args).$method(e).await.map($wrap.0),
+            Target::Pg(e) => q_pg($sql, $args).$method(e).await.map($wrap.1),
+        }
+    };
+}
+
+enum Target<'a> {
+    Sqlite(&'a mut sqlx::SqliteConnection),
+    Pg(&'a mut sqlx::PgConnection),
+}
+
+/// Query methods shared by pool-level calls and transactions.
+macro_rules! query_methods {
+    () => {
+        /// Runs a statement; returns the number of rows it changed.
+        pub async fn exec(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<u64> {
+            let r = run!(
+                self.target(),
+                sql.into(),
+                args,
+                execute,
+                (
+                    |r: sqlx::sqlite::SqliteQueryResult| r.rows_affected(),
+                    |r: sqlx::postgres::PgQueryResult| r.rows_affected()
+                )
+            )?;
+            Ok(r)
+        }
+
+        pub async fn opt(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Option<Row>> {
+            let r = run!(
+                self.target(),
+                sql.into(),
+                args,
+                fetch_optional,
+                (
+                    |r: Option<_>| r.map(Row::Sqlite),
+                    |r: Option<_>| r.map(Row::Pg)
+                )
+            )?;
+            Ok(r)
+        }
+
+        pub async fn all(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Vec<Row>> {
+            let r = run!(
+                self.target(),
+                sql.into(),
+                args,
+                fetch_all,
+                (
+                    |r: Vec<_>| r.into_iter().map(Row::Sqlite).collect::<Vec<_>>(),
+                    |r: Vec<_>| r.into_iter().map(Row::Pg).collect::<Vec<_>>()
+                )
+            )?;
+            Ok(r)
+        }
+
+        pub async fn one(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Row> {
+            let r = run!(
+                self.target(),
+                sql.into(),
+                args,
+                fetch_one,
+                (Row::Sqlite, Row::Pg)
+            )?;
+            Ok(r)
+        }
+    };
+}
+
+impl Tx {
+    fn target(&mut self) -> Target<'_> {
+        match &mut self.inner {
+            TxInner::Sqlite(t) => Target::Sqlite(&mut *t),
+            TxInner::Pg(t) => Target::Pg(&mut *t),
+        }
+    }
+
+    query_methods!();
+
+    pub fn backend(&self) -> Backend {
+        match self.inner {
+            TxInner::Sqlite(_) => Backend::Sqlite,
+            TxInner::Pg(_) => Backend::Postgres,
+        }
+    }
+
+    /// Marks inodes whose cached state this transaction changes.
+    pub fn touch(&mut self, inode: u64) {
+        self.touched.push(inode);
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        match self.inner {
+            TxInner::Sqlite(t) => t.commit().await?,
+            TxInner::Pg(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<()> {
+        match self.inner {
+            TxInner::Sqlite(t) => t.rollback().await?,
+            TxInner::Pg(t) => t.rollback().await?,
+        }
+        Ok(())
+    }
+}
+
+/// A pooled connection for single statements outside a transaction.
+pub struct Conn {
+    inner: ConnInner,
+}
+
+enum ConnInner {
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Pg(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+impl Conn {
+    fn target(&mut self) -> Target<'_> {
+        match &mut self.inner {
+            ConnInner::Sqlite(c) => Target::Sqlite(&mut *c),
+            ConnInner::Pg(c) => Target::Pg(&mut *c),
+        }
+    }
+
+    query_methods!();
+}
+
+/// Whether `e` is a transient conflict that a retry of the whole transaction resolves.
+pub fn is_retryable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            let code = d.code();
+            let code = code.as_deref().unwrap_or("");
+            sqlite::is_retryable_code(code) || postgres::is_retryable_code(code)
+        }
+        _ => false,
+    }
+}
+
+/// Whether `e` is a unique-constraint violation.
+pub fn is_unique_violation(e: &Error) -> bool {
+    matches!(e, Error::Db(sqlx::Error::Database(d)) if d.is_unique_violation())
+}
+
+/// Most attempts of one write transaction before the conflict is reported.
+const MAX_ATTEMPTS: u32 = 30;
+
+impl Db {
+    /// Opens (creating if needed) the store at `url`: `sqlite://<path>` or a file path for
+    /// SQLite, `postgres://...` for PostgreSQL. Runs the migrations.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Db> {
+        let (pool, backend) = if url.starts_with("postgres://") || url.starts_with("postgresql://")
+        {
+            (
+                Pool::Pg(postgres::connect(url, max_connections).await?),
+                Backend::Postgres,
+            )
+        } else {
+            (
+                Pool::Sqlite(sqlite::connect(url, max_connections).await?),
+                Backend::Sqlite,
+            )
+        };
+        let (journal_head, _) = watch::channel(0);
+        let db = Db {
+            pool,
+            backend,
+            hooks: Arc::new(Hooks {
+                journal_head,
+                cache: OnceLock::new(),
+            }),
+            url: url.into(),
+        };
+        migrations::run(&db).await?;
+        let head = crate::journal::head(&db).await?;
+        db.hooks.journal_head.send_replace(head);
+        Ok(db)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Installs the cache that commits invalidate (once, at start).
+    pub fn set_cache(&self, cache: Cache) {
+        let _ = self.hooks.cache.set(cache);
+    }
+
+    pub fn cache(&self) -> Option<&Cache> {
+        self.hooks.cache.get()
+    }
+
+    /// The highest journal sequence this process knows to be committed.
+    pub fn journal_head(&self) -> watch::Receiver<u64> {
+        self.hooks.journal_head.subscribe()
+    }
+
+    /// Raises the known journal head (the tailer calls this for other gateways' commits).
+    pub(crate) fn observe_head(&self, seq: u64) {
+        self.hooks.journal_head.send_if_modified(|h| {
+            if seq > *h {
+                *h = seq;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// A connection for single statements.
+    pub async fn conn(&self) -> Result<Conn> {
+        Ok(Conn {
+            inner: match &self.pool {
+                Pool::Sqlite(p) => ConnInner::Sqlite(p.acquire().await?),
+                Pool::Pg(p) => ConnInner::Pg(p.acquire().await?),
+            },
+        })
+    }
+
+    pub async fn exec(&self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<u64> {
+        self.conn().await?.exec(sql, args).await
+    }
+    pub async fn opt(&self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Option<Row>> {
+        self.conn().await?.opt(sql, args).await
+    }
+    pub async fn all(&self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Vec<Row>> {
+        self.conn().await?.all(sql, args).await
+    }
+    pub async fn one(&self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Row> {
+        self.conn().await?.one(sql, args).await
+    }
+
+    /// A read-only snapshot: every statement sees the same committed state.
+    pub async fn read(&self) -> Result<Tx> {
+        let inner = match &self.pool {
+            Pool::Sqlite(p) => TxInner::Sqlite(sqlite::begin_read(p).await?),
+            Pool::Pg(p) => TxInner::Pg(postgres::begin_read(p).await?),
+        };
+        Ok(Tx {
+            inner,
+            last_seq: 0,
+            touched: Vec::new(),
+        })
+    }
+
+    /// A serialized write transaction (see the module docs). Prefer [`write_tx!`], which
+    /// retries conflicts.
+    pub async fn begin_write(&self) -> Result<Tx> {
+        let inner = match &self.pool {
+            Pool::Sqlite(p) => TxInner::Sqlite(sqlite::begin_write(p).await?),
+            Pool::Pg(p) => TxInner::Pg(postgres::begin_write(p).await?),
+        };
+        Ok(Tx {
+            inner,
+            last_seq: 0,
+            touched: Vec::new(),
+        })
+    }
+
+    /// Ends one attempt of [`write_tx!`]: commits on success and runs the after-commit hooks,
+    /// rolls back on error, and says whether to try again.
+    pub async fn finish_write<T>(
+        &self,
+        mut tx: Tx,
+        result: Result<T>,
+        attempt: &mut u32,
+    ) -> std::ops::ControlFlow<Result<T>> {
+        use std::ops::ControlFlow::{Break, Continue};
+        let err = match result {
+            Ok(v) => {
+                let last_seq = tx.last_seq;
+                let touched = std::mem::take(&mut tx.touched);
+                match tx.commit().await {
+                    Ok(()) => {
+                        self.after_commit(last_seq, touched).await;
+                        return Break(Ok(v));
+                    }
+                    Err(e) => e,
+                }
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                e
+            }
+        };
+        let retry = matches!(&err, Error::Db(e) if is_retryable(e));
+        if retry && *attempt + 1 < MAX_ATTEMPTS {
+            *attempt += 1;
+            let ms = (1u64 << (*attempt).min(6)).min(50) + fastrand_ms(*attempt);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Continue(())
+        } else {
+            Break(Err(err))
+        }
+    }
+
+    async fn after_commit(&self, last_seq: u64, mut touched: Vec<u64>) {
+        if !touched.is_empty()
+            && let Some(cache) = self.cache()
+        {
+            touched.sort_unstable();
+            touched.dedup();
+            cache.invalidate(&touched).await;
+        }
+        if last_seq > 0 {
+            self.observe_head(last_seq);
+        }
+    }
+}
+
+/// A little jitter so retried transactions do not collide again in lockstep.
+fn fastrand_ms(attempt: u32) -> u64 {
+    let mut b = [0u8; 1];
+    let _ = getrandom::fill(&mut b);
+    (b[0] as u64 % 4) * attempt.min(4) as u64
+}
+
+/// Runs `$body` in a serialized write transaction bound to `$tx`, retrying the whole body on
+/// serialization conflicts. `$body` evaluates to `Result<T>`; the macro to `T` (errors are
+/// returned with `?` from the enclosing function).
+macro_rules! write_tx {
+    ($db:expr, $tx:ident => $body:expr) => {{
+        let __db: &$crate::db::Db = &$db;
+        let mut __attempt: u32 = 0;
+        loop {
+            #[allow(unused_mut)]
+            let mut $tx = __db.begin_write().await?;
+            let __r = async { $body }.await;
+            match __db.finish_write($tx, __r, &mut __attempt).await {
+                ::std::ops::ControlFlow::Break(v) => break v?,
+                ::std::ops::ControlFlow::Continue(()) => continue,
+            }
+        }
+    }};
+}
+pub(crate) use write_tx;
+
+/// Current time in nanoseconds since the Unix epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Current time in whole seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    (now_ns() / 1_000_000_000) as u64
+}

@@ -1,0 +1,56 @@
+//! SQLite specifics: one file in the data dir, WAL mode (readers never block the writer),
+//! write transactions that take the write lock up front (`BEGIN IMMEDIATE`, so two writers
+//! never deadlock upgrading a read lock), and a busy timeout instead of instant failures.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::error::{Error, Result};
+
+pub async fn connect(url: &str, max_connections: u32) -> Result<sqlx::SqlitePool> {
+    let opts = if url.starts_with("sqlite:") {
+        SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::Config(format!("bad SQLite URL {url:?}: {e}")))?
+    } else {
+        SqliteConnectOptions::new().filename(url)
+    };
+    let opts = opts
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(30))
+        .foreign_keys(false);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(max_connections.max(2))
+        .acquire_timeout(Duration::from_secs(60))
+        .connect_with(opts)
+        .await?;
+    Ok(pool)
+}
+
+pub async fn begin_write(
+    pool: &sqlx::SqlitePool,
+) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+pub async fn begin_read(
+    pool: &sqlx::SqlitePool,
+) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    // A deferred transaction in WAL mode reads one snapshot from its first read on.
+    Ok(pool.begin_with("BEGIN DEFERRED").await?)
+}
+
+/// SQLITE_BUSY (5) and SQLITE_LOCKED (6) with their extended codes.
+pub fn is_retryable_code(code: &str) -> bool {
+    matches!(code, "5" | "6" | "261" | "262" | "517" | "773")
+}
+
+/// DDL spellings for the shared migrations.
+pub const DIALECT: &[(&str, &str)] = &[
+    ("{AUTOID}", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+    ("{BLOB}", "BLOB"),
+    ("{BINARY}", "COLLATE BINARY"),
+];

@@ -1,0 +1,240 @@
+//! `cyxcloud-gateway`: the control plane. It owns all metadata (accounts, buckets, the
+//! namespace, file layouts, the node registry, the change journal) in SQLite or PostgreSQL
+//! through one code path ([`db`]), serves the `Control` and `NodeRegistry` gRPC services
+//! ([`control`], [`registry_rpc`]) and the HTTP port ([`http`]: `/health`, `/metrics`, `/ws`,
+//! `/api/...`; the S3 API merges its routes there through [`run`]'s `extra_routes`).
+//!
+//! Must not depend on: the node daemon, mountd, syncd (nothing depends on a daemon crate).
+
+pub mod accounts;
+pub mod cache;
+pub mod config;
+pub mod control;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod journal;
+pub mod keys;
+pub mod layout;
+pub mod metrics;
+pub mod namespace;
+pub mod placement;
+pub mod registry;
+pub mod registry_rpc;
+pub mod state;
+pub mod writes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cyxcloud_core::codec::CodecId;
+use cyxcloud_core::placement::Limits;
+use cyxcloud_daemon::Shutdown;
+use cyxcloud_proto::v1;
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use state::Gateway;
+
+use accounts::{Accounts, NewKey};
+use cache::Cache;
+use db::Db;
+use keys::ClusterKeys;
+use namespace::Namespace;
+use registry::{Registry, RegistryConfig};
+use writes::{WriteConfig, Writes};
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub gateway: Gateway,
+    /// The admin credential created at this start (print it once), if any.
+    pub new_admin_key: Option<NewKey>,
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// Opens the store and builds the shared state (binds nothing, starts nothing).
+/// `admin_key` is the `(access key, secret)` from the environment, if set.
+pub async fn open(
+    config: &Config,
+    admin_key: Option<(&str, &str)>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(Gateway, Option<NewKey>)> {
+    config.validate()?;
+    let data_dir = config.data_dir();
+    std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+    let keys = Arc::new(ClusterKeys::load_or_create(&config.cluster_key_path())?);
+    let db = Db::open(&config.database(), config.db_max_connections).await?;
+    keys.bind_to(&db).await?;
+    let cache_ttl = Duration::from_secs(config.cache.ttl_secs.max(1));
+    let cache = if config.redis_url.is_empty() {
+        Cache::local(config.cache.entries as usize, cache_ttl)
+    } else {
+        Cache::redis(&config.redis_url, &config.redis_prefix, cache_ttl).await?
+    };
+    db.set_cache(cache.clone());
+    let accounts = Accounts::new(
+        db.clone(),
+        keys.clone(),
+        config.auth.token_ttl_secs,
+        config.auth.jwt_ttl_secs,
+    );
+    let new_admin_key = accounts.bootstrap_admin(admin_key).await?;
+    let signer = keys.token_signer();
+    let gateway_id = format!("gw-{}", keys::random_id(10)?.to_lowercase());
+    let registry = Registry::new(
+        db.clone(),
+        RegistryConfig {
+            heartbeat_interval_ms: config.nodes.heartbeat_interval_ms,
+            missed_heartbeats: config.nodes.missed_heartbeats,
+            require_machine_keys: config.nodes.require_machine_keys,
+            latency_probe_ms: config.nodes.latency_probe_ms,
+            gateway_id: gateway_id.clone(),
+        },
+        signer.clone(),
+        accounts.clone(),
+    );
+    let s = &config.storage;
+    let writes = Writes::new(
+        db.clone(),
+        WriteConfig {
+            chunk_size: s.chunk_size_bytes as u32,
+            profile: config.profile()?,
+            codec: CodecId::from_u8(s.codec as u8).map_err(|e| Error::Config(e.to_string()))?,
+            inline_threshold: s.inline_threshold_bytes as u32,
+            success_threshold: s.success_threshold,
+            write_ttl_secs: config.writes.write_ttl_secs,
+            token_ttl_secs: config.writes.token_ttl_secs,
+            verify_commits: s.verify_commits,
+            limits: Limits {
+                per_node: s.max_shards_per_node as usize,
+                per_rack: s.max_shards_per_rack as usize,
+                per_datacenter: s.max_shards_per_datacenter as usize,
+            },
+        },
+        registry.clone(),
+        signer.clone(),
+    );
+    let gw = Gateway {
+        ns: Namespace::new(db.clone()),
+        db,
+        accounts,
+        registry,
+        writes,
+        signer,
+        metrics: metrics::Metrics::new(),
+        cache,
+        config: Arc::new(config.clone()),
+        gateway_id,
+        stop,
+    };
+    Ok((gw, new_admin_key))
+}
+
+/// Opens the store, binds the HTTP and gRPC ports and serves until `shutdown`.
+/// `extra_routes` (the S3 API) are merged into the HTTP router.
+pub async fn run(
+    config: Config,
+    shutdown: Shutdown,
+    admin_key: Option<(&str, &str)>,
+    extra_routes: Option<axum::Router>,
+) -> Result<Running> {
+    let (gw, new_admin_key) = open(&config, admin_key, shutdown.token()).await?;
+    let bind = |port: u16| -> Result<std::net::TcpListener> {
+        let addr: SocketAddr = format!("{}:{port}", config.host)
+            .parse()
+            .map_err(|e| Error::Config(format!("bind address: {e}")))?;
+        let l = std::net::TcpListener::bind(addr)
+            .map_err(|e| Error::Config(format!("cannot bind {addr}: {e}")))?;
+        l.set_nonblocking(true)
+            .map_err(|e| Error::io(addr.to_string(), e))?;
+        Ok(l)
+    };
+    let http = tokio::net::TcpListener::from_std(bind(config.port)?)
+        .map_err(|e| Error::io("http listener", e))?;
+    let grpc = tokio::net::TcpListener::from_std(bind(config.grpc_port)?)
+        .map_err(|e| Error::io("grpc listener", e))?;
+    let http_addr = http
+        .local_addr()
+        .map_err(|e| Error::io("http listener", e))?;
+    let grpc_addr = grpc
+        .local_addr()
+        .map_err(|e| Error::io("grpc listener", e))?;
+    let mut tasks = Vec::new();
+
+    let mut app = http::router(gw.clone());
+    if let Some(extra) = extra_routes {
+        app = app.merge(extra);
+    }
+    let sd = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let r = axum::serve(http, app)
+            .with_graceful_shutdown(async move { sd.wait().await })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }));
+
+    let control = v1::control_server::ControlServer::new(control::ControlService::new(gw.clone()))
+        .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES);
+    let nodes = v1::node_registry_server::NodeRegistryServer::new(
+        registry_rpc::RegistryService::new(gw.clone()),
+    );
+    let sd = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(control)
+            .add_service(nodes)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                async move { sd.wait().await },
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    }));
+
+    let stop = gw.stop.clone();
+    tasks.push(tokio::spawn(journal::tailer(
+        gw.db.clone(),
+        Duration::from_millis(config.journal.poll_ms),
+        config.journal.retention_events,
+        config.journal.retention_secs,
+        stop.clone(),
+    )));
+    tasks.push(tokio::spawn(
+        gw.registry.clone().run_background(stop.clone()),
+    ));
+    tasks.push(tokio::spawn(gw.writes.clone().run_expiry(
+        Duration::from_secs(config.writes.expiry_check_secs.max(1)),
+        stop.clone(),
+    )));
+    tasks.push(tokio::spawn(gw.metrics.clone().run_refresh(
+        gw.db.clone(),
+        Duration::from_secs(5),
+        stop,
+    )));
+
+    tracing::info!(
+        http = %http_addr,
+        grpc = %grpc_addr,
+        database = gw.db.backend().name(),
+        cache = if gw.cache.is_local() { "local" } else { "redis" },
+        gateway_id = %gw.gateway_id,
+        "gateway serving"
+    );
+    Ok(Running {
+        http_addr,
+        grpc_addr,
+        gateway: gw,
+        new_admin_key,
+        tasks,
+    })
+}

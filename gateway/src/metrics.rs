@@ -1,0 +1,179 @@
+//! The gateway's Prometheus metrics (served on `/metrics` by `cyxcloud_daemon::ops`).
+//!
+//! * `cyxcloud_gateway_requests_total{method,code}`: control/registry RPCs by outcome.
+//! * `cyxcloud_gateway_request_duration_seconds{method}`: their latency.
+//! * `cyxcloud_gateway_nodes{state}`: registered nodes by state.
+//! * `cyxcloud_gateway_objects`, `cyxcloud_gateway_bytes`: files and their logical bytes.
+//! * `cyxcloud_gateway_journal_seq`: the last journal sequence.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Db, args};
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Arc<Mutex<Registry>>,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram>,
+    nodes: Family<Labels, Gauge>,
+    objects: Gauge,
+    bytes: Gauge<u64, AtomicU64>,
+    journal_seq: Gauge<u64, AtomicU64>,
+    db_ok: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.00005, 2.0, 18))
+        });
+        let nodes = Family::<Labels, Gauge>::default();
+        let objects = Gauge::default();
+        let bytes = Gauge::<u64, AtomicU64>::default();
+        let journal_seq = Gauge::<u64, AtomicU64>::default();
+        r.register(
+            "cyxcloud_gateway_requests",
+            "Control and registry RPCs by method and result code",
+            requests.clone(),
+        );
+        r.register(
+            "cyxcloud_gateway_request_duration_seconds",
+            "Control and registry RPC latency",
+            latency.clone(),
+        );
+        r.register(
+            "cyxcloud_gateway_nodes",
+            "Registered storage nodes by state",
+            nodes.clone(),
+        );
+        r.register(
+            "cyxcloud_gateway_objects",
+            "Files in the namespace",
+            objects.clone(),
+        );
+        r.register(
+            "cyxcloud_gateway_bytes",
+            "Logical bytes of all files",
+            bytes.clone(),
+        );
+        r.register(
+            "cyxcloud_gateway_journal_seq",
+            "Sequence of the last change journal event",
+            journal_seq.clone(),
+        );
+        Metrics {
+            registry: Arc::new(Mutex::new(r)),
+            requests,
+            latency,
+            nodes,
+            objects,
+            bytes,
+            journal_seq,
+            db_ok: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Whether the last refresh reached the metadata store.
+    pub fn db_ok(&self) -> bool {
+        self.db_ok.load(Ordering::Relaxed)
+    }
+
+    /// Records one RPC.
+    pub fn observe(&self, method: &str, code: &str, started: Instant) {
+        self.requests
+            .get_or_create(&vec![
+                ("method".into(), method.into()),
+                ("code".into(), code.into()),
+            ])
+            .inc();
+        self.latency
+            .get_or_create(&vec![("method".into(), method.into())])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Refreshes the gauges from the store.
+    pub async fn refresh(&self, db: &Db) -> crate::Result<()> {
+        let rows = db
+            .all("SELECT state, COUNT(*) FROM nodes GROUP BY state", args![])
+            .await?;
+        for s in [
+            cyxcloud_proto::v1::NodeState::Online,
+            cyxcloud_proto::v1::NodeState::Offline,
+            cyxcloud_proto::v1::NodeState::Draining,
+            cyxcloud_proto::v1::NodeState::Drained,
+        ] {
+            let n = rows
+                .iter()
+                .find(|r| r.i64(0).ok() == Some(s as i64))
+                .map(|r| r.i64(1))
+                .transpose()?
+                .unwrap_or(0);
+            self.nodes
+                .get_or_create(&vec![("state".into(), state_name(s).into())])
+                .set(n);
+        }
+        let r = db
+            .one(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM inodes WHERE kind = 1",
+                args![],
+            )
+            .await?;
+        self.objects.set(r.i64(0)?);
+        self.bytes.set(r.u64(1)?);
+        self.journal_seq.set(crate::journal::head(db).await?);
+        Ok(())
+    }
+
+    /// Refreshes the gauges every `every` until `stop`.
+    pub async fn run_refresh(self, db: Db, every: Duration, stop: CancellationToken) {
+        let mut t = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = t.tick() => {
+                    let r = self.refresh(&db).await;
+                    self.db_ok.store(r.is_ok(), Ordering::Relaxed);
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "metrics refresh failed");
+                    }
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+pub fn state_name(s: cyxcloud_proto::v1::NodeState) -> &'static str {
+    use cyxcloud_proto::v1::NodeState;
+    match s {
+        NodeState::Online => "online",
+        NodeState::Offline => "offline",
+        NodeState::Draining => "draining",
+        NodeState::Drained => "drained",
+        NodeState::Unspecified => "unknown",
+    }
+}

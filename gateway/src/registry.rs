@@ -1,0 +1,666 @@
+//! The node registry: nodes register and heartbeat; the gateway tracks their state (online,
+//! offline after `missed` heartbeat intervals without one, draining, drained once it holds
+//! nothing the gateway refers to), measures latency to each (a timed `Stats` call), delivers
+//! pending commands in heartbeat replies and records their results. Node state changes are
+//! journal events (`CHANGE_KIND_NODE`, `node.*` on `/ws`).
+//!
+//! Deletes of shards nothing refers to any more (`gc_queue`) become `DeleteCommand`s signed
+//! with a Gateway-role token when the node next heartbeats; each hash is re-checked first
+//! against stored chunks and in-flight writes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use cyxcloud_core::Hash;
+use cyxcloud_core::token::TokenSigner;
+use cyxcloud_proto::v1;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Db, Tx, args, now_ns, write_tx};
+use crate::error::{Error, Result};
+use crate::journal;
+
+/// What the gateway knows about a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub region: String,
+    pub datacenter: String,
+    pub rack: String,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub available_bytes: u64,
+    pub shard_count: u64,
+    pub state: v1::NodeState,
+    pub last_heartbeat_ms: i64,
+    pub latency_us: u32,
+}
+
+impl NodeView {
+    /// Bytes the node can still accept.
+    pub fn free_bytes(&self) -> u64 {
+        if self.available_bytes > 0 {
+            self.available_bytes
+        } else {
+            self.capacity_bytes.saturating_sub(self.used_bytes)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub heartbeat_interval_ms: u64,
+    pub missed_heartbeats: u32,
+    pub require_machine_keys: bool,
+    pub latency_probe_ms: u64,
+    pub gateway_id: String,
+}
+
+/// The live node list and when it was read.
+type LiveView = (Option<Instant>, Arc<Vec<NodeView>>);
+
+#[derive(Clone)]
+pub struct Registry {
+    db: Db,
+    cfg: Arc<RegistryConfig>,
+    signer: TokenSigner,
+    accounts: crate::accounts::Accounts,
+    view: Arc<RwLock<LiveView>>,
+    latency: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registry")
+    }
+}
+
+const NODE_COLS: &str = "id, name, address, region, datacenter, rack, capacity_bytes, used_bytes, \
+    available_bytes, shard_count, state, last_heartbeat_ms, latency_us";
+
+fn node_from_row(r: &crate::db::Row) -> Result<NodeView> {
+    Ok(NodeView {
+        id: r.text(0)?,
+        name: r.text(1)?,
+        address: r.text(2)?,
+        region: r.text(3)?,
+        datacenter: r.text(4)?,
+        rack: r.text(5)?,
+        capacity_bytes: r.u64(6)?,
+        used_bytes: r.u64(7)?,
+        available_bytes: r.u64(8)?,
+        shard_count: r.u64(9)?,
+        state: state_of(r.i64(10)?),
+        last_heartbeat_ms: r.i64(11)?,
+        latency_us: r.u32(12)?,
+    })
+}
+
+fn state_of(v: i64) -> v1::NodeState {
+    v1::NodeState::try_from(v as i32).unwrap_or(v1::NodeState::Unspecified)
+}
+
+/// How long the live view may be reused before it is read again.
+const VIEW_TTL: Duration = Duration::from_millis(250);
+/// Hashes per delete command.
+const DELETE_BATCH: i64 = 1000;
+/// A delivered command without a result is delivered again after this long.
+const REDELIVER_NS: i64 = 60_000_000_000;
+
+fn now_ms() -> i64 {
+    now_ns() / 1_000_000
+}
+
+impl Registry {
+    pub fn new(
+        db: Db,
+        cfg: RegistryConfig,
+        signer: TokenSigner,
+        accounts: crate::accounts::Accounts,
+    ) -> Self {
+        Registry {
+            db,
+            cfg: Arc::new(cfg),
+            signer,
+            accounts,
+            view: Arc::new(RwLock::new((None, Arc::new(Vec::new())))),
+            latency: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.cfg
+    }
+
+    /// Checks a node's `authorization: Bearer <machine api key>` when keys are required.
+    async fn check_machine(&self, node_id: &str, api_key: Option<&str>) -> Result<()> {
+        match api_key {
+            Some(k) if !k.is_empty() => {
+                let m = self
+                    .accounts
+                    .machine_for_key(k)
+                    .await?
+                    .ok_or_else(|| Error::Unauthenticated("unknown machine API key".into()))?;
+                if m.node_id != node_id {
+                    return Err(Error::Unauthenticated(format!(
+                        "the machine API key belongs to node {:?}, not {node_id:?}",
+                        m.node_id
+                    )));
+                }
+                Ok(())
+            }
+            _ if self.cfg.require_machine_keys => Err(Error::Unauthenticated(
+                "this gateway requires a machine API key (authorization: Bearer <api_key>)".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn register(
+        &self,
+        req: &v1::RegisterRequest,
+        api_key: Option<&str>,
+    ) -> Result<v1::RegisterResponse> {
+        if req.node_id.is_empty() || req.node_id.len() > 128 {
+            return Err(Error::invalid("node_id must be 1 to 128 characters"));
+        }
+        check_address(&req.grpc_address)?;
+        self.check_machine(&req.node_id, api_key).await?;
+        let topo = req.topology.clone().unwrap_or_default();
+        let reported = state_of(req.state as i64);
+        let state = match reported {
+            v1::NodeState::Draining | v1::NodeState::Drained => reported,
+            _ => v1::NodeState::Online,
+        };
+        let now = now_ms();
+        write_tx!(self.db, tx => {
+            let old = tx
+                .opt("SELECT state FROM nodes WHERE id = $1", args![req.node_id.as_str()])
+                .await?
+                .map(|r| r.i64(0))
+                .transpose()?;
+            tx.exec(
+                "INSERT INTO nodes (id, name, address, peer_id, p2p_addresses, region, datacenter, rack, \
+                 capacity_bytes, used_bytes, available_bytes, shard_count, reported_state, state, \
+                 last_heartbeat_ms, registered_ns, latency_us, version, wallet_address, machine_id, \
+                 load_milli, connections, bytes_uploaded, bytes_downloaded) VALUES \
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, $17, $18, $19, 0, 0, 0, 0) \
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, address = excluded.address, \
+                 peer_id = excluded.peer_id, p2p_addresses = excluded.p2p_addresses, region = excluded.region, \
+                 datacenter = excluded.datacenter, rack = excluded.rack, capacity_bytes = excluded.capacity_bytes, \
+                 used_bytes = excluded.used_bytes, available_bytes = excluded.available_bytes, \
+                 shard_count = excluded.shard_count, reported_state = excluded.reported_state, \
+                 state = excluded.state, last_heartbeat_ms = excluded.last_heartbeat_ms, \
+                 version = excluded.version, wallet_address = excluded.wallet_address, \
+                 machine_id = excluded.machine_id",
+                args![
+                    req.node_id.as_str(),
+                    req.name.as_str(),
+                    req.grpc_address.as_str(),
+                    req.peer_id.as_str(),
+                    req.p2p_addresses.join("\n"),
+                    topo.region.as_str(),
+                    topo.datacenter.as_str(),
+                    topo.rack.as_str(),
+                    req.capacity_bytes,
+                    req.used_bytes,
+                    req.capacity_bytes.saturating_sub(req.used_bytes),
+                    req.shard_count,
+                    reported as i64,
+                    state as i64,
+                    now,
+                    now_ns(),
+                    req.version.as_str(),
+                    req.wallet_address.as_str(),
+                    req.machine_id.as_str()
+                ],
+            )
+            .await?;
+            if old != Some(state as i64) {
+                node_event(&mut tx, &req.node_id, state).await?;
+            }
+            Ok(())
+        });
+        self.invalidate_view();
+        tracing::info!(node = %req.node_id, address = %req.grpc_address, state = ?state, "node registered");
+        let ms = self.cfg.heartbeat_interval_ms;
+        Ok(v1::RegisterResponse {
+            token_public_keys: vec![self.signer.public_key().to_vec()],
+            heartbeat_interval_secs: (ms / 1000).max(1) as u32,
+            gateway_id: self.cfg.gateway_id.clone(),
+            heartbeat_interval_ms: ms as u32,
+        })
+    }
+
+    pub async fn heartbeat(
+        &self,
+        req: &v1::HeartbeatRequest,
+        api_key: Option<&str>,
+    ) -> Result<v1::HeartbeatResponse> {
+        self.check_machine(&req.node_id, api_key).await?;
+        let now = now_ms();
+        let reported = state_of(req.state as i64);
+        let id = req.node_id.as_str();
+        let (known, desired) = write_tx!(self.db, tx => {
+            let Some(row) = tx
+                .opt("SELECT state, capacity_bytes FROM nodes WHERE id = $1", args![id])
+                .await?
+            else {
+                return Ok((false, v1::NodeState::Unspecified));
+            };
+            let old = state_of(row.i64(0)?);
+            let mut state = match reported {
+                v1::NodeState::Draining | v1::NodeState::Drained => v1::NodeState::Draining,
+                _ => v1::NodeState::Online,
+            };
+            if state == v1::NodeState::Draining && !holds_anything(&mut tx, id).await? {
+                state = v1::NodeState::Drained;
+            }
+            tx.exec(
+                "UPDATE nodes SET used_bytes = $2, available_bytes = $3, shard_count = $4, \
+                 load_milli = $5, connections = $6, reported_state = $7, state = $8, \
+                 last_heartbeat_ms = $9, bytes_uploaded = $10, bytes_downloaded = $11 WHERE id = $1",
+                args![
+                    id,
+                    req.used_bytes,
+                    req.available_bytes,
+                    req.shard_count,
+                    (req.load * 1000.0) as i64,
+                    req.active_connections,
+                    reported as i64,
+                    state as i64,
+                    now,
+                    req.bytes_uploaded,
+                    req.bytes_downloaded
+                ],
+            )
+            .await?;
+            if old != state {
+                node_event(&mut tx, id, state).await?;
+            }
+            for r in &req.results {
+                tx.exec(
+                    "UPDATE node_commands SET state = $3, error = $4 WHERE id = $1 AND node_id = $2",
+                    args![
+                        r.command_id.as_str(),
+                        id,
+                        if r.ok { CMD_DONE } else { CMD_FAILED },
+                        r.error.as_str()
+                    ],
+                )
+                .await?;
+            }
+            Ok((true, if state == v1::NodeState::Drained { state } else { v1::NodeState::Unspecified }))
+        });
+        if !known {
+            return Ok(v1::HeartbeatResponse {
+                commands: Vec::new(),
+                reregister: true,
+                desired_state: 0,
+            });
+        }
+        self.invalidate_view();
+        let commands = self.commands_for(id).await?;
+        Ok(v1::HeartbeatResponse {
+            commands,
+            reregister: false,
+            desired_state: desired as i32,
+        })
+    }
+
+    /// Pending commands for a node, plus a delete command for its unreferenced shards.
+    async fn commands_for(&self, node: &str) -> Result<Vec<v1::NodeCommand>> {
+        let now = now_ns();
+        let signer = self.signer.clone();
+        let cmds = write_tx!(self.db, tx => {
+            build_deletes(&mut tx, node, now).await?;
+            let rows = tx
+                .all(
+                    "SELECT id, payload FROM node_commands WHERE node_id = $1 AND \
+                     (state = $2 OR (state = $3 AND delivered_ns < $4)) AND attempts < 10 \
+                     ORDER BY created_ns LIMIT 100",
+                    args![node, CMD_PENDING, CMD_DELIVERED, now - REDELIVER_NS],
+                )
+                .await?;
+            let mut out = Vec::new();
+            for r in &rows {
+                let id = r.text(0)?;
+                let mut cmd = v1::NodeCommand::decode(r.blob(1)?.as_slice())
+                    .map_err(|e| Error::Corrupt(format!("node command {id}: {e}")))?;
+                cmd.id = id.clone();
+                // Tokens are signed at delivery so they are fresh.
+                if let Some(v1::node_command::Command::Delete(d)) = &mut cmd.command {
+                    let hashes = d.hashes.iter().filter_map(|h| Hash::from_slice(h)).collect();
+                    d.token = crate::placement::delete_token(&signer, node, hashes, crate::db::now_secs() + 3600);
+                }
+                tx.exec(
+                    "UPDATE node_commands SET state = $2, delivered_ns = $3, attempts = attempts + 1 WHERE id = $1",
+                    args![id.as_str(), CMD_DELIVERED, now],
+                )
+                .await?;
+                out.push(cmd);
+            }
+            Ok(out)
+        });
+        Ok(cmds)
+    }
+
+    /// All nodes (any state), by id.
+    pub async fn nodes(&self) -> Result<Vec<NodeView>> {
+        let rows = self
+            .db
+            .all(
+                format!("SELECT {NODE_COLS} FROM nodes ORDER BY id"),
+                args![],
+            )
+            .await?;
+        let lat = self
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        rows.iter()
+            .map(|r| {
+                let mut n = node_from_row(r)?;
+                if let Some(l) = lat.get(&n.id) {
+                    n.latency_us = *l;
+                }
+                Ok(n)
+            })
+            .collect()
+    }
+
+    /// Nodes that may take new shards now (online), read at most [`VIEW_TTL`] ago.
+    pub async fn live_nodes(&self) -> Result<Arc<Vec<NodeView>>> {
+        {
+            let v = self.view.read().unwrap_or_else(|e| e.into_inner());
+            if let (Some(at), nodes) = &*v
+                && at.elapsed() < VIEW_TTL
+            {
+                return Ok(nodes.clone());
+            }
+        }
+        let cutoff = now_ms() - self.offline_after_ms();
+        let nodes: Vec<NodeView> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.state == v1::NodeState::Online && n.last_heartbeat_ms >= cutoff)
+            .collect();
+        let nodes = Arc::new(nodes);
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) =
+            (Some(Instant::now()), nodes.clone());
+        Ok(nodes)
+    }
+
+    /// Every node by id (for addresses and latency of read layouts).
+    pub async fn node_map(&self) -> Result<HashMap<String, NodeView>> {
+        Ok(self
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|n| (n.id.clone(), n))
+            .collect())
+    }
+
+    fn invalidate_view(&self) {
+        self.view.write().unwrap_or_else(|e| e.into_inner()).0 = None;
+    }
+
+    fn offline_after_ms(&self) -> i64 {
+        (self.cfg.heartbeat_interval_ms * self.cfg.missed_heartbeats as u64) as i64
+    }
+
+    /// Marks nodes offline that missed `missed_heartbeats` intervals; returns their ids.
+    pub async fn sweep(&self) -> Result<Vec<String>> {
+        let cutoff = now_ms() - self.offline_after_ms();
+        let stale = self
+            .db
+            .all(
+                "SELECT id FROM nodes WHERE state IN ($1, $2) AND last_heartbeat_ms < $3",
+                args![
+                    v1::NodeState::Online as i64,
+                    v1::NodeState::Draining as i64,
+                    cutoff
+                ],
+            )
+            .await?;
+        if stale.is_empty() {
+            return Ok(Vec::new());
+        }
+        let gone = write_tx!(self.db, tx => {
+            let rows = tx
+                .all(
+                    "UPDATE nodes SET state = $1 WHERE state IN ($2, $3) AND last_heartbeat_ms < $4 RETURNING id",
+                    args![
+                        v1::NodeState::Offline as i64,
+                        v1::NodeState::Online as i64,
+                        v1::NodeState::Draining as i64,
+                        cutoff
+                    ],
+                )
+                .await?;
+            let mut ids = Vec::new();
+            for r in &rows {
+                let id = r.text(0)?;
+                node_event(&mut tx, &id, v1::NodeState::Offline).await?;
+                ids.push(id);
+            }
+            Ok(ids)
+        });
+        for id in &gone {
+            tracing::warn!(node = %id, "node missed {} heartbeats: offline", self.cfg.missed_heartbeats);
+        }
+        self.invalidate_view();
+        Ok(gone)
+    }
+
+    /// Background work: the offline sweeper and the latency prober, until `stop`.
+    pub async fn run_background(self, stop: CancellationToken) {
+        let sweep_every =
+            Duration::from_millis((self.cfg.heartbeat_interval_ms / 4).clamp(50, 5000));
+        let probe_every = Duration::from_millis(self.cfg.latency_probe_ms.max(100));
+        let mut sweep = tokio::time::interval(sweep_every);
+        let mut probe = tokio::time::interval(probe_every);
+        loop {
+            tokio::select! {
+                _ = sweep.tick() => {
+                    if let Err(e) = self.sweep().await {
+                        tracing::warn!(error = %e, "node sweep failed");
+                    }
+                }
+                _ = probe.tick() => self.probe_latency().await,
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Times a `Stats` call to every live node.
+    async fn probe_latency(&self) {
+        let Ok(nodes) = self.live_nodes().await else {
+            return;
+        };
+        let mut tasks = Vec::new();
+        for n in nodes.iter() {
+            let (id, addr) = (n.id.clone(), n.address.clone());
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let ok = async {
+                    let ch = tonic::transport::Endpoint::from_shared(addr)
+                        .ok()?
+                        .connect_timeout(Duration::from_secs(2))
+                        .timeout(Duration::from_secs(2))
+                        .connect()
+                        .await
+                        .ok()?;
+                    let t = Instant::now();
+                    v1::chunk_service_client::ChunkServiceClient::new(ch)
+                        .stats(v1::StatsRequest {})
+                        .await
+                        .ok()?;
+                    Some(t.elapsed())
+                }
+                .await;
+                let _ = t;
+                (id, ok)
+            }));
+        }
+        for t in tasks {
+            if let Ok((id, Some(rtt))) = t.await {
+                let us = rtt.as_micros().clamp(1, u32::MAX as u128) as u32;
+                self.latency
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone(), us);
+                let _ = self
+                    .db
+                    .exec(
+                        "UPDATE nodes SET latency_us = $2 WHERE id = $1",
+                        args![id.as_str(), us],
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// Queues a command for a node (delivered with its next heartbeat).
+    pub async fn queue_command(&self, node: &str, cmd: &v1::NodeCommand) -> Result<String> {
+        let id = format!("c-{}", crate::keys::random_id(20)?.to_lowercase());
+        let kind = match &cmd.command {
+            Some(v1::node_command::Command::Repair(_)) => "repair",
+            Some(v1::node_command::Command::Transfer(_)) => "transfer",
+            Some(v1::node_command::Command::Delete(_)) => "delete",
+            None => return Err(Error::invalid("empty node command")),
+        };
+        self.db
+            .exec(
+                "INSERT INTO node_commands (id, node_id, kind, payload, state, created_ns, delivered_ns, attempts, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 0, 0, '')",
+                args![id.as_str(), node, kind, cmd.encode_to_vec(), CMD_PENDING, now_ns()],
+            )
+            .await?;
+        Ok(id)
+    }
+
+    /// `(state, error)` of a command.
+    pub async fn command_state(&self, id: &str) -> Result<(i64, String)> {
+        let r = self
+            .db
+            .opt(
+                "SELECT state, error FROM node_commands WHERE id = $1",
+                args![id],
+            )
+            .await?
+            .ok_or_else(|| Error::not_found(format!("command {id}")))?;
+        Ok((r.i64(0)?, r.text(1)?))
+    }
+}
+
+pub const CMD_PENDING: i64 = 0;
+pub const CMD_DELIVERED: i64 = 1;
+pub const CMD_DONE: i64 = 2;
+pub const CMD_FAILED: i64 = 3;
+
+/// Whether any stored chunk (or in-flight write) still has a shard on the node.
+async fn holds_anything(tx: &mut Tx, node: &str) -> Result<bool> {
+    Ok(tx
+        .opt(
+            "SELECT 1 FROM shards WHERE node_id = $1 LIMIT 1",
+            args![node],
+        )
+        .await?
+        .is_some()
+        || tx
+            .opt(
+                "SELECT 1 FROM write_targets WHERE node_id = $1 LIMIT 1",
+                args![node],
+            )
+            .await?
+            .is_some())
+}
+
+/// Turns queued deletions for `node` into one delete command (hashes still referenced by a
+/// chunk or an in-flight write are dropped from the queue, not deleted).
+async fn build_deletes(tx: &mut Tx, node: &str, now: i64) -> Result<()> {
+    let rows = tx
+        .all(
+            "SELECT q.hash, \
+               EXISTS (SELECT 1 FROM shards s WHERE s.node_id = q.node_id AND s.hash = q.hash), \
+               EXISTS (SELECT 1 FROM write_targets w WHERE w.node_id = q.node_id AND w.hash = q.hash) \
+             FROM gc_queue q WHERE q.node_id = $1 ORDER BY q.created_ns LIMIT $2",
+            args![node, DELETE_BATCH],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut hashes = Vec::new();
+    for r in &rows {
+        let h = r.blob(0)?;
+        tx.exec(
+            "DELETE FROM gc_queue WHERE node_id = $1 AND hash = $2",
+            args![node, h.clone()],
+        )
+        .await?;
+        if !r.bool(1)? && !r.bool(2)? {
+            hashes.push(h);
+        }
+    }
+    if hashes.is_empty() {
+        return Ok(());
+    }
+    let cmd = v1::NodeCommand {
+        id: String::new(),
+        command: Some(v1::node_command::Command::Delete(v1::DeleteCommand {
+            hashes,
+            token: Vec::new(),
+        })),
+    };
+    let id = format!("c-{}", crate::keys::random_id(20)?.to_lowercase());
+    tx.exec(
+        "INSERT INTO node_commands (id, node_id, kind, payload, state, created_ns, delivered_ns, attempts, error) \
+         VALUES ($1, $2, 'delete', $3, $4, $5, 0, 0, '')",
+        args![id.as_str(), node, cmd.encode_to_vec(), CMD_PENDING, now],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Appends a node state event to the journal.
+pub(crate) async fn node_event(tx: &mut Tx, node: &str, state: v1::NodeState) -> Result<()> {
+    let seq = journal::next_seq(tx).await?;
+    let ev = v1::ChangeEvent {
+        seq,
+        kind: v1::ChangeKind::Node as i32,
+        time_ns: now_ns(),
+        node_id: node.to_string(),
+        node_state: state as i32,
+        ..Default::default()
+    };
+    journal::record(tx, ev, "").await
+}
+
+fn check_address(a: &str) -> Result<()> {
+    let rest = a
+        .strip_prefix("http://")
+        .or_else(|| a.strip_prefix("https://"))
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "grpc_address {a:?} must start with http:// or https://"
+            ))
+        })?;
+    let (host, port) = rest
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .ok_or_else(|| Error::invalid(format!("grpc_address {a:?} needs a port")))?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(Error::invalid(format!(
+            "grpc_address {a:?} is not host:port"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,1170 @@
+//! The write protocol: `BeginWrite` → (`PlaceChunks`) → PutShard to nodes → (`CheckpointWrite`)
+//! → `CommitWrite`, plus `WriteInline` for small files and `AbortWrite`.
+//!
+//! A write session (`writes`, `write_chunks`, `write_targets`) remembers where each chunk was
+//! placed and every `(node, shard hash)` a client was allowed to put. A chunk that is already
+//! stored healthy is not placed again (`deduplicated`): the write takes a reference on it at
+//! once, so it cannot be freed before the commit. `CommitWrite` accepts a layout only if every
+//! chunk is the one placed at its index, every stored shard is on the node it was placed on,
+//! each chunk has at least the success threshold of shards stored (checked with the nodes'
+//! `HasShards` when `verify_commits` is on), and the quota allows it; then one transaction
+//! installs the new version, releases the old one, and appends the journal event. Shards left
+//! over (re-placed, abandoned, or duplicated by a racing writer) are queued for deletion on their
+//! nodes; expired sessions are aborted the same way by [`Writes::expire`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cyxcloud_core::codec::{CodecId, Profile};
+use cyxcloud_core::placement::Limits;
+use cyxcloud_core::token::{Op, TokenSigner};
+use cyxcloud_core::{ChunkMeta, Hash};
+use cyxcloud_proto::v1;
+use prost::Message;
+
+use crate::accounts::{Caller, add_usage, usage_in};
+use crate::db::{Db, Tx, args, now_ns, now_secs, write_tx};
+use crate::error::{Error, Result};
+use crate::journal;
+use crate::layout::{
+    install_version, put_chunk, queue_gc, ref_chunk, release_version, unref_chunk,
+};
+use crate::namespace::{
+    Entry, InodeMeta, Kind, ROOT_ID, Ref, check_owner, describe, encode_meta, split_path,
+};
+use crate::registry::Registry;
+
+#[derive(Debug, Clone)]
+pub struct WriteConfig {
+    pub chunk_size: u32,
+    pub profile: Profile,
+    pub codec: CodecId,
+    pub inline_threshold: u32,
+    /// Stored shards per chunk required at commit; 0 = k + m − 1. Never below k + 1.
+    pub success_threshold: u32,
+    pub write_ttl_secs: u64,
+    pub token_ttl_secs: u64,
+    pub verify_commits: bool,
+    pub limits: Limits,
+}
+
+impl WriteConfig {
+    pub fn threshold(&self, p: Profile) -> u32 {
+        let (k, n) = (p.data() as u32, p.total() as u32);
+        if self.success_threshold == 0 {
+            n - 1
+        } else {
+            self.success_threshold.clamp((k + 1).min(n), n)
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Writes {
+    db: Db,
+    cfg: Arc<WriteConfig>,
+    registry: Registry,
+    signer: TokenSigner,
+    channels: Arc<Mutex<HashMap<String, tonic::transport::Channel>>>,
+}
+
+impl std::fmt::Debug for Writes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writes")
+    }
+}
+
+/// A write session as stored.
+#[derive(Debug, Clone)]
+struct Session {
+    id: String,
+    user_id: String,
+    bucket: String,
+    path: String,
+    inode_id: u64,
+    profile: Profile,
+    codec: u32,
+    chunk_size: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    if_version: u64,
+    if_absent: bool,
+    base_version: u64,
+    expires_ns: i64,
+    encrypted: bool,
+}
+
+/// A chunk placed in a session.
+#[derive(Debug, Clone)]
+struct Placed {
+    idx: u32,
+    meta: ChunkMeta,
+    dedup: bool,
+    nodes: Vec<String>,
+    stored: Vec<u32>,
+    durable: bool,
+}
+
+/// Attributes of the file a commit writes.
+#[derive(Debug, Clone, Default)]
+pub struct FileAttrs {
+    pub etag: String,
+    pub content_type: String,
+    pub user_metadata: BTreeMap<String, String>,
+    pub mtime_ns: Option<i64>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A committed chunk as the client reports it.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub index: u32,
+    pub id: Hash,
+    pub stored: Vec<(u32, String)>,
+}
+
+impl Committed {
+    pub fn from_proto(c: &v1::CommittedChunk) -> Result<Committed> {
+        Ok(Committed {
+            index: c.index,
+            id: Hash::from_slice(&c.id)
+                .ok_or_else(|| Error::invalid(format!("chunk {}: id must be 32 bytes", c.index)))?,
+            stored: c
+                .stored
+                .iter()
+                .map(|s| (s.index, s.node_id.clone()))
+                .collect(),
+        })
+    }
+}
+
+const SESSION_COLS: &str = "id, user_id, bucket, path, inode_id, data_shards, parity_shards, codec, \
+    chunk_size, mode, uid, gid, if_version, if_absent, base_version, expires_ns, encrypted";
+
+fn session_from_row(r: &crate::db::Row) -> Result<Session> {
+    Ok(Session {
+        id: r.text(0)?,
+        user_id: r.text(1)?,
+        bucket: r.text(2)?,
+        path: r.text(3)?,
+        inode_id: r.u64(4)?,
+        profile: Profile::new(r.u32(5)? as usize, r.u32(6)? as usize)
+            .map_err(|e| Error::Corrupt(e.to_string()))?,
+        codec: r.u32(7)?,
+        chunk_size: r.u32(8)?,
+        mode: r.u32(9)?,
+        uid: r.u32(10)?,
+        gid: r.u32(11)?,
+        if_version: r.u64(12)?,
+        if_absent: r.bool(13)?,
+        base_version: r.u64(14)?,
+        expires_ns: r.i64(15)?,
+        encrypted: r.bool(16)?,
+    })
+}
+
+fn decode_info(b: &[u8]) -> Result<ChunkMeta> {
+    let info = v1::ChunkInfo::decode(b).map_err(|e| Error::Corrupt(format!("chunk info: {e}")))?;
+    cyxcloud_proto::convert::chunk_meta(&info).map_err(|s| Error::Corrupt(s.message().to_string()))
+}
+
+fn split_nodes(s: &str) -> Vec<String> {
+    if s.is_empty() {
+        Vec::new()
+    } else {
+        s.split('\n').map(String::from).collect()
+    }
+}
+
+fn split_idx(s: &str) -> Vec<u32> {
+    s.split(',').filter_map(|x| x.parse().ok()).collect()
+}
+
+fn join_idx(v: &[u32]) -> String {
+    v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+async fn load_session(tx: &mut Tx, id: &str) -> Result<Session> {
+    let r = tx
+        .opt(
+            format!("SELECT {SESSION_COLS} FROM writes WHERE id = $1"),
+            args![id],
+        )
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(format!(
+                "write {id} (unknown, committed, aborted or expired)"
+            ))
+        })?;
+    session_from_row(&r)
+}
+
+async fn load_placed(tx: &mut Tx, id: &str) -> Result<BTreeMap<u32, Placed>> {
+    let rows = tx
+        .all(
+            "SELECT idx, info, dedup, nodes, stored, durable FROM write_chunks WHERE write_id = $1",
+            args![id],
+        )
+        .await?;
+    let mut out = BTreeMap::new();
+    for r in &rows {
+        let idx = r.u32(0)?;
+        out.insert(
+            idx,
+            Placed {
+                idx,
+                meta: decode_info(&r.blob(1)?)?,
+                dedup: r.bool(2)?,
+                nodes: split_nodes(&r.text(3)?),
+                stored: split_idx(&r.text(4)?),
+                durable: r.bool(5)?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn check_session_owner(caller: &Caller, s: &Session) -> Result<()> {
+    if caller.admin || caller.user_id == s.user_id {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!(
+            "write {} belongs to another user",
+            s.id
+        )))
+    }
+}
+
+fn check_live(s: &Session) -> Result<()> {
+    if now_ns() >= s.expires_ns {
+        Err(Error::Expired(format!("write {}", s.id)))
+    } else {
+        Ok(())
+    }
+}
+
+/// Where a write lands, resolved at begin (the file may not exist yet).
+struct Target {
+    bucket: String,
+    path: String,
+    existing: Option<Entry>,
+    owner_id: String,
+}
+
+async fn resolve_target(tx: &mut Tx, caller: &Caller, r: &Ref) -> Result<Target> {
+    match r {
+        Ref::Id(id) => {
+            let e = crate::namespace::entry_by_id(tx, *id).await?;
+            check_owner(caller, &e)?;
+            if e.kind != Kind::File {
+                return Err(Error::IsDirectory { what: describe(&e) });
+            }
+            Ok(Target {
+                bucket: e.bucket.clone(),
+                path: e.path.clone(),
+                owner_id: e.owner_id.clone(),
+                existing: Some(e),
+            })
+        }
+        Ref::Path { bucket, path } => {
+            let parts = split_path(path)?;
+            if parts.is_empty() || path.ends_with('/') {
+                return Err(Error::invalid(format!(
+                    "{bucket}/{path}: a file path inside the bucket is required"
+                )));
+            }
+            let b = crate::namespace::walk(tx, bucket, &[]).await?;
+            check_owner(caller, &b)?;
+            let existing = crate::namespace::resolve_fast(tx, bucket, &parts).await?;
+            if let Some(e) = &existing
+                && e.kind != Kind::File
+            {
+                return Err(Error::IsDirectory { what: describe(e) });
+            }
+            Ok(Target {
+                bucket: bucket.clone(),
+                path: parts.join("/"),
+                owner_id: b.owner_id.clone(),
+                existing,
+            })
+        }
+    }
+}
+
+fn check_conditions(existing: Option<&Entry>, if_version: u64, if_absent: bool) -> Result<()> {
+    if if_absent && let Some(e) = existing {
+        return Err(Error::PreconditionFailed(format!(
+            "{} already exists",
+            describe(e)
+        )));
+    }
+    if if_version != 0 {
+        match existing {
+            Some(e) if e.version == if_version => {}
+            Some(e) => {
+                return Err(Error::PreconditionFailed(format!(
+                    "{} is at version {}, not {if_version}",
+                    describe(e),
+                    e.version
+                )));
+            }
+            None => {
+                return Err(Error::PreconditionFailed(
+                    "the file no longer exists".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn check_quota(tx: &mut Tx, owner: &str, old_size: u64, new_size: u64) -> Result<()> {
+    let (quota, used) = usage_in(tx, owner).await?;
+    if quota > 0 && new_size > old_size {
+        let after = used.saturating_sub(old_size).saturating_add(new_size);
+        if after > quota {
+            return Err(Error::QuotaExceeded {
+                used,
+                quota,
+                needed: new_size - old_size,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Result of `BeginWrite`.
+#[derive(Debug, Clone)]
+pub struct Begun {
+    pub write_id: String,
+    pub profile: Profile,
+    pub codec: CodecId,
+    pub chunk_size: u32,
+    pub success_threshold: u32,
+    pub inline_threshold: u32,
+    pub expires_at: i64,
+    pub placements: Vec<v1::ChunkPlacement>,
+}
+
+/// Parameters of `BeginWrite`.
+#[derive(Debug, Clone, Default)]
+pub struct BeginParams {
+    pub size_hint: u64,
+    pub profile: String,
+    pub encrypted: bool,
+    pub chunks: Vec<(u32, ChunkMeta)>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub if_version: u64,
+    pub if_absent: bool,
+    pub base_version: u64,
+}
+
+impl Writes {
+    pub fn new(db: Db, cfg: WriteConfig, registry: Registry, signer: TokenSigner) -> Self {
+        Writes {
+            db,
+            cfg: Arc::new(cfg),
+            registry,
+            signer,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn config(&self) -> &WriteConfig {
+        &self.cfg
+    }
+
+    pub async fn begin(&self, caller: &Caller, target: &Ref, p: BeginParams) -> Result<Begun> {
+        let profile = crate::placement::parse_profile(&p.profile, self.cfg.profile)?;
+        let write_id = format!("w-{}", crate::keys::random_id(24)?.to_lowercase());
+        let now = now_ns();
+        let expires_ns = now + (self.cfg.write_ttl_secs as i64) * 1_000_000_000;
+        write_tx!(self.db, tx => {
+            let t = resolve_target(&mut tx, caller, target).await?;
+            check_conditions(t.existing.as_ref(), p.if_version, p.if_absent)?;
+            let old_size = if p.base_version != 0 { 0 } else { t.existing.as_ref().map_or(0, |e| e.size) };
+            check_quota(&mut tx, &t.owner_id, old_size, p.size_hint).await?;
+            if p.base_version != 0 {
+                let ok = t.existing.as_ref().is_some_and(|e| e.version == p.base_version);
+                if !ok {
+                    return Err(Error::PreconditionFailed(format!(
+                        "base version {} is not the current version of the file",
+                        p.base_version
+                    )));
+                }
+            }
+            tx.exec(
+                format!(
+                    "INSERT INTO writes ({SESSION_COLS}, size_hint, created_ns) VALUES \
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+                ),
+                args![
+                    write_id.as_str(),
+                    caller.user_id.as_str(),
+                    t.bucket.as_str(),
+                    t.path.as_str(),
+                    t.existing.as_ref().map_or(0, |e| e.id),
+                    profile.data(),
+                    profile.parity(),
+                    self.cfg.codec.as_u8(),
+                    self.cfg.chunk_size,
+                    p.mode,
+                    p.uid,
+                    p.gid,
+                    p.if_version,
+                    p.if_absent,
+                    p.base_version,
+                    expires_ns,
+                    p.encrypted,
+                    p.size_hint,
+                    now
+                ],
+            )
+            .await?;
+            Ok(())
+        });
+        let placements = if p.chunks.is_empty() {
+            Vec::new()
+        } else {
+            match self.place(caller, &write_id, &p.chunks, &[]).await {
+                Ok(pl) => pl,
+                Err(e) => {
+                    let _ = self.abort(caller, &write_id).await;
+                    return Err(e);
+                }
+            }
+        };
+        Ok(Begun {
+            write_id,
+            profile,
+            codec: self.cfg.codec,
+            chunk_size: self.cfg.chunk_size,
+            success_threshold: self.cfg.threshold(profile),
+            inline_threshold: self.cfg.inline_threshold,
+            expires_at: expires_ns / 1_000_000_000,
+            placements,
+        })
+    }
+
+    /// Places chunks of a write (again, for indices placed before: e.g. avoiding failed nodes).
+    pub async fn place(
+        &self,
+        caller: &Caller,
+        write_id: &str,
+        chunks: &[(u32, ChunkMeta)],
+        avoid: &[String],
+    ) -> Result<Vec<v1::ChunkPlacement>> {
+        let nodes = self.registry.live_nodes().await?;
+        let token_exp = now_secs() + self.cfg.token_ttl_secs;
+        let threshold = |p: Profile| self.cfg.threshold(p);
+        let out = write_tx!(self.db, tx => {
+            let s = load_session(&mut tx, write_id).await?;
+            check_session_owner(caller, &s)?;
+            check_live(&s)?;
+            let placed = load_placed(&mut tx, write_id).await?;
+            let mut out = Vec::new();
+            for (idx, meta) in chunks {
+                if meta.profile != s.profile {
+                    return Err(Error::invalid(format!(
+                        "chunk {idx} is encoded {}, but this write uses {}",
+                        meta.profile, s.profile
+                    )));
+                }
+                if meta.size > s.chunk_size as u64 {
+                    return Err(Error::invalid(format!(
+                        "chunk {idx} holds {} bytes, more than the chunk size {}",
+                        meta.size, s.chunk_size
+                    )));
+                }
+                if let Some(old) = placed.get(idx) {
+                    if old.durable {
+                        return Err(Error::invalid(format!("chunk {idx} was already checkpointed")));
+                    }
+                    if old.dedup {
+                        unref_chunk(&mut tx, &old.meta.id, 1).await?;
+                    }
+                }
+                let healthy = tx
+                    .one(
+                        "SELECT COUNT(*) FROM shards s JOIN nodes n ON n.id = s.node_id \
+                         WHERE s.chunk_id = $1 AND s.state = $2 AND n.state IN ($3, $4)",
+                        args![&meta.id, v1::ShardState::Stored as i64, v1::NodeState::Online as i64, v1::NodeState::Draining as i64],
+                    )
+                    .await?
+                    .u64(0)?;
+                let stored_profile = tx
+                    .opt("SELECT data_shards, parity_shards FROM chunks WHERE id = $1", args![&meta.id])
+                    .await?;
+                let dedup = match stored_profile {
+                    Some(r) => {
+                        let p = Profile::new(r.u32(0)? as usize, r.u32(1)? as usize)
+                            .map_err(|e| Error::Corrupt(e.to_string()))?;
+                        healthy >= threshold(p) as u64
+                    }
+                    None => false,
+                };
+                let (nodes_for, targets) = if dedup {
+                    ref_chunk(&mut tx, &meta.id, 1).await?;
+                    (Vec::new(), Vec::new())
+                } else {
+                    let assignment = crate::placement::place_chunk(
+                        &nodes,
+                        avoid,
+                        s.profile,
+                        meta.shard_size as u64,
+                        &meta.id,
+                        self.cfg.limits,
+                    )?;
+                    let mut per_node: BTreeMap<&str, Vec<Hash>> = BTreeMap::new();
+                    for (i, n) in assignment.iter().enumerate() {
+                        per_node.entry(n.as_str()).or_default().push(meta.shard_hashes[i]);
+                    }
+                    let tokens: HashMap<&str, Vec<u8>> = per_node
+                        .iter()
+                        .map(|(n, hs)| (*n, crate::placement::client_token(&self.signer, Op::Put, n, hs.clone(), token_exp)))
+                        .collect();
+                    let addr: HashMap<&str, &str> = nodes.iter().map(|n| (n.id.as_str(), n.address.as_str())).collect();
+                    let targets: Vec<v1::ShardTarget> = assignment
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| v1::ShardTarget {
+                            index: i as u32,
+                            node_id: n.clone(),
+                            address: addr.get(n.as_str()).copied().unwrap_or_default().to_string(),
+                            token: tokens[n.as_str()].clone(),
+                        })
+                        .collect();
+                    for (i, n) in assignment.iter().enumerate() {
+                        tx.exec(
+                            "INSERT INTO write_targets (write_id, node_id, hash) VALUES ($1, $2, $3) \
+                             ON CONFLICT (write_id, node_id, hash) DO NOTHING",
+                            args![write_id, n.as_str(), &meta.shard_hashes[i]],
+                        )
+                        .await?;
+                    }
+                    (assignment, targets)
+                };
+                let info = v1::ChunkInfo::from(meta).encode_to_vec();
+                tx.exec(
+                    "INSERT INTO write_chunks (write_id, idx, chunk_id, info, dedup, nodes, stored, durable) \
+                     VALUES ($1, $2, $3, $4, $5, $6, '', 0) ON CONFLICT (write_id, idx) DO UPDATE SET \
+                     chunk_id = excluded.chunk_id, info = excluded.info, dedup = excluded.dedup, \
+                     nodes = excluded.nodes, stored = '', durable = 0",
+                    args![write_id, *idx, &meta.id, info, dedup, nodes_for.join("\n")],
+                )
+                .await?;
+                out.push(v1::ChunkPlacement {
+                    index: *idx,
+                    deduplicated: dedup,
+                    targets,
+                });
+            }
+            Ok(out)
+        });
+        Ok(out)
+    }
+
+    /// Validates reported chunks against their placement; returns `(index, stored flags)`.
+    async fn validate_stored(
+        &self,
+        s: &Session,
+        placed: &BTreeMap<u32, Placed>,
+        chunks: &[Committed],
+    ) -> Result<Vec<(u32, Vec<bool>)>> {
+        let threshold = self.cfg.threshold(s.profile) as usize;
+        let mut out = Vec::new();
+        let mut claims: BTreeMap<String, Vec<Hash>> = BTreeMap::new();
+        for c in chunks {
+            let p = placed.get(&c.index).ok_or_else(|| {
+                Error::invalid(format!(
+                    "chunk {} was never placed in write {}",
+                    c.index, s.id
+                ))
+            })?;
+            if p.meta.id != c.id {
+                return Err(Error::HashMismatch(format!(
+                    "chunk {} was placed as {} but committed as {}",
+                    c.index, p.meta.id, c.id
+                )));
+            }
+            let n = s.profile.total();
+            let mut flags = vec![false; n];
+            if p.dedup {
+                out.push((c.index, flags));
+                continue;
+            }
+            for (i, node) in &c.stored {
+                let i = *i as usize;
+                let Some(placed_node) = p.nodes.get(i) else {
+                    return Err(Error::invalid(format!(
+                        "chunk {} has no shard {i} (profile {})",
+                        c.index, s.profile
+                    )));
+                };
+                if placed_node != node {
+                    return Err(Error::invalid(format!(
+                        "shard {i} of chunk {} was placed on node {placed_node}, not {node}",
+                        c.index
+                    )));
+                }
+                flags[i] = true;
+            }
+            for (i, f) in flags.iter().enumerate() {
+                if *f {
+                    claims
+                        .entry(p.nodes[i].clone())
+                        .or_default()
+                        .push(p.meta.shard_hashes[i]);
+                }
+            }
+            out.push((c.index, flags));
+        }
+        if self.cfg.verify_commits && !claims.is_empty() {
+            let present = self.has_shards(claims).await;
+            for (idx, flags) in &mut out {
+                let p = &placed[idx];
+                for (i, f) in flags.iter_mut().enumerate() {
+                    if *f && !present.contains(&(p.nodes[i].clone(), p.meta.shard_hashes[i])) {
+                        *f = false;
+                    }
+                }
+            }
+        }
+        for (idx, flags) in &out {
+            let p = &placed[idx];
+            if p.dedup {
+                continue;
+            }
+            let have = flags.iter().filter(|f| **f).count();
+            if have < threshold {
+                let missing: Vec<String> = flags
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| !**f)
+                    .map(|(i, _)| format!("{i}@{}", p.nodes[i]))
+                    .collect();
+                return Err(Error::PreconditionFailed(format!(
+                    "chunk {idx} has {have} of {} shards stored, fewer than the success threshold \
+                     {threshold}; missing: {}",
+                    s.profile.total(),
+                    missing.join(", ")
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Asks the nodes which of the claimed shards they hold.
+    async fn has_shards(&self, claims: BTreeMap<String, Vec<Hash>>) -> HashSet<(String, Hash)> {
+        let nodes = self.registry.node_map().await.unwrap_or_default();
+        let mut tasks = Vec::new();
+        for (node, hashes) in claims {
+            let Some(addr) = nodes.get(&node).map(|n| n.address.clone()) else {
+                continue;
+            };
+            let ch = self.channel(&addr);
+            tasks.push(tokio::spawn(async move {
+                let Ok(ch) = ch else {
+                    return (node, hashes, None);
+                };
+                let r = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    v1::chunk_service_client::ChunkServiceClient::new(ch).has_shards(
+                        v1::HasShardsRequest {
+                            hashes: hashes.iter().map(|h| h.0.to_vec()).collect(),
+                        },
+                    ),
+                )
+                .await;
+                let present = match r {
+                    Ok(Ok(resp)) => Some(resp.into_inner().present),
+                    _ => None,
+                };
+                (node, hashes, present)
+            }));
+        }
+        let mut out = HashSet::new();
+        for t in tasks {
+            if let Ok((node, hashes, Some(present))) = t.await {
+                for (h, p) in hashes.into_iter().zip(present) {
+                    if p {
+                        out.insert((node.clone(), h));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn channel(&self, addr: &str) -> Result<tonic::transport::Channel> {
+        let mut m = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = m.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = tonic::transport::Endpoint::from_shared(addr.to_string())
+            .map_err(|e| Error::invalid(format!("node address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .connect_lazy();
+        m.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Records chunks whose shards are durable so a resumed upload can skip them.
+    pub async fn checkpoint(
+        &self,
+        caller: &Caller,
+        write_id: &str,
+        chunks: &[Committed],
+    ) -> Result<v1::WriteStatus> {
+        let (s, placed) = self.snapshot(caller, write_id).await?;
+        let flags = self.validate_stored(&s, &placed, chunks).await?;
+        let ttl = (self.cfg.write_ttl_secs as i64) * 1_000_000_000;
+        write_tx!(self.db, tx => {
+            let cur = load_session(&mut tx, write_id).await?;
+            check_live(&cur)?;
+            for (idx, f) in &flags {
+                let stored: Vec<u32> = f.iter().enumerate().filter(|(_, x)| **x).map(|(i, _)| i as u32).collect();
+                tx.exec(
+                    "UPDATE write_chunks SET durable = 1, stored = $3 WHERE write_id = $1 AND idx = $2",
+                    args![write_id, *idx, join_idx(&stored)],
+                )
+                .await?;
+            }
+            tx.exec("UPDATE writes SET expires_ns = $2 WHERE id = $1", args![write_id, now_ns() + ttl]).await?;
+            Ok(())
+        });
+        self.status(caller, write_id).await
+    }
+
+    pub async fn status(&self, caller: &Caller, write_id: &str) -> Result<v1::WriteStatus> {
+        let (s, placed) = self.snapshot(caller, write_id).await?;
+        let durable: Vec<u32> = placed
+            .values()
+            .filter(|p| p.durable)
+            .map(|p| p.idx)
+            .collect();
+        let mut bytes = 0u64;
+        for i in 0u32.. {
+            match placed.get(&i) {
+                Some(p) if p.durable => bytes += p.meta.size,
+                _ => break,
+            }
+        }
+        Ok(v1::WriteStatus {
+            write_id: write_id.to_string(),
+            durable_chunks: durable,
+            durable_bytes: bytes,
+            expires_at: s.expires_ns / 1_000_000_000,
+            chunk_size: s.chunk_size,
+            data_shards: s.profile.data() as u32,
+            parity_shards: s.profile.parity() as u32,
+            codec: s.codec,
+            success_threshold: self.cfg.threshold(s.profile),
+            encrypted: s.encrypted,
+        })
+    }
+
+    async fn snapshot(
+        &self,
+        caller: &Caller,
+        write_id: &str,
+    ) -> Result<(Session, BTreeMap<u32, Placed>)> {
+        let mut tx = self.db.read().await?;
+        let s = load_session(&mut tx, write_id).await?;
+        check_session_owner(caller, &s)?;
+        check_live(&s)?;
+        let placed = load_placed(&mut tx, write_id).await?;
+        tx.rollback().await?;
+        Ok((s, placed))
+    }
+
+    /// Installs the written version atomically.
+    pub async fn commit(
+        &self,
+        caller: &Caller,
+        write_id: &str,
+        chunks: &[Committed],
+        size: u64,
+        attrs: &FileAttrs,
+    ) -> Result<Entry> {
+        let (s, placed) = self.snapshot(caller, write_id).await?;
+        // Chunks checkpointed before and not repeated count as committed.
+        let mut all: BTreeMap<u32, Committed> = BTreeMap::new();
+        for p in placed.values().filter(|p| p.durable) {
+            all.insert(
+                p.idx,
+                Committed {
+                    index: p.idx,
+                    id: p.meta.id,
+                    stored: p
+                        .stored
+                        .iter()
+                        .map(|i| (*i, p.nodes[*i as usize].clone()))
+                        .collect(),
+                },
+            );
+        }
+        for c in chunks {
+            all.insert(c.index, c.clone());
+        }
+        let listed: Vec<Committed> = all.values().cloned().collect();
+        let flags: BTreeMap<u32, Vec<bool>> = self
+            .validate_stored(&s, &placed, &listed)
+            .await?
+            .into_iter()
+            .collect();
+        let e = write_tx!(self.db, tx => {
+            let cur = load_session(&mut tx, write_id).await?;
+            check_live(&cur)?;
+            // Base chunks (partial rewrite) fill the indices this write did not replace.
+            let mut layout: BTreeMap<u32, (Hash, u64, bool)> = BTreeMap::new(); // idx -> (id, size, from_base)
+            if s.base_version != 0 {
+                let rows = tx
+                    .all(
+                        "SELECT vc.idx, vc.chunk_id, c.size FROM version_chunks vc JOIN chunks c ON c.id = vc.chunk_id \
+                         WHERE vc.version_id = $1",
+                        args![s.base_version],
+                    )
+                    .await?;
+                for r in &rows {
+                    layout.insert(r.u32(0)?, (r.hash(1)?, r.u64(2)?, true));
+                }
+            }
+            for (idx, p) in placed.iter().filter(|(i, _)| all.contains_key(i)) {
+                layout.insert(*idx, (p.meta.id, p.meta.size, false));
+            }
+            // Contiguous from 0, covering exactly [0, size) (the last chunk may reach past a
+            // truncation point only when it comes from the base version).
+            let mut offsets = Vec::new();
+            let mut off = 0u64;
+            for (want, (idx, (id, len, from_base))) in layout.iter().enumerate() {
+                if *idx != want as u32 {
+                    return Err(Error::invalid(format!("chunk {want} is missing from the layout")));
+                }
+                if off >= size {
+                    if *from_base {
+                        break;
+                    }
+                    return Err(Error::invalid(format!(
+                        "chunk {idx} starts at byte {off}, at or past the file size {size}"
+                    )));
+                }
+                offsets.push((*id, off, *from_base, *idx));
+                off += len;
+            }
+            if off < size {
+                return Err(Error::invalid(format!(
+                    "the chunks hold {off} bytes but the file size is {size}"
+                )));
+            }
+            if off > size && offsets.last().is_some_and(|l| !l.2) {
+                return Err(Error::invalid(format!(
+                    "the chunks hold {off} bytes, more than the file size {size}"
+                )));
+            }
+            // Namespace side: the target file (created with its parents when new).
+            let target = if s.inode_id != 0 {
+                Ref::Id(s.inode_id)
+            } else {
+                Ref::Path { bucket: s.bucket.clone(), path: s.path.clone() }
+            };
+            let t = resolve_target_for_commit(&mut tx, caller, &target).await?;
+            check_conditions(t.existing.as_ref(), s.if_version, s.if_absent)?;
+            if s.base_version != 0 && t.existing.as_ref().map(|e| e.version) != Some(s.base_version) {
+                return Err(Error::PreconditionFailed(
+                    "the file changed since this write began from its base version".into(),
+                ));
+            }
+            check_quota(&mut tx, &t.owner_id, t.existing.as_ref().map_or(0, |e| e.size), size).await?;
+            let mut version_chunks = Vec::new();
+            for (id, off, from_base, idx) in &offsets {
+                if *from_base {
+                    ref_chunk(&mut tx, id, 1).await?;
+                } else {
+                    let p = &placed[idx];
+                    if !p.dedup {
+                        put_chunk(&mut tx, &p.meta, &p.nodes, &flags[idx]).await?;
+                    }
+                    // A deduplicated chunk's reference was taken at placement; it moves to the version.
+                }
+                version_chunks.push((*id, *off));
+            }
+            // Placed chunks that did not make it into the version give back their pins.
+            for (idx, p) in &placed {
+                if p.dedup && !offsets.iter().any(|o| o.3 == *idx && !o.2) {
+                    unref_chunk(&mut tx, &p.meta.id, 1).await?;
+                }
+            }
+            let e = install_file(&mut tx, t, &s, size, None, &version_chunks, attrs).await?;
+            finish_session(&mut tx, write_id).await?;
+            Ok(e)
+        });
+        Ok(e)
+    }
+
+    /// Abandons a write: releases its pins and queues its uploaded shards for deletion.
+    pub async fn abort(&self, caller: &Caller, write_id: &str) -> Result<()> {
+        write_tx!(self.db, tx => {
+            let s = load_session(&mut tx, write_id).await?;
+            check_session_owner(caller, &s)?;
+            let placed = load_placed(&mut tx, write_id).await?;
+            for p in placed.values().filter(|p| p.dedup) {
+                unref_chunk(&mut tx, &p.meta.id, 1).await?;
+            }
+            finish_session(&mut tx, write_id).await
+        });
+        Ok(())
+    }
+
+    /// Aborts every expired session; returns how many.
+    pub async fn expire(&self) -> Result<usize> {
+        let ids: Vec<String> = self
+            .db
+            .all(
+                "SELECT id FROM writes WHERE expires_ns < $1 LIMIT 1000",
+                args![now_ns()],
+            )
+            .await?
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<Result<_>>()?;
+        for id in &ids {
+            match self.abort(&Caller::system(), id).await {
+                Ok(()) => {
+                    tracing::info!(write = %id, "expired write aborted; its shards are released")
+                }
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ids.len())
+    }
+
+    /// Stores a small file in the metadata store itself.
+    pub async fn write_inline(
+        &self,
+        caller: &Caller,
+        target: &Ref,
+        data: &[u8],
+        if_version: u64,
+        if_absent: bool,
+        attrs: &FileAttrs,
+    ) -> Result<Entry> {
+        if data.len() > self.cfg.inline_threshold as usize {
+            return Err(Error::invalid(format!(
+                "{} bytes is more than the inline threshold {}: use BeginWrite",
+                data.len(),
+                self.cfg.inline_threshold
+            )));
+        }
+        let e = write_tx!(self.db, tx => {
+            let t = resolve_target_for_commit(&mut tx, caller, target).await?;
+            check_conditions(t.existing.as_ref(), if_version, if_absent)?;
+            check_quota(&mut tx, &t.owner_id, t.existing.as_ref().map_or(0, |e| e.size), data.len() as u64).await?;
+            let s = Session {
+                id: String::new(),
+                user_id: caller.user_id.clone(),
+                bucket: t.bucket.clone(),
+                path: t.path.clone(),
+                inode_id: 0,
+                profile: self.cfg.profile,
+                codec: 0,
+                chunk_size: 0,
+                mode: attrs.mode,
+                uid: attrs.uid,
+                gid: attrs.gid,
+                if_version,
+                if_absent,
+                base_version: 0,
+                expires_ns: 0,
+                encrypted: false,
+            };
+            install_file(&mut tx, t, &s, data.len() as u64, Some(data), &[], attrs).await
+        });
+        Ok(e)
+    }
+
+    /// Background: aborts expired writes every `every`.
+    pub async fn run_expiry(self, every: Duration, stop: tokio_util::sync::CancellationToken) {
+        let mut t = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = t.tick() => {
+                    if let Err(e) = self.expire().await {
+                        tracing::warn!(error = %e, "write expiry failed");
+                    }
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Like `resolve_target`, for the commit transaction (the path may have changed meanwhile).
+async fn resolve_target_for_commit(tx: &mut Tx, caller: &Caller, r: &Ref) -> Result<Target> {
+    match r {
+        Ref::Id(id) => match crate::namespace::load_inode(tx, *id).await? {
+            None => Err(Error::Conflict(format!(
+                "file {id} was deleted while it was being written"
+            ))),
+            Some(_) => resolve_target(tx, caller, r).await,
+        },
+        Ref::Path { .. } => resolve_target(tx, caller, r).await,
+    }
+}
+
+/// Ends a session: queues every shard it was allowed to put for deletion (kept if referenced).
+async fn finish_session(tx: &mut Tx, write_id: &str) -> Result<()> {
+    let targets: Vec<(String, Hash)> = tx
+        .all(
+            "SELECT node_id, hash FROM write_targets WHERE write_id = $1",
+            args![write_id],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.hash(1)?)))
+        .collect::<Result<_>>()?;
+    tx.exec(
+        "DELETE FROM write_targets WHERE write_id = $1",
+        args![write_id],
+    )
+    .await?;
+    tx.exec(
+        "DELETE FROM write_chunks WHERE write_id = $1",
+        args![write_id],
+    )
+    .await?;
+    tx.exec("DELETE FROM writes WHERE id = $1", args![write_id])
+        .await?;
+    for (node, hash) in targets {
+        let referenced = tx
+            .opt(
+                "SELECT 1 FROM shards WHERE node_id = $1 AND hash = $2 LIMIT 1",
+                args![node.as_str(), &hash],
+            )
+            .await?
+            .is_some();
+        if !referenced {
+            queue_gc(tx, &node, &hash).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates or updates the file of `t` with a new version; appends the journal event.
+async fn install_file(
+    tx: &mut Tx,
+    t: Target,
+    s: &Session,
+    size: u64,
+    inline: Option<&[u8]>,
+    chunks: &[(Hash, u64)],
+    attrs: &FileAttrs,
+) -> Result<Entry> {
+    let now = now_ns();
+    let mtime = attrs.mtime_ns.unwrap_or(now);
+    let (inode, parent_id, name, bucket, path, created, old, seq) = match t.existing {
+        Some(e) => {
+            let seq = journal::next_seq(tx).await?;
+            (
+                e.id,
+                e.parent_id,
+                e.name.clone(),
+                e.bucket.clone(),
+                e.path.clone(),
+                false,
+                Some(e.inode),
+                seq,
+            )
+        }
+        None => {
+            let parts: Vec<&str> = t.path.split('/').collect();
+            let b = crate::namespace::walk(tx, &t.bucket, &[]).await?;
+            let (dir, _) = crate::namespace::ensure_dirs(
+                tx,
+                b,
+                &parts[..parts.len() - 1],
+                (0o755, s.uid, s.gid),
+            )
+            .await?;
+            let name = parts[parts.len() - 1].to_string();
+            let seq = journal::next_seq(tx).await?;
+            let n = crate::namespace::NewInode {
+                kind: Kind::File,
+                mode: if s.mode == 0 { 0o644 } else { s.mode & 0o7777 },
+                uid: s.uid,
+                gid: s.gid,
+                size: 0,
+                symlink_target: "",
+                owner_id: &t.owner_id,
+                marker: false,
+                public_read: false,
+            };
+            let id = crate::namespace::insert_inode(tx, &n, now, seq).await?;
+            crate::namespace::insert_dentry(tx, dir.id, &name, id, Kind::File).await?;
+            let path = crate::namespace::join(&dir.path, &name);
+            (id, dir.id, name, t.bucket.clone(), path, true, None, seq)
+        }
+    };
+    let vid = install_version(tx, inode, size, inline, chunks).await?;
+    let old_size = old.as_ref().map_or(0, |o| o.size);
+    if let Some(o) = &old {
+        release_version(tx, o.version).await?;
+    }
+    let meta = InodeMeta {
+        user_metadata: attrs.user_metadata.clone(),
+        xattrs: old
+            .as_ref()
+            .map(|o| o.meta.xattrs.clone())
+            .unwrap_or_default(),
+    };
+    tx.exec(
+        "UPDATE inodes SET size = $2, version_id = $3, etag = $4, content_type = $5, meta = $6, \
+         mtime_ns = $7, ctime_ns = $8, change_seq = $9 WHERE id = $1",
+        args![
+            inode,
+            size,
+            vid,
+            attrs.etag.as_str(),
+            attrs.content_type.as_str(),
+            encode_meta(&meta),
+            mtime,
+            now,
+            seq
+        ],
+    )
+    .await?;
+    add_usage(tx, &t.owner_id, size as i64 - old_size as i64).await?;
+    if parent_id != ROOT_ID {
+        crate::namespace::touch_dir(tx, parent_id, now, 0).await?;
+    }
+    tx.touch(inode);
+    let e = Entry {
+        inode: crate::namespace::load_inode(tx, inode)
+            .await?
+            .ok_or_else(|| Error::Internal("new file vanished".into()))?,
+        parent_id,
+        name,
+        bucket,
+        path,
+    };
+    crate::namespace::emit(
+        tx,
+        seq,
+        if created {
+            v1::ChangeKind::Create
+        } else {
+            v1::ChangeKind::Update
+        },
+        &e,
+        None,
+    )
+    .await?;
+    Ok(e)
+}
