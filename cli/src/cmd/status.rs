@@ -1,0 +1,148 @@
+//! `cyxcloud status [-b BUCKET] [-v]`
+
+use std::process::ExitCode;
+
+use cyxcloud_client::ClientError;
+use cyxcloud_proto::v1;
+
+use crate::args::{Cli, StatusArgs};
+use crate::output::{human, human1, rfc3339};
+
+pub async fn run(cli: &Cli, a: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let client = match super::connect(cli).await {
+        Ok(c) => c,
+        Err(e) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"gateway": "offline", "error": format!("{e:#}")})
+                );
+            } else {
+                println!("CyxCloud Storage Status\n");
+                println!("Gateway Status: ● Offline");
+                println!("  {e:#}");
+            }
+            return Ok(ExitCode::from(5));
+        }
+    };
+    let cluster = client
+        .control()
+        .cluster_status(v1::ClusterStatusRequest {})
+        .await
+        .map_err(|s| ClientError::rpc("cluster status", s))?
+        .into_inner();
+    let Some(bucket) = &a.bucket else {
+        return cluster_view(cli, a, &cluster);
+    };
+    let mut objects = super::list_all(&client, bucket, "", None).await?;
+    objects.retain(|o| !o.path.ends_with('/'));
+    let total: u64 = objects.iter().map(|o| o.size).sum();
+    objects.sort_by(|x, y| {
+        y.mtime_ns
+            .cmp(&x.mtime_ns)
+            .then_with(|| x.path.cmp(&y.path))
+    });
+    if cli.json {
+        let recent: Vec<_> = objects.iter().take(10).map(|o| serde_json::json!({"key": o.path, "size": o.size, "last_modified": rfc3339(o.mtime_ns)})).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"gateway": "online", "bucket": bucket, "objects": objects.len(), "total_bytes": total, "recent": recent})
+            )?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("CyxCloud Storage Status\n");
+    println!("Gateway Status: ● Online\n");
+    println!("Bucket: {bucket}\n");
+    println!("  Objects:      {}", objects.len());
+    println!("  Total Size:   {}", human(total));
+    if !objects.is_empty() {
+        let show = if a.verbose { 20 } else { 2 };
+        println!("\n  Recent Objects:");
+        for o in objects.iter().take(show) {
+            println!(
+                "    {} ({}) - {}",
+                o.path,
+                human1(o.size),
+                rfc3339(o.mtime_ns)
+            );
+        }
+        if objects.len() > show {
+            println!("    ... and {} more objects...", objects.len() - show);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn state_name(s: i32) -> &'static str {
+    match v1::NodeState::try_from(s) {
+        Ok(v1::NodeState::Online) => "online",
+        Ok(v1::NodeState::Offline) => "offline",
+        Ok(v1::NodeState::Draining) => "draining",
+        Ok(v1::NodeState::Drained) => "drained",
+        _ => "unknown",
+    }
+}
+
+fn cluster_view(
+    cli: &Cli,
+    a: &StatusArgs,
+    c: &v1::ClusterStatusResponse,
+) -> anyhow::Result<ExitCode> {
+    let online = c
+        .nodes
+        .iter()
+        .filter(|n| n.state == v1::NodeState::Online as i32)
+        .count();
+    let capacity: u64 = c.nodes.iter().map(|n| n.capacity_bytes).sum();
+    let used: u64 = c.nodes.iter().map(|n| n.used_bytes).sum();
+    if cli.json {
+        let nodes: Vec<_> = c
+            .nodes
+            .iter()
+            .map(|n| serde_json::json!({"id": n.node_id, "address": n.address, "state": state_name(n.state), "capacity_bytes": n.capacity_bytes, "used_bytes": n.used_bytes, "shards": n.shard_count}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "gateway": "online", "version": c.version, "nodes_online": online, "nodes": nodes,
+                "capacity_bytes": capacity, "used_bytes": used, "buckets": c.buckets, "files": c.files,
+                "logical_bytes": c.logical_bytes, "chunks": c.chunks, "pending_repairs": c.pending_repairs,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("CyxCloud Storage Status\n");
+    println!("Gateway Status: ● Online  (version {})\n", c.version);
+    println!("  Nodes:        {online} online of {}", c.nodes.len());
+    println!(
+        "  Capacity:     {} used of {}",
+        human(used),
+        human(capacity)
+    );
+    println!("  Buckets:      {}", c.buckets);
+    println!("  Objects:      {} ({})", c.files, human(c.logical_bytes));
+    println!("  Chunks:       {}", c.chunks);
+    if c.pending_repairs > 0 {
+        println!("  Repairs:      {} shards pending", c.pending_repairs);
+    }
+    if a.verbose {
+        println!(
+            "\n  {:<20} {:<10} {:<24} {:>12} {:>12} {:>8}",
+            "NODE", "STATE", "ADDRESS", "USED", "CAPACITY", "SHARDS"
+        );
+        for n in &c.nodes {
+            println!(
+                "  {:<20} {:<10} {:<24} {:>12} {:>12} {:>8}",
+                n.node_id,
+                state_name(n.state),
+                n.address,
+                human(n.used_bytes),
+                human(n.capacity_bytes),
+                n.shard_count
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,173 @@
+//! A connected, authenticated client: one gRPC channel to the gateway's Control API (bearer
+//! token refreshed before it expires) and a pool of channels to nodes.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use cyxcloud_proto::v1;
+use cyxcloud_proto::v1::control_client::ControlClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::ClientConfig;
+use crate::error::{ClientError, Result};
+use crate::nodes::NodePool;
+
+/// Adds `authorization: Bearer <token>` to every Control call.
+#[derive(Clone)]
+pub struct Auth(Arc<RwLock<Token>>);
+
+#[derive(Debug, Clone, Default)]
+struct Token {
+    value: String,
+    expires_at: i64,
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let t = self.0.read().unwrap_or_else(|e| e.into_inner());
+        if !t.value.is_empty() {
+            let v = format!("Bearer {}", t.value)
+                .parse()
+                .map_err(|_| tonic::Status::internal("token is not valid ASCII"))?;
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    }
+}
+
+pub type Control = ControlClient<InterceptedService<Channel, Auth>>;
+
+/// A CyxCloud client. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: ClientConfig,
+    channel: Channel,
+    token: Arc<RwLock<Token>>,
+    pub(crate) nodes: NodePool,
+    pub(crate) user_id: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("gateway", &self.inner.cfg.gateway)
+            .finish()
+    }
+}
+
+/// Builds a channel with settings suited to large streams (big HTTP/2 windows).
+pub(crate) fn endpoint(address: &str, connect_timeout: Duration) -> Result<Endpoint> {
+    let ep = Endpoint::from_shared(address.to_string())
+        .map_err(|_| ClientError::BadAddress(address.to_string()))?;
+    Ok(ep
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true))
+}
+
+impl Client {
+    /// Connects to the gateway and authenticates with the access key and secret.
+    pub async fn connect(cfg: ClientConfig) -> Result<Client> {
+        let channel = endpoint(&cfg.gateway, cfg.connect_timeout)?
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect {
+                address: cfg.gateway.clone(),
+                reason: source_chain(&e),
+            })?;
+        let token = Arc::new(RwLock::new(Token::default()));
+        let user_id = authenticate(&channel, &cfg, &token).await?;
+        let nodes = NodePool::new(cfg.connect_timeout, cfg.max_shard_streams);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                cfg,
+                channel,
+                token,
+                nodes,
+                user_id,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.cfg
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.inner.user_id
+    }
+
+    pub fn nodes(&self) -> &NodePool {
+        &self.inner.nodes
+    }
+
+    /// The Control API client (namespace operations and everything else).
+    pub fn control(&self) -> Control {
+        ControlClient::with_interceptor(self.inner.channel.clone(), Auth(self.inner.token.clone()))
+            .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
+    }
+
+    /// Re-authenticates when the bearer token expires within five minutes. Long-running
+    /// clients (mountd, syncd) call this periodically; uploads and downloads call it first.
+    pub async fn refresh_token(&self) -> Result<()> {
+        let expires_at = self
+            .inner
+            .token
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .expires_at;
+        if expires_at - unix_now() < 300 {
+            authenticate(&self.inner.channel, &self.inner.cfg, &self.inner.token).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn authenticate(
+    channel: &Channel,
+    cfg: &ClientConfig,
+    token: &Arc<RwLock<Token>>,
+) -> Result<String> {
+    let mut c = ControlClient::new(channel.clone());
+    let r = c
+        .authenticate(v1::AuthenticateRequest {
+            access_key: cfg.access_key.clone(),
+            secret_key: cfg.secret_key.clone(),
+        })
+        .await
+        .map_err(|s| ClientError::rpc("authenticate", s))?
+        .into_inner();
+    *token.write().unwrap_or_else(|e| e.into_inner()) = Token {
+        value: r.token,
+        expires_at: r.expires_at,
+    };
+    Ok(r.user_id)
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The full cause chain of a transport error (tonic's top-level message is just "transport
+/// error").
+pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
