@@ -106,6 +106,7 @@ pub async fn read_range(
     filter: &Filter,
     limit: u32,
 ) -> Result<Vec<v1::ChangeEvent>> {
+    let upto = upto.min(i64::MAX as u64);
     let rows = match filter {
         Filter::All => {
             db.all(

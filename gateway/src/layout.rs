@@ -150,10 +150,11 @@ pub async fn get_layout(
             _ => Error::invalid(format!("{} is not a file", describe(&entry))),
         });
     }
+    // Offsets are stored as BIGINT: keep the bound in i64 range.
     let end = if length == 0 {
-        u64::MAX
+        i64::MAX as u64
     } else {
-        offset.saturating_add(length)
+        offset.saturating_add(length).min(i64::MAX as u64)
     };
     let mut inline = None;
     let mut chunks = Vec::new();

@@ -589,8 +589,10 @@ async fn build_deletes(tx: &mut Tx, node: &str, now: i64) -> Result<()> {
     let rows = tx
         .all(
             "SELECT q.hash, \
-               EXISTS (SELECT 1 FROM shards s WHERE s.node_id = q.node_id AND s.hash = q.hash), \
-               EXISTS (SELECT 1 FROM write_targets w WHERE w.node_id = q.node_id AND w.hash = q.hash) \
+               CASE WHEN EXISTS (SELECT 1 FROM shards s WHERE s.node_id = q.node_id AND s.hash = q.hash) \
+                 THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END, \
+               CASE WHEN EXISTS (SELECT 1 FROM write_targets w WHERE w.node_id = q.node_id AND w.hash = q.hash) \
+                 THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END \
              FROM gc_queue q WHERE q.node_id = $1 ORDER BY q.created_ns LIMIT $2",
             args![node, DELETE_BATCH],
         )
