@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 pub mod services;
 
+pub mod cluster;
+
 pub use tempfile::{TempDir, tempdir};
 
 /// Returns a free TCP port on 127.0.0.1 that this process has not handed out before.

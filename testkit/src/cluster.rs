@@ -1,0 +1,225 @@
+//! A real CyxCloud cluster for multi-process tests: one `cyxcloud-gateway` (SQLite in a temp
+//! dir unless a database URL is given) and N `cyxcloud-node` processes on RocksDB, all on free
+//! ports, killed when the [`Cluster`] is dropped. Fault operations: kill / restart a node,
+//! stop / restart the gateway.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{Proc, TempDir, bin, free_port, http_get, tempdir, wait_for_http, wait_until};
+
+/// Admin credentials every test cluster bootstraps with.
+pub const ACCESS_KEY: &str = "CYXTESTADMINKEY0001";
+pub const SECRET_KEY: &str = "test-admin-secret-0123456789abcdef";
+
+/// How to build a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    /// Heartbeat interval the gateway asks nodes for.
+    pub heartbeat_ms: u64,
+    /// Chunk size for new writes (small chunks keep tests fast while exercising many chunks).
+    pub chunk_size: Option<u64>,
+    /// Capacity each node offers, in GB.
+    pub capacity_gb: f64,
+    /// Extra `--set key=value` settings for the gateway.
+    pub gateway_settings: Vec<String>,
+    /// `DATABASE_URL` for the gateway (default: SQLite in its data dir).
+    pub database_url: Option<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes: 7,
+            heartbeat_ms: 1000,
+            chunk_size: None,
+            capacity_gb: 4.0,
+            gateway_settings: vec![],
+            database_url: None,
+        }
+    }
+}
+
+/// One storage node of a [`Cluster`].
+#[derive(Debug)]
+pub struct NodeHandle {
+    pub id: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub grpc_port: u16,
+    pub metrics_port: u16,
+    pub p2p_port: u16,
+    pub proc: Option<Proc>,
+}
+
+impl NodeHandle {
+    pub fn metrics_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.metrics_port))
+    }
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+    pub fn is_up(&self) -> bool {
+        self.proc.is_some()
+    }
+}
+
+/// A running cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    pub opts: ClusterOptions,
+    pub http_port: u16,
+    pub grpc_port: u16,
+    pub gateway: Option<Proc>,
+    pub nodes: Vec<NodeHandle>,
+    /// Dropped last, so the processes are gone (and their logs printed) before it is removed.
+    pub dir: TempDir,
+}
+
+impl Cluster {
+    /// Starts a gateway and `opts.nodes` nodes and waits until every node is registered.
+    pub fn start(opts: ClusterOptions) -> Cluster {
+        let dir = tempdir().expect("temp dir");
+        let mut c = Cluster {
+            dir,
+            http_port: free_port(),
+            grpc_port: free_port(),
+            gateway: None,
+            nodes: Vec::new(),
+            opts,
+        };
+        c.start_gateway();
+        let bootstrap = free_port();
+        for i in 0..c.opts.nodes {
+            let id = format!("node-{:02}", i + 1);
+            let dir = c.dir.path().join("nodes").join(&id);
+            std::fs::create_dir_all(&dir).expect("node dir");
+            let p2p_port = if i == 0 { bootstrap } else { free_port() };
+            let (grpc_port, metrics_port) = (free_port(), free_port());
+            let config = dir.join("config.toml");
+            let peers = if i == 0 {
+                String::new()
+            } else {
+                format!("\"/ip4/127.0.0.1/tcp/{bootstrap}\"")
+            };
+            let text = format!(
+                "[node]\nid = \"{id}\"\nname = \"{id}\"\nregion = \"test\"\n\n\
+                 [storage]\ndata_dir = \"{d}\"\nmax_capacity_gb = {cap}\n\n\
+                 [network]\nbind_address = \"127.0.0.1\"\ngrpc_port = {grpc_port}\np2p_port = {p2p_port}\nbootstrap_peers = [{peers}]\n\n\
+                 [central]\naddress = \"http://127.0.0.1:{gp}\"\nregister = true\n\n\
+                 [cyxwiz_api]\nregister = false\n\n[metrics]\nenabled = true\nport = {metrics_port}\n",
+                d = dir.display(),
+                cap = c.opts.capacity_gb,
+                gp = c.grpc_port,
+            );
+            std::fs::write(&config, text).expect("node config");
+            c.nodes.push(NodeHandle {
+                id,
+                dir,
+                config,
+                grpc_port,
+                metrics_port,
+                p2p_port,
+                proc: None,
+            });
+            c.start_node(i);
+        }
+        for i in 0..c.nodes.len() {
+            c.wait_registered(i);
+        }
+        c
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.http_port))
+    }
+    /// The gateway's HTTP URL (S3, /health, /api).
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+    /// The gateway's Control gRPC URL.
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// Starts (or restarts) the gateway on its ports and data dir; waits for /health.
+    pub fn start_gateway(&mut self) {
+        let mut cmd = Command::new(bin("cyxcloud-gateway"));
+        cmd.arg("--data-dir")
+            .arg(self.dir.path().join("gateway"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.http_port.to_string(),
+                "--grpc-port",
+                &self.grpc_port.to_string(),
+            ])
+            .args([
+                "--set",
+                &format!("nodes.heartbeat_interval_ms={}", self.opts.heartbeat_ms),
+            ])
+            .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
+            .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env(
+                "RUST_LOG",
+                std::env::var("CYX_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        if let Some(cs) = self.opts.chunk_size {
+            cmd.args(["--set", &format!("storage.chunk_size_bytes={cs}")]);
+        }
+        for s in &self.opts.gateway_settings {
+            cmd.args(["--set", s]);
+        }
+        if let Some(url) = &self.opts.database_url {
+            cmd.env("DATABASE_URL", url);
+        }
+        let log = self.dir.path().join("gateway.log");
+        self.gateway = Some(Proc::spawn("cyxcloud-gateway", cmd, &log));
+        wait_for_http(self.http_addr(), "/health", Duration::from_secs(60));
+    }
+
+    /// Kills the gateway (SIGKILL).
+    pub fn kill_gateway(&mut self) {
+        if let Some(mut g) = self.gateway.take() {
+            g.kill9();
+        }
+    }
+
+    pub fn start_node(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let mut cmd = Command::new(bin("cyxcloud-node"));
+        cmd.arg("--config").arg(&n.config).env(
+            "RUST_LOG",
+            std::env::var("CYX_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let log = n.dir.join("node.log");
+        n.proc = Some(Proc::spawn(&n.id, cmd, &log));
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// Waits until node `i` reports itself registered with the gateway.
+    pub fn wait_registered(&self, i: usize) {
+        let n = &self.nodes[i];
+        let addr = n.metrics_addr();
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{} to register", n.id),
+            || match http_get(addr, "/health") {
+                Ok((_, body)) if body.contains("\"registered\":true") => Some(()),
+                _ => None,
+            },
+        );
+    }
+}
