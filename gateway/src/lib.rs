@@ -167,6 +167,22 @@ pub async fn run(
     let mut tasks = Vec::new();
 
     let mut app = http::router(gw.clone());
+    // Clients that only know the HTTP URL (the CLI's --gateway, mountd) find the Control API
+    // here.
+    let info = serde_json::json!({
+        "service": "cyxcloud-gateway",
+        "version": env!("CARGO_PKG_VERSION"),
+        "gateway_id": gw.gateway_id,
+        "grpc_address": format!("http://{grpc_addr}"),
+        "s3": extra_routes.is_some(),
+    });
+    app = app.route(
+        "/api/info",
+        axum::routing::get(move || {
+            let info = info.clone();
+            async move { axum::Json(info) }
+        }),
+    );
     if let Some(extra) = extra_routes {
         app = app.merge(extra);
     }

@@ -1,6 +1,8 @@
 //! Gateway tests: the metadata store conformance suite (every test on SQLite and on
 //! PostgreSQL), and multi-process tests through the real binaries.
 
+mod cluster;
 mod common;
+mod http_api;
 mod store;
 mod writes;
