@@ -4,7 +4,7 @@
 //! directory.
 //!
 //! Run: `cargo bench -p cyxcloud-node --bench node` (env `BENCH_DIR` picks the disk; default
-//! `target/bench-node`; `BENCH_MB` the data volume per case, default 512).
+//! `target/bench-node`; `BENCH_MB` the data volume per round, default 128; `BENCH_ROUNDS`, default 5).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -105,7 +105,7 @@ fn shard(seed: u64, len: usize) -> Bytes {
 }
 
 async fn connect(url: &str) -> ChunkServiceClient<Channel> {
-    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+    let ch = cyxcloud_node::net::endpoint(url)
         .unwrap()
         .connect()
         .await
@@ -150,31 +150,19 @@ async fn get(c: &mut ChunkServiceClient<Channel>, h: Hash, tok: &[u8]) -> usize 
     n
 }
 
-struct Stats {
-    mbps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-fn stats(total_bytes: usize, wall: Duration, mut lat: Vec<Duration>) -> Stats {
-    lat.sort();
-    let pick = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
-    Stats {
-        mbps: total_bytes as f64 / MIB as f64 / wall.as_secs_f64(),
-        p50_ms: pick(0.5),
-        p99_ms: pick(0.99),
-    }
-}
-
-/// Puts then gets `count` shards of `size` bytes with `streams` concurrent clients.
-async fn case(
+/// Puts then gets `count` shards of `size` bytes with `streams` concurrent clients; returns
+/// (put MiB/s, get MiB/s) and appends the per-request latencies.
+#[allow(clippy::too_many_arguments)]
+async fn round(
     url: &str,
     tok: &[u8],
     size: usize,
     count: usize,
     streams: usize,
     seed: u64,
-) -> (Stats, Stats) {
+    put_lat: &mut Vec<Duration>,
+    get_lat: &mut Vec<Duration>,
+) -> (f64, f64) {
     let shards: Arc<Vec<(Hash, Bytes)>> = Arc::new(
         (0..count)
             .map(|i| {
@@ -211,12 +199,27 @@ async fn case(
             for t in tasks {
                 lat.extend(t.await.unwrap());
             }
-            stats(size * count, start.elapsed(), lat)
+            (
+                (size * count) as f64 / MIB as f64 / start.elapsed().as_secs_f64(),
+                lat,
+            )
         }
     };
-    let p = run(true).await;
-    let g = run(false).await;
+    let (p, pl) = run(true).await;
+    let (g, gl) = run(false).await;
+    put_lat.extend(pl);
+    get_lat.extend(gl);
     (p, g)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn pct(lat: &mut [Duration], q: f64) -> f64 {
+    lat.sort();
+    lat[((lat.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3
 }
 
 /// Sequential writes of `total` bytes in `block`-byte writes; `sync_each` fdatasyncs every block
@@ -255,7 +258,7 @@ fn main() {
     let mb: usize = std::env::var("BENCH_MB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(512);
+        .unwrap_or(128);
     let total = mb * MIB;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -263,56 +266,65 @@ fn main() {
         .unwrap();
     let signer = TokenSigner::from_seed([5; 32]);
     let tok = token(&signer);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     println!(
-        "# cyxcloud-node bench: {mb} MiB per case, dir {}",
+        "# cyxcloud-node bench: {rounds} rounds x {mb} MiB per case, dir {}",
         base.display()
     );
     println!(
-        "raw sequential write, 8 MiB blocks, fdatasync per block: {:.0} MiB/s",
-        raw_disk(&base, total, 8 * MIB, true)
+        "# each round: raw sequential write of {mb} MiB (fdatasync per shard-sized block), then \
+         PutShard of {mb} MiB, then GetShard of the same shards; medians over rounds"
     );
     println!(
-        "raw sequential write, 8 MiB blocks, one fsync at end:    {:.0} MiB/s",
-        raw_disk(&base, total, 8 * MIB, false)
+        "| records | shard | streams | raw MiB/s | put MiB/s | put/raw | put p50 ms | put p99 ms | get MiB/s | get p50 ms | get p99 ms |"
     );
-    println!(
-        "raw sequential write, 1 MiB blocks, fdatasync per block: {:.0} MiB/s",
-        raw_disk(&base, total, MIB, true)
-    );
-    println!(
-        "| compression | shard | streams | put MiB/s | put p50 ms | put p99 ms | get MiB/s | get p50 ms | get p99 ms |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for compression in [false, true] {
         let dir = base.join(format!("node-{compression}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let (node, url) = start_node(&dir, compression, &signer);
         let mut seed = 0;
-        for (size, streams) in [(MIB, 1), (MIB, 4), (8 * MIB, 1), (8 * MIB, 4)] {
-            if compression && streams == 1 {
+        for (size, streams) in [(MIB, 4), (8 * MIB, 1), (8 * MIB, 4)] {
+            if compression && size == MIB {
                 continue;
             }
-            seed += 1_000_000;
             let count = (total / size).max(4);
-            let (p, g) = rt.block_on(case(&url, &tok, size, count, streams, seed));
+            let (mut raws, mut puts, mut gets, mut ratios) = (vec![], vec![], vec![], vec![]);
+            let (mut pl, mut gl) = (vec![], vec![]);
+            for _ in 0..rounds {
+                seed += 1_000_000;
+                let raw = raw_disk(&base, total, size, true);
+                let (p, g) = rt.block_on(round(
+                    &url, &tok, size, count, streams, seed, &mut pl, &mut gl,
+                ));
+                raws.push(raw);
+                puts.push(p);
+                gets.push(g);
+                ratios.push(p / raw);
+            }
             println!(
-                "| {} | {} MiB | {streams} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} |",
-                if compression { "lz4" } else { "off" },
+                "| {} | {} MiB | {streams} | {:.0} | {:.0} | {:.0} % | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} |",
+                if compression { "lz4 on" } else { "plain" },
                 size / MIB,
-                p.mbps,
-                p.p50_ms,
-                p.p99_ms,
-                g.mbps,
-                g.p50_ms,
-                g.p99_ms
+                median(raws),
+                median(puts),
+                median(ratios) * 100.0,
+                pct(&mut pl, 0.5),
+                pct(&mut pl, 0.99),
+                median(gets),
+                pct(&mut gl, 0.5),
+                pct(&mut gl, 0.99),
             );
         }
         drop(node);
         let _ = std::fs::remove_dir_all(&dir);
     }
     println!(
-        "raw sequential write, 8 MiB blocks, fdatasync per block (after): {:.0} MiB/s",
-        raw_disk(&base, total, 8 * MIB, true)
+        "raw sequential write, 8 MiB blocks, one fsync at the end (page cache bound): {:.0} MiB/s",
+        raw_disk(&base, total, 8 * MIB, false)
     );
 }

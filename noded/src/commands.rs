@@ -22,7 +22,7 @@ use cyxcloud_proto::v1::{
 use cyxcloud_proto::{MAX_MESSAGE_BYTES, STREAM_PIECE_BYTES};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
@@ -50,7 +50,7 @@ pub async fn connect(address: &str, node: &str) -> Result<ChunkServiceClient<Cha
         node: node.to_string(),
         reason,
     };
-    let ch = Endpoint::from_shared(address.to_string())
+    let ch = crate::net::endpoint(address)
         .map_err(|e| peer(format!("bad address {address:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(PEER_TIMEOUT)

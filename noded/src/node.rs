@@ -164,6 +164,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit> {
     let grpc_shutdown = shutdown.clone();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            .initial_stream_window_size(crate::net::STREAM_WINDOW)
+            .initial_connection_window_size(crate::net::CONNECTION_WINDOW)
+            .max_frame_size(crate::net::MAX_FRAME)
             .add_service(
                 ChunkServiceServer::new(svc)
                     .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)

@@ -101,3 +101,139 @@ async fn first_start_logs_in_registers_the_machine_and_later_starts_reuse_it() {
     assert_eq!(creds["machine_id"], "machine-2");
     assert_eq!(api.state.lock().unwrap().logins.len(), 3);
 }
+
+/// The node under `script`, which gives it a pseudo-terminal as stdin, like an operator's
+/// shell. Killed (node first, then script) on drop.
+struct OnTerminal {
+    script: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    stdin: std::process::ChildStdin,
+}
+
+impl OnTerminal {
+    fn spawn(node: &Node) -> OnTerminal {
+        use std::io::Read;
+        let inner = node.command();
+        let mut line = String::from("exec");
+        for part in std::iter::once(inner.get_program()).chain(inner.get_args()) {
+            line.push_str(" '");
+            line.push_str(&part.to_string_lossy().replace('\'', "'\\''"));
+            line.push('\'');
+        }
+        let mut cmd = std::process::Command::new("script");
+        cmd.args(["-q", "-e", "-f", "-c", &line, "/dev/null"]);
+        if let Some(d) = inner.get_current_dir() {
+            cmd.current_dir(d);
+        }
+        for (k, v) in inner.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut script = cmd.spawn().expect("spawn script (util-linux)");
+        let stdin = script.stdin.take().unwrap();
+        let mut stdout = script.stdout.take().unwrap();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        OnTerminal { script, out, stdin }
+    }
+
+    fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    fn wait_for(&self, text: &str) {
+        wait(
+            Duration::from_secs(20),
+            &format!("{text:?} on the terminal"),
+            || self.output().contains(text).then_some(()),
+        );
+    }
+
+    fn type_line(&mut self, s: &str) {
+        use std::io::Write;
+        self.stdin.write_all(format!("{s}\n").as_bytes()).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Pids of the script's children (the node).
+    fn node_pids(&self) -> Vec<String> {
+        let pid = self.script.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for OnTerminal {
+    fn drop(&mut self) {
+        for pid in self.node_pids() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid])
+                .status();
+        }
+        let _ = self.script.kill();
+        let _ = self.script.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_logs_in_on_a_terminal_with_a_hidden_password() {
+    let api = AccountApi::start().await;
+    let node = Node::new(
+        Spec::id("tty-node")
+            .env("CYXWIZ_API_REGISTER", "true")
+            .env("CYXWIZ_API_URL", api.url()),
+    );
+    let mut term = OnTerminal::spawn(&node);
+    term.wait_for("CyxWiz Storage Node - Login Required");
+    term.wait_for("Email: ");
+    term.type_line(EMAIL);
+    term.wait_for("Password: ");
+    // A wrong password first: refused, asked again.
+    term.type_line("not it");
+    term.wait_for("invalid email or password");
+    // Both are asked again.
+    wait(Duration::from_secs(20), "the second email prompt", || {
+        (term.output().matches("Email: ").count() >= 2).then_some(())
+    });
+    term.type_line(EMAIL);
+    wait(
+        Duration::from_secs(20),
+        "the second password prompt",
+        || (term.output().matches("Password: ").count() >= 2).then_some(()),
+    );
+    term.type_line(PASSWORD);
+    term.wait_for("Machine registered successfully");
+    cyxcloud_testkit::wait_for_http(node.metrics, "/health", START_TIMEOUT);
+    let out = term.output();
+    assert!(out.contains("Welcome, John Doe!"), "{out}");
+    assert!(
+        !out.contains(PASSWORD),
+        "the password is never echoed:\n{out}"
+    );
+    assert!(
+        !out.contains("not it"),
+        "the password is never echoed:\n{out}"
+    );
+    let creds = node.dir.join(".cyxwiz_credentials.json");
+    assert!(creds.exists());
+    assert_eq!(api.state.lock().unwrap().logins.len(), 2);
+}

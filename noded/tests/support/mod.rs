@@ -143,9 +143,17 @@ pub struct Node {
 
 impl Node {
     pub fn start(spec: Spec) -> Node {
+        let mut n = Node::new(spec);
+        n.launch();
+        n.wait_ready();
+        n
+    }
+
+    /// Ports and data dir picked, process not started.
+    pub fn new(spec: Spec) -> Node {
         let tmp = tempdir().unwrap();
         let dir = tmp.path().join("data");
-        let mut n = Node {
+        Node {
             proc: None,
             id: spec.id.clone().unwrap_or_default(),
             dir,
@@ -155,10 +163,7 @@ impl Node {
             spec,
             tmp: Some(tmp),
             starts: 0,
-        };
-        n.launch();
-        n.wait_ready();
-        n
+        }
     }
 
     /// The command that starts this node (tests may tweak it).
