@@ -1,6 +1,7 @@
 //! Gateway tests: the metadata store conformance suite (every test on SQLite and on
 //! PostgreSQL), and multi-process tests through the real binaries.
 
+mod cache;
 mod cluster;
 mod common;
 mod http_api;

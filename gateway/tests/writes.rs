@@ -25,7 +25,7 @@ both_backends!(
 
 const NODES: usize = 7;
 
-async fn register_nodes(f: &Fixture, n: usize) -> Vec<String> {
+pub(crate) async fn register_nodes(f: &Fixture, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
         let id = format!("node-{i}");
@@ -49,7 +49,7 @@ async fn register_nodes(f: &Fixture, n: usize) -> Vec<String> {
 }
 
 /// `len` bytes that differ for every `seed` and have no repeated shard.
-fn data(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn data(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -61,7 +61,7 @@ fn data(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn chunk(data: &[u8]) -> EncodedChunk {
+pub(crate) fn chunk(data: &[u8]) -> EncodedChunk {
     encode_chunk(
         BytesMut::from(data),
         CodecId::ReedSolomonErasure,
@@ -78,13 +78,13 @@ fn target(b: &str, p: &str) -> Ref {
     }
 }
 
-async fn begin(
-    f: &Fixture,
+pub(crate) async fn begin(
+    gw: &cyxcloud_gateway::Gateway,
     who: &Caller,
     p: &str,
     metas: &[&ChunkMeta],
 ) -> cyxcloud_gateway::writes::Begun {
-    f.gw.writes
+    gw.writes
         .begin(
             who,
             &target("wbk", p),
@@ -103,7 +103,7 @@ async fn begin(
 }
 
 /// The commit report for a placement with every shard stored except `skip`.
-fn stored(p: &v1::ChunkPlacement, id: Hash, skip: &[u32]) -> Committed {
+pub(crate) fn stored(p: &v1::ChunkPlacement, id: Hash, skip: &[u32]) -> Committed {
     Committed {
         index: p.index,
         id,
@@ -126,7 +126,7 @@ async fn commit_accepts_only_the_placed_layout(b: Backend) {
     register_nodes(&f, NODES).await;
     f.gw.ns.create_bucket(a, "wbk", false).await.unwrap();
     let c = chunk(&data(1, 100_000));
-    let bw = begin(&f, a, "dir/file.bin", &[&c.meta]).await;
+    let bw = begin(&f.gw, a, "dir/file.bin", &[&c.meta]).await;
     assert_eq!((bw.profile, bw.success_threshold), (Profile::DEFAULT, 13));
     let p = &bw.placements[0];
     assert!(!p.deduplicated);
@@ -282,7 +282,7 @@ async fn commit_accepts_only_the_placed_layout(b: Backend) {
     assert_eq!(e.code(), ErrorCode::QuotaExceeded, "{e}");
     assert_eq!(count(&f, "SELECT COUNT(*) FROM writes").await, 0);
     // ... and at commit (a write that began with no size hint).
-    let bw2 = begin(&f, a, "more", &[]).await;
+    let bw2 = begin(&f.gw, a, "more", &[]).await;
     let pl =
         f.gw.writes
             .place(a, &bw2.write_id, &[(0, c2.meta.clone())], &[])
@@ -309,7 +309,7 @@ async fn identical_chunks_are_stored_once_and_released_at_the_last_reference(b: 
     let nodes = register_nodes(&f, NODES).await;
     f.gw.ns.create_bucket(a, "wbk", false).await.unwrap();
     let c = chunk(&data(3, 10_000));
-    let w1 = begin(&f, a, "one", &[&c.meta]).await;
+    let w1 = begin(&f.gw, a, "one", &[&c.meta]).await;
     let first =
         f.gw.writes
             .commit(
@@ -321,7 +321,7 @@ async fn identical_chunks_are_stored_once_and_released_at_the_last_reference(b: 
             )
             .await
             .unwrap();
-    let w2 = begin(&f, a, "two", &[&c.meta]).await;
+    let w2 = begin(&f.gw, a, "two", &[&c.meta]).await;
     assert!(w2.placements[0].deduplicated);
     assert!(w2.placements[0].targets.is_empty());
     let second =
@@ -344,7 +344,7 @@ async fn identical_chunks_are_stored_once_and_released_at_the_last_reference(b: 
     assert_eq!(count(&f, "SELECT refs FROM chunks").await, 2);
     // Overwriting "one" with other bytes drops one reference; nothing is deleted yet.
     let c2 = chunk(&data(4, 10_001));
-    let w3 = begin(&f, a, "one", &[&c2.meta]).await;
+    let w3 = begin(&f.gw, a, "one", &[&c2.meta]).await;
     f.gw.writes
         .commit(
             a,
@@ -436,7 +436,7 @@ async fn abandoned_writes_expire_and_release_their_shards(b: Backend) {
     f.gw.ns.create_bucket(a, "wbk", false).await.unwrap();
     // A stored chunk, then a write that deduplicates against it and one that uploads new data.
     let kept = chunk(&data(5, 5000));
-    let w = begin(&f, a, "kept", &[&kept.meta]).await;
+    let w = begin(&f.gw, a, "kept", &[&kept.meta]).await;
     f.gw.writes
         .commit(
             a,
@@ -448,7 +448,7 @@ async fn abandoned_writes_expire_and_release_their_shards(b: Backend) {
         .await
         .unwrap();
     let lost = chunk(&data(6, 5000));
-    let w = begin(&f, a, "abandoned", &[&kept.meta, &lost.meta]).await;
+    let w = begin(&f.gw, a, "abandoned", &[&kept.meta, &lost.meta]).await;
     assert!(w.placements[0].deduplicated);
     assert_eq!(
         count(&f, "SELECT refs FROM chunks").await,
@@ -503,7 +503,7 @@ async fn abandoned_writes_expire_and_release_their_shards(b: Backend) {
         assert!(!kept.meta.shard_hashes.contains(&h));
     }
     // An explicit abort does the same.
-    let w = begin(&f, a, "aborted", &[&lost.meta]).await;
+    let w = begin(&f.gw, a, "aborted", &[&lost.meta]).await;
     f.gw.writes.abort(a, &w.write_id).await.unwrap();
     assert_eq!(count(&f, "SELECT COUNT(*) FROM writes").await, 0);
     check_consistent(&f.gw.db).await;
