@@ -96,14 +96,14 @@ async fn download_one(
         .iter()
         .any(|c| c.info.as_ref().is_some_and(|i| i.encrypted));
     if encrypted && key_cache.is_none() {
-        *key_cache = Some(
-            super::upload::master_key(client, a.key_file.clone(), a.passphrase.clone(), false)
-                .map_err(|e| {
-                    e.context(format!(
-                        "{bucket}/{key} is encrypted; give the key with --key-file or --passphrase"
-                    ))
-                })?,
-        );
+        match super::upload::master_key(client, a.key_file.clone(), a.passphrase.clone(), false) {
+            Ok(k) => *key_cache = Some(k),
+            Err(e) => {
+                return Err(anyhow::Error::new(ClientError::KeyRequired).context(format!(
+                    "{bucket}/{key} is encrypted; give the key with --key-file or --passphrase ({e:#})"
+                )));
+            }
+        }
     }
     if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
         tokio::fs::create_dir_all(dir).await?;

@@ -232,6 +232,14 @@ async fn upload_file(
     let mut buf = vec![0u8; 1 << 20];
     let skip = up.resume_offset();
     if skip > 0 {
+        pb.suspend(|| {
+            eprintln!(
+                "Resuming upload of {} at {} of {}",
+                path.display(),
+                human(skip),
+                human(meta.len())
+            )
+        });
         // Re-hash the part already uploaded (for the ETag), without sending it again.
         let mut left = skip;
         while left > 0 {

@@ -1,0 +1,520 @@
+//! The real `cyxcloud` binary against a live cluster (real gateway and node processes).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use cyxcloud_testkit::cluster::{ACCESS_KEY, Cluster, ClusterOptions, SECRET_KEY};
+use cyxcloud_testkit::{TempDir, tempdir, wait_until};
+
+const MIB: usize = 1 << 20;
+
+struct Env {
+    cluster: Cluster,
+    home: TempDir,
+}
+
+impl Env {
+    fn new(nodes: usize, chunk: usize) -> Env {
+        let cluster = Cluster::start(ClusterOptions {
+            nodes,
+            chunk_size: Some(chunk as u64),
+            ..Default::default()
+        });
+        Env {
+            cluster,
+            home: tempdir().unwrap(),
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cyxcloud"));
+        c.env("CYXCLOUD_GATEWAY", self.cluster.http_url())
+            .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
+            .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
+            .env("HOME", self.home.path())
+            .env("XDG_CONFIG_HOME", self.home.path().join("config"))
+            .env("XDG_CACHE_HOME", self.home.path().join("cache"))
+            .env_remove("CYXCLOUD_KEY_FILE")
+            .env_remove("CYXCLOUD_PASSPHRASE")
+            .env_remove("CYXCLOUD_GRPC_ADDRESS")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run cyxcloud")
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "cyxcloud {args:?} failed ({}):\n{}\n{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn write_file(p: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    let mut x = 0x2545_F491_4F6C_DD1Du64 ^ seed;
+    for c in v.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        c.copy_from_slice(&b[..c.len()]);
+    }
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(p, &v).unwrap();
+    v
+}
+
+fn sha(p: &Path) -> cyxcloud_core::Hash {
+    cyxcloud_core::Hash::of(&std::fs::read(p).unwrap())
+}
+
+#[test]
+fn every_command_of_the_guide_with_its_output() {
+    let e = Env::new(7, MIB);
+    let work = tempdir().unwrap();
+    let f = work.path().join("myfile.txt");
+    std::fs::write(&f, "Hello from CyxCloud!\n").unwrap();
+    // upload: a file, with a prefix, a directory recursively.
+    let out = e.ok(&["upload", f.to_str().unwrap(), "-b", "mybucket"]);
+    assert!(
+        out.contains("✓ Uploaded") && out.contains("mybucket/myfile.txt"),
+        "{out}"
+    );
+    e.ok(&[
+        "upload",
+        f.to_str().unwrap(),
+        "-b",
+        "mybucket",
+        "-p",
+        "data/uploads",
+    ]);
+    let tree = work.path().join("my-folder");
+    let a = write_file(&tree.join("a.bin"), 1536, 1);
+    write_file(&tree.join("sub/b.bin"), 2 * MIB + 300 * 1024, 2);
+    write_file(&tree.join("sub/deeper/c.bin"), 10, 3);
+    let out = e.ok(&[
+        "upload",
+        tree.to_str().unwrap(),
+        "-b",
+        "mybucket",
+        "-p",
+        "data",
+    ]);
+    assert!(out.contains("3 files"), "{out}");
+
+    // list: plain, long, human, prefix, max-keys, json.
+    let out = e.ok(&["list", "mybucket"]);
+    let keys: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        keys,
+        [
+            "data/a.bin",
+            "data/sub/b.bin",
+            "data/sub/deeper/c.bin",
+            "data/uploads/myfile.txt",
+            "myfile.txt"
+        ]
+    );
+    let out = e.ok(&["list", "mybucket", "-l", "-H"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("KEY")
+            && lines[0].contains("SIZE")
+            && lines[0].contains("LAST MODIFIED")
+            && lines[0].ends_with("ETAG")
+    );
+    assert_eq!(lines[1], "-".repeat(100));
+    assert!(
+        lines[2].starts_with("data/a.bin") && lines[2].contains("1.50 KB"),
+        "{out}"
+    );
+    assert!(lines[3].contains("2.29 MB"), "{out}");
+    assert!(lines.last().unwrap().starts_with("5 objects, "), "{out}");
+    let out = e.ok(&["list", "mybucket", "-l"]);
+    assert!(out.contains(" 1536 "), "bytes without -H: {out}");
+    assert_eq!(
+        e.ok(&["list", "mybucket", "-p", "data/sub/"])
+            .lines()
+            .count(),
+        2
+    );
+    assert_eq!(
+        e.ok(&["list", "mybucket", "--max-keys", "2"])
+            .lines()
+            .count(),
+        2
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&e.ok(&["--json", "list", "mybucket"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 5);
+    assert_eq!(json[0]["size"], 1536);
+
+    // download: one key to a dir, a prefix, a whole bucket.
+    let out_dir = work.path().join("downloads");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    e.ok(&[
+        "download",
+        "mybucket",
+        "-k",
+        "data/a.bin",
+        "-o",
+        &format!("{}/", out_dir.display()),
+    ]);
+    assert_eq!(std::fs::read(out_dir.join("a.bin")).unwrap(), a);
+    e.ok(&[
+        "download",
+        "mybucket",
+        "--prefix",
+        "data/sub/",
+        "-o",
+        work.path().join("backup").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        sha(&work.path().join("backup/data/sub/b.bin")),
+        sha(&tree.join("sub/b.bin"))
+    );
+    e.ok(&[
+        "download",
+        "mybucket",
+        "-o",
+        work.path().join("full").to_str().unwrap(),
+    ]);
+    for rel in [
+        "data/a.bin",
+        "data/sub/b.bin",
+        "data/sub/deeper/c.bin",
+        "myfile.txt",
+    ] {
+        assert!(work.path().join("full").join(rel).exists(), "{rel}");
+    }
+
+    // delete: preview, then --force.
+    let out = e.ok(&["delete", "mybucket", "-k", "data/a.bin"]);
+    assert!(
+        out.starts_with(
+            "Warning: About to delete: mybucket/data/a.bin\n  Size: 1536 bytes\n  Last modified: "
+        ),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("\nUse --force to delete without confirmation.\n"),
+        "{out}"
+    );
+    assert_eq!(
+        e.ok(&["list", "mybucket"]).lines().count(),
+        5,
+        "preview deletes nothing"
+    );
+    assert_eq!(
+        e.ok(&["delete", "mybucket", "-k", "data/a.bin", "--force"]),
+        "✓ Deleted: mybucket/data/a.bin\n"
+    );
+    assert_eq!(e.ok(&["list", "mybucket"]).lines().count(), 4);
+    let gone = e.run(&["delete", "mybucket", "-k", "data/a.bin", "--force"]);
+    assert_eq!(
+        gone.status.code(),
+        Some(3),
+        "not found exits 3: {}",
+        text(&gone.stderr)
+    );
+
+    // status: gateway and bucket views.
+    let out = e.ok(&["status"]);
+    assert!(
+        out.contains("Gateway Status: ● Online") && out.contains("7 online of 7"),
+        "{out}"
+    );
+    let out = e.ok(&["status", "-b", "mybucket", "-v"]);
+    assert!(
+        out.contains("Bucket: mybucket")
+            && out.contains("Objects:      4")
+            && out.contains("Recent Objects:"),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&e.ok(&["--json", "status", "-b", "mybucket"])).unwrap();
+    assert_eq!(json["objects"], 4);
+
+    // Errors: bad credentials exit 4, unreachable gateway exits 5 with a clear message.
+    let bad = e
+        .cmd()
+        .args(["list", "mybucket"])
+        .env("CYXCLOUD_SECRET_KEY", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(4), "{}", text(&bad.stderr));
+    let down = e
+        .cmd()
+        .args(["status"])
+        .env("CYXCLOUD_GATEWAY", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(5));
+    assert!(text(&down.stdout).contains("Gateway Status: ● Offline"));
+}
+
+#[test]
+fn encrypted_upload_needs_the_key_and_big_files_survive_four_dead_nodes() {
+    let mut e = Env::new(14, 4 * MIB);
+    let work = tempdir().unwrap();
+    let key_file = work.path().join("master.key");
+    let secret = work.path().join("secret.bin");
+    write_file(&secret, 3 * MIB + 5, 7);
+    let out = e
+        .cmd()
+        .args([
+            "upload",
+            secret.to_str().unwrap(),
+            "-b",
+            "vault",
+            "-e",
+            "--key-file",
+            key_file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(key_file.exists(), "the key file is created on first use");
+    // Without the key: refused with exit code 4; with it: identical bytes.
+    let no_key = e.run(&[
+        "download",
+        "vault",
+        "-k",
+        "secret.bin",
+        "-o",
+        work.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(no_key.status.code(), Some(4), "{}", text(&no_key.stderr));
+    let got = work.path().join("got.bin");
+    e.ok(&[
+        "download",
+        "vault",
+        "-k",
+        "secret.bin",
+        "-o",
+        got.to_str().unwrap(),
+        "--key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    assert_eq!(sha(&got), sha(&secret));
+
+    // 1 GiB up and down with equal checksums, then again with 4 of the 14 nodes dead.
+    let big = work.path().join("big.bin");
+    write_file(&big, 1 << 30, 11);
+    e.ok(&["upload", big.to_str().unwrap(), "-b", "vault"]);
+    let back = work.path().join("big.back");
+    e.ok(&[
+        "download",
+        "vault",
+        "-k",
+        "big.bin",
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(sha(&back), sha(&big));
+    std::fs::remove_file(&back).unwrap();
+    for i in [1, 4, 8, 13] {
+        e.cluster.kill_node(i);
+    }
+    e.ok(&[
+        "download",
+        "vault",
+        "-k",
+        "big.bin",
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(sha(&back), sha(&big));
+}
+
+#[test]
+fn an_interrupted_upload_resumes_from_the_last_durable_chunk() {
+    let e = Env::new(7, MIB);
+    let work = tempdir().unwrap();
+    let f = work.path().join("resume.bin");
+    write_file(&f, 256 * MIB, 5);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt
+        .block_on(cyxcloud_client::Client::connect(
+            cyxcloud_client::ClientConfig::new(e.cluster.grpc_url(), ACCESS_KEY, SECRET_KEY),
+        ))
+        .unwrap();
+    let mut child = e
+        .cmd()
+        .args(["upload", f.to_str().unwrap(), "-b", "resume"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the upload once the gateway has checkpointed some chunks of it.
+    wait_until(Duration::from_secs(60), "an upload checkpoint", || {
+        (checkpointed_bytes(&e, &rt, &client) >= 8 * MIB as u64).then_some(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = e
+        .cmd()
+        .args(["upload", f.to_str().unwrap(), "-b", "resume"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Resuming upload of"),
+        "second run must resume: {}",
+        text(&out.stderr)
+    );
+    let back: PathBuf = work.path().join("back.bin");
+    e.ok(&[
+        "download",
+        "resume",
+        "-k",
+        "resume.bin",
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(sha(&back), sha(&f));
+}
+
+/// Bytes the gateway reports durable for the write whose id the CLI saved for resuming.
+fn checkpointed_bytes(
+    e: &Env,
+    rt: &tokio::runtime::Runtime,
+    client: &cyxcloud_client::Client,
+) -> u64 {
+    let dir = e.home.path().join("cache/cyxcloud/uploads");
+    let Some(Ok(entry)) = std::fs::read_dir(&dir).ok().and_then(|mut d| d.next()) else {
+        return 0;
+    };
+    let Ok(state) = std::fs::read(entry.path()) else {
+        return 0;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&state) else {
+        return 0;
+    };
+    let Some(write_id) = v["write_id"].as_str().map(str::to_string) else {
+        return 0;
+    };
+    rt.block_on(
+        client
+            .control()
+            .get_write(cyxcloud_proto::v1::GetWriteRequest { write_id }),
+    )
+    .map(|r| r.into_inner().durable_bytes)
+    .unwrap_or(0)
+}
+
+#[test]
+fn up_starts_everything_and_finds_its_data_again() {
+    let data = tempdir().unwrap();
+    let home = tempdir().unwrap();
+    let port = cyxcloud_testkit::free_port();
+    let start = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cyxcloud"));
+        c.args([
+            "up",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+            "--nodes",
+            "7",
+            "--no-mount",
+        ])
+        .env("HOME", home.path())
+        .env_remove("CYXCLOUD_ACCESS_KEY")
+        .env_remove("CYXCLOUD_SECRET_KEY");
+        cyxcloud_testkit::Proc::spawn("cyxcloud up", c, &data.path().join("up.log"))
+    };
+    let mut up = start();
+    let log_has = |up: &cyxcloud_testkit::Proc, s: &str| up.log().contains(s);
+    wait_until(Duration::from_secs(120), "cyxcloud up to be ready", || {
+        log_has(&up, "Press Ctrl-C to stop.").then_some(())
+    });
+    let log = up.log();
+    let field = |name: &str| -> String {
+        log.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (access, secret) = (field("Access key:"), field("Secret key:"));
+    assert!(!access.is_empty() && !secret.is_empty(), "{log}");
+    assert!(
+        log.contains(&format!("S3 endpoint:  http://127.0.0.1:{port}")),
+        "{log}"
+    );
+    let cli = |args: &[&str]| -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cyxcloud"))
+            .args(args)
+            .env("CYXCLOUD_GATEWAY", format!("http://127.0.0.1:{port}"))
+            .env("CYXCLOUD_ACCESS_KEY", &access)
+            .env("CYXCLOUD_SECRET_KEY", &secret)
+            .env("HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    let work = tempdir().unwrap();
+    let f = work.path().join("keep.bin");
+    write_file(&f, 5 * MIB + 1, 21);
+    let out = cli(&["upload", f.to_str().unwrap(), "-b", "persist"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Ctrl-C: everything stops in order and nothing is left running.
+    up.term();
+    let status = up.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "up exited with {status}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "gateway still listening after stop"
+    );
+
+    let mut up = start();
+    wait_until(
+        Duration::from_secs(120),
+        "cyxcloud up (second start)",
+        || {
+            up.log()
+                .matches("Press Ctrl-C to stop.")
+                .count()
+                .eq(&2)
+                .then_some(())
+        },
+    );
+    assert!(
+        up.log().contains(&access),
+        "credentials are kept in the data dir"
+    );
+    let back = work.path().join("back.bin");
+    let out = cli(&[
+        "download",
+        "persist",
+        "-k",
+        "keep.bin",
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha(&back), sha(&f));
+    up.term();
+    up.wait_exit(Duration::from_secs(60));
+}
