@@ -23,6 +23,16 @@ pub const GATEWAY_ROOT: u64 = 1;
 /// Longest name of one path segment.
 pub const MAX_NAME: usize = 255;
 
+/// A decoded layout: (version, layout, when fetched).
+pub type CachedLayout = (u64, Arc<v1::GetLayoutResponse>, Instant);
+
+/// A kernel cache invalidation.
+#[derive(Debug)]
+pub enum Inval {
+    Entry(INodeNo, String),
+    Inode(INodeNo, bool),
+}
+
 /// One open file or directory.
 #[derive(Debug, Clone)]
 pub struct Handle {
@@ -47,15 +57,19 @@ pub struct Drive {
     pub root: u64,
     pub handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
-    pub notifier: OnceLock<fuser::Notifier>,
+    /// Kernel cache invalidations, performed on their own thread: a notification can block
+    /// on kernel locks held by requests that wait for this daemon's answers.
+    pub inval: OnceLock<std::sync::mpsc::Sender<Inval>>,
     /// Layouts decoded recently: ino -> (version, layout, fetched).
-    pub layouts: Mutex<HashMap<u64, (u64, Arc<v1::GetLayoutResponse>, Instant)>>,
+    pub layouts: Mutex<HashMap<u64, CachedLayout>>,
     /// Versions this mount committed itself (their journal events need no data invalidation).
     pub own_versions: Mutex<HashSet<(u64, u64)>>,
     /// Single-flight fetches per chunk id.
     pub fetching: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
     pub started: SystemTime,
     pub statfs: Mutex<Option<v1::StatFsResponse>>,
+    /// Serializes read-modify-write of cached entries.
+    patch_lock: Mutex<()>,
     /// Itself, for tasks spawned from `&self` (set by [`Drive::into_arc`]).
     pub this: OnceLock<std::sync::Weak<Drive>>,
 }
@@ -127,12 +141,13 @@ impl Drive {
             root,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            notifier: OnceLock::new(),
+            inval: OnceLock::new(),
             layouts: Mutex::new(HashMap::new()),
             own_versions: Mutex::new(HashSet::new()),
             fetching: Mutex::new(HashMap::new()),
             started: SystemTime::now(),
             statfs: Mutex::new(None),
+            patch_lock: Mutex::new(()),
             this: OnceLock::new(),
         })
     }
@@ -205,6 +220,16 @@ impl Drive {
             .remove(&fh)
     }
 
+    /// The staged copy an open handle on `ino` uses, if any.
+    pub fn open_copy(&self, ino: u64) -> Option<Arc<StagedFile>> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|h| h.ino == ino && h.staged.is_some())
+            .and_then(|h| h.staged.clone())
+    }
+
     /// Open handles on `ino`.
     pub fn open_count(&self, ino: u64) -> usize {
         self.handles
@@ -241,12 +266,16 @@ impl Drive {
     pub fn attr(&self, e: &v1::Entry) -> FileAttr {
         let kind = kind_of(e);
         let (mut size, mut mtime_ns) = (e.size, e.mtime_ns);
-        if kind == FileType::RegularFile
-            && let Some(sf) = self.staging.get(e.id)
-        {
-            let st = sf.lock();
-            size = st.size;
-            mtime_ns = st.mtime_ns;
+        if kind == FileType::RegularFile {
+            let sf = self.staging.get(e.id).or_else(|| {
+                // An open-unlinked file lives in its orphan copy.
+                (e.nlink == 0).then(|| self.open_copy(e.id)).flatten()
+            });
+            if let Some(sf) = sf {
+                let st = sf.lock();
+                size = st.size;
+                mtime_ns = st.mtime_ns;
+            }
         }
         if kind == FileType::Symlink {
             size = e.symlink_target.len() as u64;
@@ -262,7 +291,8 @@ impl Drive {
         };
         let nlink = match kind {
             FileType::Directory => e.nlink.max(2),
-            _ => e.nlink.max(1),
+            // 0 is real: an open file whose last name is gone.
+            _ => e.nlink,
         };
         FileAttr {
             ino: self.kino(e.id),
@@ -285,9 +315,22 @@ impl Drive {
 
     // ---- the cache ----
 
-    /// Caches entries the gateway returned (and a name for each when given).
+    /// Caches an entry the gateway returned (and a name for it when given). An entry older
+    /// than the cached one (by journal sequence) does not replace it.
     pub fn remember(&self, e: &v1::Entry, name: Option<(u64, &str)>) -> Result<()> {
-        let mut batch = vec![Mutation::PutEntry(e.clone())];
+        let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = Vec::new();
+        match self.store.entry(e.id)? {
+            Some(c) if c.change_seq > e.change_seq => {}
+            Some(c) => {
+                let mut e = e.clone();
+                if e.xattrs.is_empty() && !c.xattrs.is_empty() && e.change_seq == c.change_seq {
+                    e.xattrs = c.xattrs;
+                }
+                batch.push(Mutation::PutEntry(e));
+            }
+            None => batch.push(Mutation::PutEntry(e.clone())),
+        }
         if let Some((parent, n)) = name {
             batch.push(Mutation::PutDentry {
                 parent,
@@ -296,6 +339,16 @@ impl Drive {
             });
         }
         self.store.apply(&batch)
+    }
+
+    /// Changes the cached entry of `id` in place (no-op when it is not cached).
+    pub fn patch(&self, id: u64, f: impl FnOnce(&mut v1::Entry)) -> Result<()> {
+        let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut e) = self.store.entry(id)? {
+            f(&mut e);
+            self.store.apply(&[Mutation::PutEntry(e)])?;
+        }
+        Ok(())
     }
 
     /// The entry of `id`: cache first, then the gateway.
@@ -417,9 +470,18 @@ impl Drive {
         }
         let mut batch: Vec<Mutation> = Vec::with_capacity(all.len() + 1);
         let mut children = Vec::with_capacity(all.len());
-        for e in all {
-            children.push((e.name.clone(), e.id));
-            batch.push(Mutation::PutEntry(e));
+        {
+            let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
+            for e in all {
+                children.push((e.name.clone(), e.id));
+                if self
+                    .store
+                    .entry(e.id)?
+                    .is_none_or(|c| c.change_seq <= e.change_seq)
+                {
+                    batch.push(Mutation::PutEntry(e));
+                }
+            }
         }
         batch.push(Mutation::ReplaceChildren { dir, children });
         self.store.apply(&batch)
@@ -475,33 +537,53 @@ impl Drive {
     /// Bumps a directory's times (and link count) after a change made through this mount, so
     /// the next stat sees it without a round trip.
     pub fn touch_dir(&self, dir: u64, nlink_delta: i32) -> Result<()> {
-        if let Some(mut e) = self.store.entry(dir)? {
-            let now = crate::staging::now_ns();
+        let now = crate::staging::now_ns();
+        self.patch(dir, |e| {
             e.mtime_ns = now;
             e.ctime_ns = now;
             e.nlink = (e.nlink as i64 + nlink_delta as i64).max(2) as u32;
-            self.store.apply(&[Mutation::PutEntry(e)])?;
-        }
-        Ok(())
+        })
     }
 
     /// Asks the kernel to forget a name (after a change it did not make).
     pub fn inval_entry(&self, parent: u64, name: &str) {
-        if let Some(n) = self.notifier.get()
-            && let Err(e) = n.inval_entry(self.kino(parent), std::ffi::OsStr::new(name))
-            && e.raw_os_error() != Some(libc::ENOENT)
-        {
-            tracing::debug!(parent, name, error = %e, "inval_entry");
+        if let Some(tx) = self.inval.get() {
+            let _ = tx.send(Inval::Entry(self.kino(parent), name.to_string()));
         }
     }
 
     /// Asks the kernel to drop an inode's attributes (and cached data unless `attrs_only`).
     pub fn inval_inode(&self, id: u64, attrs_only: bool) {
-        if let Some(n) = self.notifier.get()
-            && let Err(e) = n.inval_inode(self.kino(id), if attrs_only { -1 } else { 0 }, 0)
-            && e.raw_os_error() != Some(libc::ENOENT)
-        {
-            tracing::debug!(id, error = %e, "inval_inode");
+        if let Some(tx) = self.inval.get() {
+            let _ = tx.send(Inval::Inode(self.kino(id), attrs_only));
+        }
+    }
+
+    /// Starts the thread that sends invalidations to the kernel.
+    pub fn start_invalidator(&self, n: fuser::Notifier) {
+        let (tx, rx) = std::sync::mpsc::channel::<Inval>();
+        if self.inval.set(tx).is_err() {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("mountd-inval".into())
+            .spawn(move || {
+                for msg in rx {
+                    let r = match &msg {
+                        Inval::Entry(p, name) => n.inval_entry(*p, std::ffi::OsStr::new(name)),
+                        Inval::Inode(i, attrs_only) => {
+                            n.inval_inode(*i, if *attrs_only { -1 } else { 0 }, 0)
+                        }
+                    };
+                    if let Err(e) = r
+                        && e.raw_os_error() != Some(libc::ENOENT)
+                    {
+                        tracing::debug!(?msg, error = %e, "kernel invalidation failed");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the invalidation thread");
         }
     }
 
@@ -534,14 +616,13 @@ impl Drive {
             .await;
         match r {
             Ok(s) => {
-                *self.statfs.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.clone());
+                *self.statfs.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
                 Ok(s)
             }
             Err(e) if e.is_unavailable() => Ok(self
                 .statfs
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .clone()
                 .unwrap_or_default()),
             Err(e) => Err(e),
         }

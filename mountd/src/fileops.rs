@@ -204,7 +204,9 @@ impl Drive {
                     .get_layout(v1::GetLayoutRequest {
                         entry: Some(id_ref(id)),
                         offset: 0,
-                        length: 0,
+                        // Not 0 ("to the end"): the gateway binds its end offset as a signed
+                        // integer, and u64::MAX wraps (reported).
+                        length: i64::MAX as u64,
                     })
                     .await
                     .map(|r| r.into_inner())
@@ -273,6 +275,14 @@ impl Drive {
             return Ok(out);
         }
         let mut last_index = None;
+        tracing::debug!(
+            id = e.id,
+            offset,
+            len,
+            size,
+            chunks = layout.chunks.len(),
+            "read"
+        );
         for c in &layout.chunks {
             let csize = c.info.as_ref().map_or(0, |i| i.size);
             let (cs, ce) = (c.offset, c.offset + csize);

@@ -90,7 +90,7 @@ pub fn run(cfg: Config) -> Result<()> {
         rt: rt.handle().clone(),
     };
     let mut session = fuser::Session::new(fs, &cfg.mountpoint, &options)?;
-    let _ = drive.notifier.set(session.notifier());
+    drive.start_invalidator(session.notifier());
     let mut unmounter = session.unmount_callable();
 
     let stop = CancellationToken::new();

@@ -210,15 +210,15 @@ impl Drive {
     /// Drops a name from the cache; the last name of a file also drops its staged copy (open
     /// handles keep theirs as an orphan).
     fn forget_name(&self, parent: u64, name: &str, child: &v1::Entry, last: bool) -> Result<()> {
-        let mut batch = vec![Mutation::RemoveDentry {
+        self.store.apply(&[Mutation::RemoveDentry {
             parent,
             name: name.to_string(),
-        }];
-        let mut e = child.clone();
-        e.nlink = e.nlink.saturating_sub(1);
-        e.ctime_ns = crate::staging::now_ns();
-        batch.push(Mutation::PutEntry(e));
-        self.store.apply(&batch)?;
+        }])?;
+        let now = crate::staging::now_ns();
+        self.patch(child.id, |e| {
+            e.nlink = e.nlink.saturating_sub(1);
+            e.ctime_ns = now;
+        })?;
         if last && !is_dir(child) {
             if self.open_count(child.id) > 0 {
                 self.staging.orphan(child.id)?;
@@ -306,11 +306,13 @@ impl Drive {
             .await?;
         let now = crate::staging::now_ns();
         let mut batch = Vec::new();
-        let moved = |mut e: v1::Entry, p: u64, n: &str| {
-            e.parent_id = p;
-            e.name = n.to_string();
-            e.ctime_ns = now;
-            e
+        let moved = |id: u64, p: u64, n: &str| {
+            let n = n.to_string();
+            self.patch(id, move |e| {
+                e.parent_id = p;
+                e.name = n;
+                e.ctime_ns = now;
+            })
         };
         match (mode, dst) {
             (RenameMode::Exchange, Some(d)) => {
@@ -324,9 +326,9 @@ impl Drive {
                     name: new_name.to_string(),
                     ino: src.id,
                 });
-                batch.push(Mutation::PutEntry(moved(d, parent, name)));
-                batch.push(Mutation::PutEntry(moved(src.clone(), new_parent, new_name)));
                 self.store.apply(&batch)?;
+                moved(d.id, parent, name)?;
+                moved(src.id, new_parent, new_name)?;
             }
             (_, dst) => {
                 if let Some(d) = dst.filter(|d| d.id != src.id) {
@@ -346,8 +348,8 @@ impl Drive {
                     name: new_name.to_string(),
                     ino: src.id,
                 });
-                batch.push(Mutation::PutEntry(moved(src.clone(), new_parent, new_name)));
                 self.store.apply(&batch)?;
+                moved(src.id, new_parent, new_name)?;
             }
         }
         let dirs = if is_dir(&src) && parent != new_parent {
@@ -487,14 +489,11 @@ impl Drive {
                 None => None,
             };
             if let Some(sf) = staged {
-                match sf.set_size(s, self.staging.delay) {
-                    Ok(r) => {
-                        r?;
-                        self.staging.journal(&sf)?;
-                        size = None;
-                    }
-                    // The copy was just committed and dropped: truncate at the gateway.
-                    Err(crate::staging::Stale) => {}
+                // A copy just committed and dropped (Stale) is truncated at the gateway.
+                if let Ok(r) = sf.set_size(s, self.staging.delay) {
+                    r?;
+                    self.staging.journal(&sf)?;
+                    size = None;
                 }
             }
         }
@@ -532,10 +531,9 @@ impl Drive {
             && req.atime_ns.is_none()
             && req.mtime_ns.is_none()
         {
-            let mut e = cur;
-            e.ctime_ns = crate::staging::now_ns();
-            self.store.apply(&[Mutation::PutEntry(e.clone())])?;
-            return Ok(e);
+            let now = crate::staging::now_ns();
+            self.patch(id, |e| e.ctime_ns = now)?;
+            return self.entry(id).await;
         }
         // A staged mtime travels with the upload; the gateway gets it now too.
         if req.mtime_ns.is_none() && req.size.is_some() {
@@ -547,7 +545,7 @@ impl Drive {
                 c.control().set_attr(req).await.map(|r| r.into_inner())
             })
             .await?;
-        self.store.apply(&[Mutation::PutEntry(e.clone())])?;
+        self.remember(&e, None)?;
         self.layouts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -606,10 +604,11 @@ impl Drive {
             }
             r => r?,
         };
-        let mut e = cur;
-        e.xattrs.insert(name.to_string(), value.to_vec());
-        e.ctime_ns = crate::staging::now_ns();
-        self.store.apply(&[Mutation::PutEntry(e)])
+        let now = crate::staging::now_ns();
+        self.patch(id, |e| {
+            e.xattrs.insert(name.to_string(), value.to_vec());
+            e.ctime_ns = now;
+        })
     }
 
     pub async fn remove_xattr(&self, id: u64, name: &str) -> Result<()> {
@@ -635,9 +634,10 @@ impl Drive {
             Err(e) if e.is_not_found() => return Err(Error::NoAttr),
             r => r?,
         };
-        let mut e = cur;
-        e.xattrs.remove(name);
-        e.ctime_ns = crate::staging::now_ns();
-        self.store.apply(&[Mutation::PutEntry(e)])
+        let now = crate::staging::now_ns();
+        self.patch(id, |e| {
+            e.xattrs.remove(name);
+            e.ctime_ns = now;
+        })
     }
 }

@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 use crate::drive::Drive;
 use crate::error::{Error, Result};
 use crate::staging::StagedFile;
-use crate::store::Mutation;
 
 /// Bytes read from a staged file per write into the upload pipeline.
 const READ_STEP: usize = 4 << 20;
@@ -64,13 +63,11 @@ async fn upload_one(d: &Drive, ino: u64) {
                 "committed"
             );
             d.own_version(ino, e.version);
-            let mut e = e;
-            if let Some(old) = d.store.entry(ino).ok().flatten()
-                && e.xattrs.is_empty()
-            {
-                e.xattrs = old.xattrs;
-            }
-            if let Err(err) = d.store.apply(&[Mutation::PutEntry(e)]) {
+            let gone = {
+                let st = sf.lock();
+                st.orphan || st.removed
+            };
+            if !gone && let Err(err) = d.remember(&e, None) {
                 tracing::warn!(ino, error = %err, "cannot cache a committed entry");
             }
             d.layouts

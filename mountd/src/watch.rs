@@ -133,7 +133,7 @@ pub fn apply(d: &Drive, ev: &v1::ChangeEvent) -> Result<()> {
                 if !known {
                     let data_changed = cached.as_ref().is_none_or(|c| c.version != e.version)
                         && !d.is_own_version(e.id, e.version);
-                    batch.push(Mutation::PutEntry(e.clone()));
+                    d.remember(e, None)?;
                     if kind == v1::ChangeKind::Create {
                         inval_entries.push((e.parent_id, e.name.clone()));
                     } else {
@@ -174,9 +174,8 @@ pub fn apply(d: &Drive, ev: &v1::ChangeEvent) -> Result<()> {
                 let dir = d.store.entry(ev.entry_id)?.is_some_and(|e| is_dir(&e));
                 if names.len() == 1 && (dir || d.open_count(ev.entry_id) == 0) {
                     batch.push(Mutation::RemoveEntry(ev.entry_id));
-                } else if let Some(mut e) = d.store.entry(ev.entry_id)? {
-                    e.nlink = e.nlink.saturating_sub(1);
-                    batch.push(Mutation::PutEntry(e));
+                } else {
+                    d.patch(ev.entry_id, |e| e.nlink = e.nlink.saturating_sub(1))?;
                 }
                 inval_entries.push((parent, n));
                 d.touch_dir(parent, -(dir as i32))?;

@@ -22,7 +22,7 @@ fn layout(n: u32) -> v1::GetLayoutResponse {
     v1::GetLayoutResponse {
         entry: Some(entry(9, 1)),
         inline_data: vec![n as u8; n as usize],
-        is_inline: n % 2 == 0,
+        is_inline: n.is_multiple_of(2),
         chunks: vec![],
     }
 }

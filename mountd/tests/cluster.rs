@@ -1,0 +1,429 @@
+//! A live cluster for the drive's tests: a real `cyxcloud-gateway` on SQLite and real
+//! `cyxcloud-node` processes on free ports, plus real `cyxcloud-mountd` mounts. Every process
+//! is killed when its handle drops; mounts are unmounted first.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cyxcloud_client::{Client, ClientConfig};
+use cyxcloud_proto::v1;
+use cyxcloud_testkit::{Proc, TempDir, bin, free_port, tempdir, wait_for_http, wait_until};
+
+pub const ACCESS_KEY: &str = "CYXTESTADMINKEY00001";
+pub const SECRET_KEY: &str = "test-secret-key-for-the-drive-tests-0001";
+const START: Duration = Duration::from_secs(60);
+
+pub struct Node {
+    pub proc: Proc,
+    pub dir: PathBuf,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub p2p: u16,
+    pub index: usize,
+}
+
+pub struct Cluster {
+    pub dir: TempDir,
+    pub gateway: Option<Proc>,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub nodes: Vec<Option<Node>>,
+    pub rt: tokio::runtime::Runtime,
+    gw_starts: u32,
+}
+
+impl Cluster {
+    /// A gateway with `nodes` storage nodes, all registered and online.
+    pub fn start(nodes: usize) -> Cluster {
+        Self::start_with(nodes, &[])
+    }
+
+    pub fn start_with(nodes: usize, gw_settings: &[&str]) -> Cluster {
+        let dir = tempdir().unwrap();
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut c = Cluster {
+            dir,
+            gateway: None,
+            http,
+            grpc,
+            nodes: Vec::new(),
+            rt,
+            gw_starts: 0,
+        };
+        c.start_gateway(gw_settings);
+        for i in 0..nodes {
+            let n = c.spawn_node(i);
+            c.nodes.push(Some(n));
+        }
+        for n in c.nodes.iter().flatten() {
+            wait_for_http(n.metrics, "/health", START);
+        }
+        c.wait_online(nodes);
+        c
+    }
+
+    fn gateway_settings(&self) -> Vec<String> {
+        vec![
+            "nodes.heartbeat_interval_ms=300".into(),
+            "nodes.latency_probe_ms=1000".into(),
+            "storage.chunk_size_bytes=4194304".into(),
+        ]
+    }
+
+    pub fn start_gateway(&mut self, extra: &[&str]) {
+        self.gw_starts += 1;
+        let mut cmd = Command::new(bin("cyxcloud-gateway"));
+        cmd.env("RUST_LOG", "info")
+            .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
+            .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("gateway"))
+            .args(["--host", "127.0.0.1"])
+            .args(["--port", &self.http.port().to_string()])
+            .args(["--grpc-port", &self.grpc.port().to_string()]);
+        for s in self.gateway_settings() {
+            cmd.args(["--set", &s]);
+        }
+        for s in extra {
+            cmd.args(["--set", s]);
+        }
+        let log = self
+            .dir
+            .path()
+            .join(format!("gateway-{}.log", self.gw_starts));
+        self.gateway = Some(Proc::spawn("gateway", cmd, &log));
+        wait_for_http(self.http, "/health", START);
+    }
+
+    pub fn kill_gateway(&mut self) {
+        if let Some(mut g) = self.gateway.take() {
+            g.kill9();
+        }
+    }
+
+    fn spawn_node(&self, i: usize) -> Node {
+        let dir = self.dir.path().join(format!("node{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let p2p = free_port();
+        let mut cmd = Command::new(bin("cyxcloud-node"));
+        cmd.current_dir(&dir)
+            .env("RUST_LOG", "warn")
+            .env("NODE_ID", format!("node-{i}"))
+            .env("GRPC_HOST", "127.0.0.1")
+            .env("GRPC_PORT", grpc.port().to_string())
+            .env("METRICS_PORT", metrics.port().to_string())
+            .env("LIBP2P_PORT", p2p.to_string())
+            .env("STORAGE_PATH", dir.join("data"))
+            .env("CYXWIZ_API_REGISTER", "false")
+            .env("CENTRAL_REGISTER", "true")
+            .env("CENTRAL_ADDRESS", format!("http://{}", self.grpc))
+            .env_remove("CYXCLOUD_TOKEN_PUBLIC_KEYS")
+            .env_remove("BOOTSTRAP_PEERS");
+        let proc = Proc::spawn(&format!("node-{i}"), cmd, &dir.join("node.log"));
+        Node {
+            proc,
+            dir,
+            grpc,
+            metrics,
+            p2p,
+            index: i,
+        }
+    }
+
+    /// SIGKILL of node `i`.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut n) = self.nodes[i].take() {
+            n.proc.kill9();
+        }
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// A client of the gateway as the admin.
+    pub fn client(&self) -> Client {
+        let cfg = ClientConfig::new(self.grpc_url(), ACCESS_KEY, SECRET_KEY);
+        self.rt.block_on(Client::connect(cfg)).unwrap()
+    }
+
+    fn wait_online(&self, n: usize) {
+        let c = self.client();
+        wait_until(START, &format!("{n} nodes online"), || {
+            let s = self
+                .rt
+                .block_on(c.control().cluster_status(v1::ClusterStatusRequest {}))
+                .ok()?
+                .into_inner();
+            let online = s
+                .nodes
+                .iter()
+                .filter(|x| x.state == v1::NodeState::Online as i32)
+                .count();
+            (online >= n).then_some(())
+        });
+    }
+
+    pub fn create_bucket(&self, name: &str) {
+        let c = self.client();
+        self.rt
+            .block_on(c.control().create_bucket(v1::CreateBucketRequest {
+                name: name.into(),
+                public_read: false,
+            }))
+            .unwrap();
+    }
+}
+
+/// A running `cyxcloud-mountd`.
+pub struct Mount {
+    pub proc: Option<Proc>,
+    pub path: PathBuf,
+    pub cache: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    _dir: TempDir,
+    starts: u32,
+}
+
+impl Mount {
+    /// Mounts all buckets (or pass `--bucket B` etc. in `args`).
+    pub fn start(c: &Cluster, args: &[&str]) -> Mount {
+        let dir = tempdir().unwrap();
+        let path = dir.path().join("mnt");
+        let cache = dir.path().join("cache");
+        std::fs::create_dir_all(&path).unwrap();
+        let mut m = Mount {
+            proc: None,
+            path,
+            cache,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec![
+                ("CYXCLOUD_GATEWAY".into(), c.http_url()),
+                ("CYXCLOUD_GRPC_ADDRESS".into(), c.grpc_url()),
+                ("CYXCLOUD_ACCESS_KEY".into(), ACCESS_KEY.into()),
+                ("CYXCLOUD_SECRET_KEY".into(), SECRET_KEY.into()),
+            ],
+            _dir: dir,
+            starts: 0,
+        };
+        m.launch();
+        m
+    }
+
+    pub fn launch(&mut self) {
+        self.starts += 1;
+        let mut cmd = Command::new(bin("cyxcloud-mountd"));
+        cmd.arg(&self.path)
+            .arg("--foreground")
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args(&self.args)
+            .env("RUST_LOG", "info,cyxcloud_mountd=debug");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let log = self
+            .cache
+            .parent()
+            .unwrap()
+            .join(format!("mountd-{}.log", self.starts));
+        let p = Proc::spawn("mountd", cmd, &log);
+        let pid = p.pid();
+        self.proc = Some(p);
+        let status = self.cache.join("status.json");
+        wait_until(START, "the drive to mount", || {
+            let s = std::fs::read_to_string(&status).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+            (v["pid"].as_u64() == Some(pid as u64) && v["mounted"].as_bool() == Some(true))
+                .then_some(())
+        });
+        wait_until(START, "the mountpoint to answer", || {
+            is_fuse_mount(&self.path).then_some(())
+        });
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let s = std::fs::read_to_string(self.cache.join("status.json")).unwrap();
+        serde_json::from_str(&s).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(Proc::log).unwrap_or_default()
+    }
+
+    /// SIGKILL: the daemon dies, the mount is left dead.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&self.path)
+            .status();
+    }
+
+    /// Clean unmount with `fusermount3 -u`; waits for the daemon to exit.
+    pub fn unmount(&mut self) {
+        let st = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(st.success(), "fusermount3 -u failed");
+        if let Some(mut p) = self.proc.take() {
+            let s = p.wait_exit(Duration::from_secs(30));
+            assert!(s.success(), "mountd exited with {s}:\n{}", p.log());
+        }
+    }
+
+    /// Waits until `rel` is committed at the gateway (its `user.cyxcloud.state` says so).
+    pub fn wait_durable(&self, rel: &str) {
+        let p = self.p(rel);
+        wait_until(
+            Duration::from_secs(120),
+            &format!("{rel} to be durable"),
+            || (state(&p).as_deref() == Some("durable")).then_some(()),
+        );
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.proc.is_some() {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.path)
+                .status();
+        }
+    }
+}
+
+pub fn is_fuse_mount(p: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let want = p.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(want.as_str()) && l.contains("fuse"))
+}
+
+/// Deterministic bytes.
+pub fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("bash").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `user.cyxcloud.state` xattr of a file.
+pub fn state(p: &Path) -> Option<String> {
+    xattr_get(p, "user.cyxcloud.state")
+        .ok()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+fn cpath(p: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// getxattr(2): the value or the errno.
+#[allow(unsafe_code)]
+pub fn xattr_get(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let (cp, cn) = (cpath(p), std::ffi::CString::new(name).unwrap());
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let n = unsafe { libc::getxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(errno());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// setxattr(2) with `flags` (XATTR_CREATE / XATTR_REPLACE).
+#[allow(unsafe_code)]
+pub fn xattr_set(p: &Path, name: &str, value: &[u8], flags: i32) -> Result<(), i32> {
+    let (cp, cn) = (cpath(p), std::ffi::CString::new(name).unwrap());
+    // SAFETY: valid NUL-terminated strings and a value slice of the given length.
+    let r = unsafe {
+        libc::setxattr(
+            cp.as_ptr(),
+            cn.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    if r < 0 { Err(errno()) } else { Ok(()) }
+}
+
+/// listxattr(2).
+#[allow(unsafe_code)]
+pub fn xattr_list(p: &Path) -> Result<Vec<String>, i32> {
+    let cp = cpath(p);
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: valid NUL-terminated path and a buffer of the given length.
+    let n = unsafe { libc::listxattr(cp.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(errno());
+    }
+    buf.truncate(n as usize);
+    Ok(buf
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect())
+}
+
+/// removexattr(2).
+#[allow(unsafe_code)]
+pub fn xattr_remove(p: &Path, name: &str) -> Result<(), i32> {
+    let (cp, cn) = (cpath(p), std::ffi::CString::new(name).unwrap());
+    // SAFETY: valid NUL-terminated strings.
+    let r = unsafe { libc::removexattr(cp.as_ptr(), cn.as_ptr()) };
+    if r < 0 { Err(errno()) } else { Ok(()) }
+}
