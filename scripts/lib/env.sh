@@ -38,6 +38,20 @@ cyx_ensure_packages() {
   }
 }
 
+# rust-toolchain.toml pins 1.95.0. A machine whose rustup only has "stable" at that version
+# gets the name linked to it, so nothing is downloaded.
+cyx_ensure_toolchain() {
+  local want
+  want=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
+  command -v rustup >/dev/null || return 0
+  rustup toolchain list | grep -q "^$want" && return 0
+  if [[ $(rustc +stable --version 2>/dev/null | awk '{print $2}') == "$want" ]]; then
+    cyx_log "naming the installed stable toolchain $want"
+    local dir=${RUSTUP_HOME:-$HOME/.rustup}/toolchains
+    ln -sfn "$(rustc +stable --print sysroot)" "$dir/$want-$(rustc +stable -vV | sed -n 's/^host: //p')"
+  fi
+}
+
 cyx_export_build_env() {
   # .cargo/config.toml points ROCKSDB_LIB_DIR at Debian's librocksdb (1 min cold build instead
   # of 22 min compiling RocksDB from C++). Nothing else to export today.
