@@ -61,6 +61,25 @@ pub enum Command {
     Node(NodeCommand),
     /// Start the whole product on this machine: gateway, nodes, rebalancer, drive.
     Up(UpArgs),
+    /// Mount CyxCloud as a drive (`cyxcloud mount status` shows mounts and pending uploads).
+    Mount(MountArgs),
+    /// Unmount a drive mounted with `cyxcloud mount`.
+    Unmount(UnmountArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Where to mount, or `status`.
+    pub mountpoint: std::path::PathBuf,
+    /// Options for cyxcloud-mountd: --bucket B, --read-only, --allow-other, --uid U, --gid G,
+    /// --cache-dir DIR, --cache-size 10G, --foreground.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    pub mountpoint: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -170,9 +189,14 @@ pub struct NodeStartArgs {
     /// Storage to offer, in GB.
     #[arg(long, default_value_t = 100)]
     pub storage_gb: u64,
-    /// Gateway gRPC address the node registers with.
+    /// Gateway gRPC address the node registers with (without it the node runs standalone).
     #[arg(long, env = "CENTRAL_ADDRESS")]
     pub central: Option<String>,
+    /// Log in to the operator account API (CyxWiz) to register the machine for payment; the
+    /// node then prompts for email and password on first start, so run `cyxcloud-node` once in
+    /// a terminal first.
+    #[arg(long)]
+    pub login: bool,
 }
 
 #[derive(Debug, Args)]

@@ -100,8 +100,18 @@ pub fn signal(pid: u32, sig: i32) -> bool {
     unsafe { libc::kill(pid as i32, sig) == 0 }
 }
 
+/// Whether `pid` runs (a zombie, exited but not reaped by its parent, does not count).
 pub fn alive(pid: u32) -> bool {
-    signal(pid, 0)
+    if !signal(pid, 0) {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => true,
+    }
 }
 
 impl Daemon {

@@ -518,3 +518,62 @@ fn up_starts_everything_and_finds_its_data_again() {
     up.term();
     up.wait_exit(Duration::from_secs(60));
 }
+
+#[test]
+fn node_start_status_stop_manage_a_real_local_node() {
+    let home = tempdir().unwrap();
+    let dir = home.path().join("node");
+    let run = |args: &[&str]| -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cyxcloud"))
+            .args(args)
+            .env("HOME", home.path())
+            .env_remove("CENTRAL_ADDRESS")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let d = dir.to_str().unwrap();
+    let out = run(&["node", "status", "--data-dir", d]);
+    assert_eq!(out.status.code(), Some(3), "no node yet");
+    let out = run(&["node", "start", "--storage-gb", "2", "--data-dir", d]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("✓ Node started"),
+        "{}",
+        text(&out.stdout)
+    );
+    let again = run(&["node", "start", "--storage-gb", "2", "--data-dir", d]);
+    assert!(!again.status.success() && text(&again.stderr).contains("already running"));
+    let out = run(&["node", "status", "--data-dir", d]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("Node: ● Running") && s.contains("Storage:   2 GB allocated"),
+        "{s}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&run(&["--json", "node", "status", "--data-dir", d]).stdout)
+            .unwrap();
+    let pid = json["pid"].as_u64().unwrap();
+    assert!(
+        json["health"]["capacity_bytes"].as_f64().unwrap_or(0.0) >= 1.9e9,
+        "{json}"
+    );
+    let out = run(&["node", "stop", "--data-dir", d]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+    );
+    assert_eq!(
+        run(&["node", "status", "--data-dir", d]).status.code(),
+        Some(3)
+    );
+}

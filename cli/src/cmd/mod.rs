@@ -3,6 +3,7 @@
 mod delete;
 mod download;
 mod list;
+mod mount;
 mod node;
 mod status;
 mod up;
@@ -25,6 +26,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(a) => status::run(&cli, a).await,
         Command::Up(a) => up::run(&cli, a).await,
         Command::Node(c) => node::run(&cli, c).await,
+        Command::Mount(a) => mount::mount(&cli, a).await,
+        Command::Unmount(a) => mount::unmount(&cli, a).await,
     }
 }
 

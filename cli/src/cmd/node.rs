@@ -83,9 +83,16 @@ async fn start(cli: &Cli, a: &NodeStartArgs) -> anyhow::Result<ExitCode> {
         .env("GRPC_PORT", grpc_port.to_string())
         .env("LIBP2P_PORT", p2p_port.to_string())
         .env("METRICS_PORT", metrics_port.to_string());
-    if let Some(central) = &a.central {
-        cmd.env("CENTRAL_ADDRESS", central);
-    }
+    match &a.central {
+        Some(central) => cmd
+            .env("CENTRAL_ADDRESS", central)
+            .env("CENTRAL_REGISTER", "true"),
+        None => cmd.env("CENTRAL_REGISTER", "false"),
+    };
+    cmd.env(
+        "CYXWIZ_API_REGISTER",
+        if a.login { "true" } else { "false" },
+    );
     let mut d = procs::spawn("cyxcloud-node", cmd, &dir.join("node.log"), false)?;
     let pid = d.pid();
     let f = NodeFile {

@@ -272,6 +272,7 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
         let s = Supervised::start(Box::new(move || {
             let mut cmd = Command::new(&bin);
             cmd.arg(&p)
+                .arg("--foreground")
                 .arg("--cache-dir")
                 .arg(&cache)
                 .env("CYXCLOUD_GATEWAY", &g)
