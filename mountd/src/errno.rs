@@ -60,7 +60,13 @@ pub fn of(e: &Error) -> i32 {
 
 /// The fuser errno for a mountd error.
 pub fn errno(e: &Error) -> Errno {
-    Errno::from_i32(of(e))
+    let n = of(e);
+    if n == libc::EIO {
+        tracing::warn!(error = %e, "I/O error returned to the caller");
+    } else {
+        tracing::debug!(error = %e, errno = n, "error returned to the caller");
+    }
+    Errno::from_i32(n)
 }
 
 #[cfg(test)]

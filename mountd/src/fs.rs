@@ -139,7 +139,10 @@ impl Filesystem for Fs {
         self.spawn(async move {
             match d.entry(id).await {
                 Ok(e) => reply.attr(&ttl, &d.attr(&e)),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => {
+                    tracing::debug!(id, "getattr failed");
+                    reply.error(errno(&e))
+                }
             }
         });
     }
@@ -173,10 +176,14 @@ impl Filesystem for Fs {
             atime_ns: time_or_now(atime),
             mtime_ns: time_or_now(mtime),
         };
+        let dbg_a = a.clone();
         self.spawn(async move {
             match d.setattr(id, a).await {
                 Ok(e) => reply.attr(&ttl, &d.attr(&e)),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => {
+                    tracing::debug!(id, ?dbg_a, "setattr failed");
+                    reply.error(errno(&e))
+                }
             }
         });
     }
@@ -352,7 +359,10 @@ impl Filesystem for Fs {
         self.spawn(async move {
             match d.open(id, flags.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => {
+                    tracing::debug!(id, "open failed");
+                    reply.error(errno(&e))
+                }
             }
         });
     }
@@ -409,7 +419,10 @@ impl Filesystem for Fs {
         self.spawn(async move {
             match d.write(fh.0, offset, &data).await {
                 Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => {
+                    tracing::debug!(fh = fh.0, offset, "write failed");
+                    reply.error(errno(&e))
+                }
             }
         });
     }
@@ -655,25 +668,40 @@ impl Filesystem for Fs {
         self.spawn(async move {
             let r = async {
                 let n = name_of(&name)?;
-                let e = match d.create_file(parent, n, mode, who).await {
-                    Ok(e) => e,
-                    Err(e) if flags & libc::O_EXCL == 0 && errno(&e).code() == libc::EEXIST => {
-                        // Created meanwhile by someone else: open it.
-                        let e = d.lookup(parent, n).await?;
-                        if flags & libc::O_TRUNC != 0 && !is_dir(&e) {
-                            d.setattr(
-                                e.id,
-                                SetAttrs {
-                                    size: Some(0),
-                                    ..Default::default()
-                                },
-                            )
-                            .await?
-                        } else {
-                            e
-                        }
+                // The name may exist already (the kernel had not looked it up, or another
+                // writer made it): O_EXCL fails, otherwise open it (this works offline too).
+                let existing = match d.store.lookup(parent, n)? {
+                    Some(id) => d.store.entry(id)?,
+                    None => None,
+                };
+                let e = match existing {
+                    Some(_) if flags & libc::O_EXCL != 0 => {
+                        return Err(Error::Exists(n.to_string()));
                     }
-                    Err(e) => return Err(e),
+                    Some(e) => e,
+                    None => match d.create_file(parent, n, mode, who).await {
+                        Ok(e) => e,
+                        Err(e) if flags & libc::O_EXCL == 0 && errno(&e).code() == libc::EEXIST => {
+                            d.lookup(parent, n).await?
+                        }
+                        Err(e) => return Err(e),
+                    },
+                };
+                if is_dir(&e) {
+                    return Err(Error::IsDir(n.to_string()));
+                }
+                let nothing_to_cut = e.size == 0 && d.staging.get(e.id).is_none();
+                let e = if flags & libc::O_TRUNC != 0 && !nothing_to_cut {
+                    d.setattr(
+                        e.id,
+                        SetAttrs {
+                            size: Some(0),
+                            ..Default::default()
+                        },
+                    )
+                    .await?
+                } else {
+                    e
                 };
                 let fh = d.open(e.id, flags).await?;
                 Ok((e, fh))
@@ -687,7 +715,10 @@ impl Filesystem for Fs {
                     FileHandle(fh),
                     FopenFlags::FOPEN_KEEP_CACHE,
                 ),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => {
+                    tracing::debug!(parent, "create failed");
+                    reply.error(errno(&e))
+                }
             }
         });
     }

@@ -83,8 +83,12 @@ impl Drive {
                 })
                 .await?
         };
+        // The journal stream may have delivered this mkdir already (and counted the link).
+        let seen = self.store.lookup(parent, name)? == Some(e.id);
         self.remember(&e, Some((parent, name)))?;
-        self.touch_dir(parent, 1)?;
+        if !seen {
+            self.touch_dir(parent, 1)?;
+        }
         Ok(e)
     }
 
@@ -523,6 +527,20 @@ impl Drive {
             }
             drop(st);
             self.staging.journal(&sf)?;
+        }
+        // Times of a staged file travel with its upload (mtime) or stay local (atime): no
+        // round trip, and truncate + write works offline.
+        let staged_times_only = self.staging.get(id).is_some()
+            && req.mode.is_none()
+            && req.uid.is_none()
+            && req.gid.is_none()
+            && req.size.is_none();
+        if staged_times_only {
+            if let Some(t) = req.atime_ns {
+                self.patch(id, |e| e.atime_ns = t)?;
+            }
+            req.atime_ns = None;
+            req.mtime_ns = None;
         }
         if req.mode.is_none()
             && req.uid.is_none()

@@ -519,6 +519,18 @@ impl Staging {
         self.wake.notify_one();
     }
 
+    /// The gateway is back: retry failed uploads now instead of after their backoff.
+    pub fn retry_now(&self) {
+        let now = Instant::now();
+        for sf in self.all() {
+            let mut st = sf.lock();
+            if st.dirty() && st.error.is_some() {
+                st.due = Some(now);
+            }
+        }
+        self.wake.notify_one();
+    }
+
     /// Updates the journal row (size, times, owner) after a change.
     pub fn journal(&self, sf: &StagedFile) -> Result<()> {
         let rec = sf.lock().rec(sf.ino);

@@ -78,6 +78,7 @@ async fn follow(d: &Drive) -> Result<()> {
         .map_err(|s| Error::rpc("watch changes", s))?
         .into_inner();
     tracing::debug!(since, "following the change journal");
+    d.staging.retry_now();
     loop {
         let ev = match stream.message().await {
             Ok(Some(ev)) => ev,

@@ -427,3 +427,77 @@ pub fn xattr_remove(p: &Path, name: &str) -> Result<(), i32> {
     let r = unsafe { libc::removexattr(cp.as_ptr(), cn.as_ptr()) };
     if r < 0 { Err(errno()) } else { Ok(()) }
 }
+
+impl Cluster {
+    /// Writes a file through the client library (another writer than the mount).
+    pub fn put(&self, bucket: &str, path: &str, bytes: &[u8]) {
+        let c = self.client();
+        let t = cyxcloud_client::path_ref(bucket, path);
+        self.rt
+            .block_on(c.upload_from(t, bytes, cyxcloud_client::UploadOptions::default()))
+            .unwrap();
+    }
+
+    /// Reads a file through the client library.
+    pub fn get(&self, bucket: &str, path: &str) -> Vec<u8> {
+        let c = self.client();
+        let mut out = Vec::new();
+        self.rt
+            .block_on(c.download_to(
+                cyxcloud_client::path_ref(bucket, path),
+                None,
+                &mut out,
+                cyxcloud_client::ReadOptions::default(),
+            ))
+            .unwrap();
+        out
+    }
+
+    pub fn entry(&self, bucket: &str, path: &str) -> Option<v1::Entry> {
+        let c = self.client();
+        self.rt
+            .block_on(c.control().get_attr(v1::GetAttrRequest {
+                entry: Some(cyxcloud_client::path_ref(bucket, path)),
+            }))
+            .ok()
+            .map(|r| r.into_inner())
+    }
+}
+
+/// blake3 of a file, streamed.
+pub fn file_hash(p: &Path) -> String {
+    let mut f = std::fs::File::open(p).unwrap();
+    let mut h = blake3_hasher();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize()
+}
+
+/// A streaming hasher over cyxcloud-core's blake3.
+pub struct Hasher(Vec<u8>, Vec<cyxcloud_core::Hash>);
+
+pub fn blake3_hasher() -> Hasher {
+    Hasher(Vec::new(), Vec::new())
+}
+
+impl Hasher {
+    pub fn update(&mut self, d: &[u8]) {
+        self.0.extend_from_slice(d);
+        while self.0.len() >= 1 << 20 {
+            let rest = self.0.split_off(1 << 20);
+            self.1.push(cyxcloud_core::Hash::of(&self.0));
+            self.0 = rest;
+        }
+    }
+    pub fn finalize(mut self) -> String {
+        self.1.push(cyxcloud_core::Hash::of(&self.0));
+        let all: Vec<u8> = self.1.iter().flat_map(|h| h.0).collect();
+        cyxcloud_core::Hash::of(&all).to_hex()
+    }
+}

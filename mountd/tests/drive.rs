@@ -1,8 +1,12 @@
-//! Acceptance tests of the drive.
+//! Acceptance tests of the drive (issue 7), each through a real mount of a live cluster.
 
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
 
-use crate::cluster::{Cluster, Mount, data};
+use cyxcloud_testkit::wait_until;
+
+use crate::cluster::{Cluster, Mount, data, file_hash, sh, state};
 
 #[test]
 fn browse_write_and_read_back() {
@@ -23,19 +27,35 @@ fn browse_write_and_read_back() {
         f.write_all(&big).unwrap();
         f.sync_all().unwrap();
     }
-    m.wait_durable("photos/big.bin");
     m.wait_durable("photos/small.bin");
-    // A second mount with an empty cache reads through the nodes.
-    let m2 = Mount::start(&c, &[]);
     assert!(
-        std::fs::read(m2.p("photos/big.bin")).unwrap() == big,
+        c.get("photos", "big.bin") == big,
+        "the gateway has the bytes"
+    );
+    // A second mount with an empty cache reads through the nodes.
+    let m2 = Mount::start(&c, &["--bucket", "photos"]);
+    assert!(
+        std::fs::read(m2.p("big.bin")).unwrap() == big,
         "big.bin differs"
     );
-    let mut f = std::fs::File::open(m2.p("photos/big.bin")).unwrap();
+    assert!(std::fs::read(m2.p("small.bin")).unwrap() == small);
+    // A small read in the middle fetches only the chunk it touches.
+    let m3 = Mount::start(&c, &[]);
+    let mut f = std::fs::File::open(m3.p("photos/big.bin")).unwrap();
     f.seek(SeekFrom::Start(5 << 20)).unwrap();
     let mut buf = vec![0u8; 100];
     f.read_exact(&mut buf).unwrap();
     assert!(buf == big[5 << 20..(5 << 20) + 100]);
+    let cached = m3.status()["cached_chunks"].as_u64().unwrap();
+    assert!(
+        cached <= 2,
+        "a 100-byte read fetched {cached} chunks of a 9 MiB file"
+    );
+    // Read-only mounts refuse writes.
+    let ro = Mount::start(&c, &["--read-only"]);
+    assert!(std::fs::read(ro.p("photos/small.bin")).unwrap() == small);
+    let e = std::fs::write(ro.p("photos/new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
 }
 
 /// Renames racing the upload of what was just written must not bring back stale attributes.
@@ -58,4 +78,271 @@ fn rename_right_after_write_keeps_the_new_bytes() {
         std::fs::rename(p("t.tmp"), p("b")).unwrap();
         assert_eq!(std::fs::read(p("b")).unwrap(), b"new", "round {round}");
     }
+}
+
+fn within_2s(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    wait_until(Duration::from_secs(2), what, || f().then_some(()));
+    eprintln!("{what}: {:?}", t.elapsed());
+}
+
+#[test]
+fn changes_elsewhere_appear_within_two_seconds() {
+    let c = Cluster::start(7);
+    c.create_bucket("shared");
+    let a = Mount::start(&c, &[]);
+    let b = Mount::start(&c, &[]);
+    // Both mounts have listed the bucket (cached as complete).
+    assert_eq!(std::fs::read_dir(a.p("shared")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(b.p("shared")).unwrap().count(), 0);
+    // Another writer (the client library, like the S3 API) adds a file.
+    c.put("shared", "from-api.txt", b"hello from the API");
+    within_2s("a file written through the API to appear", || {
+        std::fs::read(a.p("shared/from-api.txt")).ok().as_deref() == Some(b"hello from the API")
+    });
+    // One mount writes; the other sees it.
+    {
+        let mut f = std::fs::File::create(a.p("shared/from-a.txt")).unwrap();
+        f.write_all(b"written by mount a").unwrap();
+        f.sync_all().unwrap();
+    }
+    within_2s("a file written by another mount to appear", || {
+        std::fs::read(b.p("shared/from-a.txt")).ok().as_deref() == Some(b"written by mount a")
+    });
+    // Overwrite, rename and delete show up too.
+    c.put("shared", "from-api.txt", b"second version");
+    within_2s("an overwrite to appear", || {
+        std::fs::read(a.p("shared/from-api.txt")).ok().as_deref() == Some(b"second version")
+    });
+    std::fs::rename(b.p("shared/from-a.txt"), b.p("shared/renamed.txt")).unwrap();
+    within_2s("a rename to appear", || {
+        a.p("shared/renamed.txt").exists() && !a.p("shared/from-a.txt").exists()
+    });
+    std::fs::remove_file(b.p("shared/renamed.txt")).unwrap();
+    within_2s("a delete to appear", || !a.p("shared/renamed.txt").exists());
+    let names: Vec<_> = std::fs::read_dir(a.p("shared"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["from-api.txt"]);
+    // A new bucket appears at the top.
+    c.create_bucket("late-bucket");
+    within_2s("a new bucket to appear", || a.p("late-bucket").is_dir());
+}
+
+#[test]
+fn kill9_between_write_and_upload_loses_nothing() {
+    let c = Cluster::start(7);
+    c.create_bucket("safe");
+    // Background uploads wait 10 minutes: only close, fsync or a restart sends the file.
+    let mut m = Mount::start(&c, &["--upload-delay-ms", "600000"]);
+    let bytes = data(7, 6 << 20);
+    let mut f = std::fs::File::create(m.p("safe/unsent.bin")).unwrap();
+    f.write_all(&bytes).unwrap();
+    // Written, still open: the upload has not started.
+    assert_ne!(state(&m.p("safe/unsent.bin")).as_deref(), Some("durable"));
+    m.kill9();
+    drop(f);
+    assert!(
+        c.get("safe", "unsent.bin").is_empty(),
+        "nothing was uploaded yet"
+    );
+    m.launch();
+    m.wait_durable("safe/unsent.bin");
+    assert!(
+        c.get("safe", "unsent.bin") == bytes,
+        "the gateway has every byte"
+    );
+    assert!(std::fs::read(m.p("safe/unsent.bin")).unwrap() == bytes);
+    // A clean unmount with fusermount3 -u exits 0.
+    m.unmount();
+}
+
+#[test]
+fn files_survive_four_dead_nodes_of_fourteen() {
+    let mut c = Cluster::start(14);
+    c.create_bucket("durable");
+    let m = Mount::start(&c, &[]);
+    let files: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            (
+                format!("durable/f{i}"),
+                data(100 + i, (3 << 20) + i as usize * 12345),
+            )
+        })
+        .collect();
+    for (p, d) in &files {
+        let mut f = std::fs::File::create(m.p(p)).unwrap();
+        f.write_all(d).unwrap();
+        f.sync_all().unwrap();
+    }
+    for i in [1, 4, 8, 12] {
+        c.kill_node(i);
+    }
+    let fresh = Mount::start(&c, &[]);
+    for (p, d) in &files {
+        assert!(std::fs::read(fresh.p(p)).unwrap() == *d, "{p} unreadable");
+    }
+}
+
+#[test]
+fn gateway_down_cached_files_stay_readable_and_writes_queue() {
+    let mut c = Cluster::start(7);
+    c.create_bucket("offline");
+    let m = Mount::start(&c, &[]);
+    let big = data(9, 5 << 20);
+    std::fs::create_dir(m.p("offline/docs")).unwrap();
+    for (p, d) in [
+        ("offline/docs/a.txt", b"alpha".to_vec()),
+        ("offline/big.bin", big.clone()),
+    ] {
+        let mut f = std::fs::File::create(m.p(p)).unwrap();
+        f.write_all(&d).unwrap();
+        f.sync_all().unwrap();
+    }
+    // Read once through the nodes so the chunks are cached, then lose the gateway.
+    let fresh = Mount::start(&c, &[]);
+    assert!(std::fs::read(fresh.p("offline/big.bin")).unwrap() == big);
+    assert_eq!(
+        std::fs::read(fresh.p("offline/docs/a.txt")).unwrap(),
+        b"alpha"
+    );
+    c.kill_gateway();
+    assert!(std::fs::read(fresh.p("offline/big.bin")).unwrap() == big);
+    assert_eq!(
+        std::fs::read(fresh.p("offline/docs/a.txt")).unwrap(),
+        b"alpha"
+    );
+    let mut names: Vec<_> = std::fs::read_dir(fresh.p("offline"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["big.bin", "docs"]);
+    assert_eq!(
+        std::fs::metadata(fresh.p("offline/big.bin")).unwrap().len(),
+        5 << 20
+    );
+    // A write while offline is kept and goes out when the gateway returns.
+    std::fs::write(fresh.p("offline/docs/a.txt"), b"alpha, edited offline").unwrap();
+    assert_ne!(
+        state(&fresh.p("offline/docs/a.txt")).as_deref(),
+        Some("durable")
+    );
+    c.start_gateway(&[]);
+    fresh.wait_durable("offline/docs/a.txt");
+    assert_eq!(c.get("offline", "docs/a.txt"), b"alpha, edited offline");
+}
+
+#[test]
+fn one_gib_with_dd_reads_back_equal() {
+    let c = Cluster::start(7);
+    c.create_bucket("big");
+    let m = Mount::start(&c, &["--cache-size", "2G"]);
+    let src = tempfile::NamedTempFile::new().unwrap();
+    let t = Instant::now();
+    sh(&format!(
+        "head -c 1073741824 /dev/urandom > {src} && dd if={src} of={dst} bs=4M conv=fsync status=none",
+        src = src.path().display(),
+        dst = m.p("big/1g.bin").display()
+    ));
+    eprintln!("1 GiB written and committed in {:?}", t.elapsed());
+    assert_eq!(state(&m.p("big/1g.bin")).as_deref(), Some("durable"));
+    let want = file_hash(src.path());
+    let fresh = Mount::start(&c, &["--cache-size", "2G"]);
+    let t = Instant::now();
+    assert_eq!(file_hash(&fresh.p("big/1g.bin")), want);
+    eprintln!("1 GiB read back (cold) in {:?}", t.elapsed());
+}
+
+#[test]
+fn tools_work_on_the_drive() {
+    let c = Cluster::start(7);
+    c.create_bucket("tools");
+    let m = Mount::start(&c, &[]);
+    let work = tempfile::tempdir().unwrap();
+    // A source tree: text, a binary larger than a chunk, an empty file, a symlink, modes.
+    let src = work.path().join("tree");
+    std::fs::create_dir_all(src.join("a/b/c")).unwrap();
+    for i in 0..40 {
+        std::fs::write(
+            src.join(format!("a/file{i}.txt")),
+            format!("line {i}\n").repeat(i * 50),
+        )
+        .unwrap();
+    }
+    std::fs::write(src.join("a/b/blob.bin"), data(3, 5 << 20)).unwrap();
+    std::fs::write(src.join("a/b/c/empty"), b"").unwrap();
+    std::os::unix::fs::symlink("../file1.txt", src.join("a/b/link")).unwrap();
+    sh(&format!("chmod 750 {}", src.join("a/b").display()));
+    sh(&format!(
+        "cp -a {} {}",
+        src.display(),
+        m.p("tools/").display()
+    ));
+    sh(&format!(
+        "diff -r {} {}",
+        src.display(),
+        m.p("tools/tree").display()
+    ));
+    assert_eq!(
+        std::fs::metadata(m.p("tools/tree/a/b")).unwrap().mode() & 0o777,
+        0o750
+    );
+    // git: clone a local repository into the drive, then fsck it.
+    let repo = work.path().join("repo");
+    sh(&format!(
+        "set -e; git init -q {r}; cd {r}; git config user.email t@t; git config user.name t; \
+         for i in $(seq 1 20); do echo $i > f$i; git add f$i; git commit -qm c$i; done; \
+         head -c 300000 /dev/urandom > bin; git add bin; git commit -qm bin",
+        r = repo.display()
+    ));
+    sh(&format!(
+        "git clone -q {} {} && git -C {} fsck --full --strict",
+        repo.display(),
+        m.p("tools/clone").display(),
+        m.p("tools/clone").display()
+    ));
+    assert_eq!(
+        sh(&format!(
+            "git -C {} log --oneline | wc -l",
+            m.p("tools/clone").display()
+        ))
+        .trim(),
+        "21"
+    );
+    // SQLite: a database on the drive, written in transactions and queried.
+    let db = m.p("tools/app.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            .unwrap();
+        for chunk in 0..10 {
+            let tx = conn.unchecked_transaction().unwrap();
+            for i in 0..200 {
+                tx.execute(
+                    "INSERT INTO t (v) VALUES (?1)",
+                    [format!("row {}", chunk * 200 + i)],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2000);
+    }
+    // Another mount reads the committed database.
+    m.wait_durable("tools/app.db");
+    let other = Mount::start(&c, &["--read-only"]);
+    let conn = rusqlite::Connection::open_with_flags(
+        other.p("tools/app.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let v: String = conn
+        .query_row("SELECT v FROM t WHERE id = 1234", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, "row 1233");
 }
