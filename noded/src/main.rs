@@ -50,9 +50,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cyxcloud_node::run(cfg, opts).await? {
         // Second termination signal: leave without waiting for anything.
-        Exit::Immediate => std::process::exit(0),
+        Exit::Immediate => exit_now(),
         Exit::Stopped | Exit::Drained => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// Leaves the process at once. `std::process::exit` would run C++ static destructors while
+/// RocksDB's background threads still use them (abort: "pthread lock: Invalid argument");
+/// `_exit` skips them. Nothing is lost: every acknowledged write is already in the synced WAL.
+#[allow(unsafe_code)]
+fn exit_now() -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit(2) only terminates the process; it touches no Rust-managed state.
+    unsafe { libc::_exit(0) }
 }
 
 fn main() -> ExitCode {

@@ -13,6 +13,24 @@ pub mod rocks;
 #[cfg(test)]
 mod conformance;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_compressible_shards_are_compressed() {
+        let text: Vec<u8> = (0..1_000_000u32)
+            .map(|i| b"abcdefgh"[(i / 7 % 8) as usize])
+            .collect();
+        assert!(super::looks_compressible(&text));
+        let mut random = vec![0u8; 1_000_000];
+        blake3::Hasher::new().finalize_xof().fill(&mut random);
+        assert!(!super::looks_compressible(&random));
+        assert!(
+            super::looks_compressible(&random[..1000]),
+            "small shards just try"
+        );
+    }
+}
+
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -197,7 +215,7 @@ impl Shards {
             data,
             hash,
             &EncodeOptions {
-                compress: self.compress,
+                compress: self.compress && looks_compressible(data),
                 at_rest: None,
             },
         );
@@ -287,6 +305,21 @@ impl Shards {
     pub fn quarantined(&self) -> Result<u64> {
         self.backend.quarantined()
     }
+}
+
+/// Bytes of a shard that are test-compressed before compressing all of it.
+const PROBE: usize = 64 * 1024;
+
+/// Whether LZ4 is worth running over the whole shard: shards of encrypted or already
+/// compressed data (most of them) do not shrink, and compressing 64 MiB only to throw the
+/// result away costs more than storing it. A 64 KiB sample from the middle must shrink by 10 %.
+fn looks_compressible(data: &[u8]) -> bool {
+    if data.len() <= PROBE {
+        return true;
+    }
+    let start = (data.len() - PROBE) / 2;
+    let sample = &data[start..start + PROBE];
+    lz4_flex::block::compress(sample).len() < PROBE * 9 / 10
 }
 
 /// Checks a raw record against the key it was stored under and returns the shard bytes.
