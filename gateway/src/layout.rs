@@ -16,6 +16,18 @@ use crate::db::{Db, Tx, args, now_ns};
 use crate::error::{Error, Result};
 use crate::namespace::{Entry, Inode, Kind, Ref, check_owner, describe, resolve_ref};
 
+/// The key a chunk is stored under: a hash of its whole description (content id, sizes,
+/// codec, profile and every shard hash), not of its content id alone. Deduplication and
+/// references go by this key, so knowing a chunk's content id (a public file hash, say) is
+/// not enough to link someone else's stored data into your file: a writer must present the
+/// exact shard hashes, which only a holder of the data (or an earlier reader) knows.
+pub fn chunk_key(meta: &ChunkMeta) -> Hash {
+    use prost::Message;
+    let mut h = blake3::Hasher::new_derive_key("cyxcloud gateway chunk key v1");
+    h.update(&v1::ChunkInfo::from(meta).encode_to_vec());
+    Hash(*h.finalize().as_bytes())
+}
+
 /// Largest inline file a `resize` may produce (bigger extensions must be written).
 pub const MAX_INLINE_RESIZE: u64 = 1 << 20;
 
@@ -31,6 +43,8 @@ pub struct ShardRec {
 /// A chunk of a file version, with where its shards are.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChunkLayout {
+    /// Storage key ([`chunk_key`]).
+    pub key: Hash,
     pub index: u32,
     pub offset: u64,
     pub meta: ChunkMeta,
@@ -63,7 +77,7 @@ pub(crate) fn meta_from_row(r: &crate::db::Row, o: usize) -> Result<ChunkMeta> {
 }
 
 /// Columns read by [`meta_from_row`] from `chunks c`.
-pub(crate) const CHUNK_COLS: &str = "c.id, c.size, c.encoded_size, c.codec, c.data_shards, c.parity_shards, c.shard_size, c.encrypted";
+pub(crate) const CHUNK_COLS: &str = "c.content_id, c.size, c.encoded_size, c.codec, c.data_shards, c.parity_shards, c.shard_size, c.encrypted, c.id";
 
 fn shard_state(v: i64) -> v1::ShardState {
     v1::ShardState::try_from(v as i32).unwrap_or(v1::ShardState::Unspecified)
@@ -75,7 +89,7 @@ pub(crate) async fn load_shards(q: &mut Tx, chunks: &mut [ChunkLayout]) -> Resul
         let rows = q
             .all(
                 "SELECT idx, hash, node_id, state FROM shards WHERE chunk_id = $1 ORDER BY idx",
-                args![&c.meta.id],
+                args![&c.key],
             )
             .await?;
         c.shards = rows
@@ -119,6 +133,7 @@ pub(crate) async fn version_chunks(
         .iter()
         .map(|r| {
             Ok(ChunkLayout {
+                key: r.hash(10)?,
                 index: r.u32(0)?,
                 offset: r.u64(1)?,
                 meta: meta_from_row(r, 2)?,
@@ -325,21 +340,22 @@ pub(crate) async fn put_chunk(
     nodes: &[String],
     stored: &[bool],
 ) -> Result<bool> {
+    let key = chunk_key(meta);
     let exists = tx
-        .opt("SELECT refs FROM chunks WHERE id = $1", args![&meta.id])
+        .opt("SELECT refs FROM chunks WHERE id = $1", args![&key])
         .await?
         .is_some();
     if exists {
-        ref_chunk(tx, &meta.id, 1).await?;
+        ref_chunk(tx, &key, 1).await?;
         // The copies this write uploaded are not needed: released after commit if unused.
         return Ok(false);
     }
     let now = now_ns();
     tx.exec(
         "INSERT INTO chunks (id, size, encoded_size, codec, data_shards, parity_shards, shard_size, \
-         encrypted, refs, created_ns) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9)",
+         encrypted, refs, created_ns, content_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10)",
         args![
-            &meta.id,
+            &key,
             meta.size,
             meta.encoded_size,
             meta.codec.as_u8(),
@@ -347,7 +363,8 @@ pub(crate) async fn put_chunk(
             meta.profile.parity(),
             meta.shard_size,
             meta.encrypted,
-            now
+            now,
+            &meta.id
         ],
     )
     .await?;
@@ -361,7 +378,7 @@ pub(crate) async fn put_chunk(
         tx.exec(
             "INSERT INTO shards (chunk_id, idx, hash, node_id, state) VALUES ($1, $2, $3, $4, $5)",
             args![
-                &meta.id,
+                &key,
                 i,
                 h,
                 nodes.get(i).cloned().unwrap_or_default(),
@@ -370,7 +387,7 @@ pub(crate) async fn put_chunk(
         )
         .await?;
         if !ok {
-            queue_repair(tx, &meta.id, i as u32, "not stored at commit").await?;
+            queue_repair(tx, &key, i as u32, "not stored at commit").await?;
         }
     }
     Ok(true)
@@ -439,20 +456,25 @@ pub(crate) async fn resize(tx: &mut Tx, inode: &Inode, size: u64, now: i64) -> R
 /// Records shard problems reported by readers: the shard's state changes and a repair is queued.
 pub async fn report_shards(db: &Db, reports: &[(Hash, u32, String, v1::ShardState)]) -> Result<()> {
     crate::db::write_tx!(db, tx => {
-        for (chunk, idx, node, state) in reports {
-            let n = tx
-                .exec(
-                    "UPDATE shards SET state = $4 WHERE chunk_id = $1 AND idx = $2 AND node_id = $3",
-                    args![chunk, *idx, node.as_str(), *state as i64],
+        for (content_id, idx, node, state) in reports {
+            // A content id may name several stored encodings: the shard on that node is meant.
+            let keys: Vec<Hash> = tx
+                .all(
+                    "UPDATE shards SET state = $4 WHERE chunk_id IN (SELECT id FROM chunks WHERE content_id = $1) \
+                     AND idx = $2 AND node_id = $3 RETURNING chunk_id",
+                    args![content_id, *idx, node.as_str(), *state as i64],
                 )
-                .await?;
-            if n > 0 {
-                queue_repair(&mut tx, chunk, *idx, "reported by a reader").await?;
+                .await?
+                .iter()
+                .map(|r| r.hash(0))
+                .collect::<Result<_>>()?;
+            for key in keys {
+                queue_repair(&mut tx, &key, *idx, "reported by a reader").await?;
                 let users: Vec<u64> = tx
                     .all(
                         "SELECT DISTINCT v.inode_id FROM version_chunks vc JOIN versions v ON v.id = vc.version_id \
                          WHERE vc.chunk_id = $1",
-                        args![chunk],
+                        args![&key],
                     )
                     .await?
                     .iter()

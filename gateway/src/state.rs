@@ -90,6 +90,7 @@ fn decode_chunks(b: &[u8]) -> Option<(u64, Vec<ChunkLayout>)> {
             })
             .collect::<Option<Vec<_>>>()?;
         out.push(ChunkLayout {
+            key: crate::layout::chunk_key(&meta),
             index: c.index,
             offset: c.offset,
             meta,

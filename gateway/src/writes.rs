@@ -28,7 +28,7 @@ use crate::db::{Db, Tx, args, now_ns, now_secs, write_tx};
 use crate::error::{Error, Result};
 use crate::journal;
 use crate::layout::{
-    install_version, put_chunk, queue_gc, ref_chunk, release_version, unref_chunk,
+    chunk_key, install_version, put_chunk, queue_gc, ref_chunk, release_version, unref_chunk,
 };
 use crate::namespace::{
     Entry, InodeMeta, Kind, ROOT_ID, Ref, check_owner, describe, encode_meta, split_path,
@@ -487,30 +487,22 @@ impl Writes {
                         return Err(Error::invalid(format!("chunk {idx} was already checkpointed")));
                     }
                     if old.dedup {
-                        unref_chunk(&mut tx, &old.meta.id, 1).await?;
+                        unref_chunk(&mut tx, &chunk_key(&old.meta), 1).await?;
                     }
                 }
+                // Deduplicate only against the identical encoding (see `layout::chunk_key`).
+                let key = chunk_key(meta);
                 let healthy = tx
                     .one(
                         "SELECT COUNT(*) FROM shards s JOIN nodes n ON n.id = s.node_id \
                          WHERE s.chunk_id = $1 AND s.state = $2 AND n.state IN ($3, $4)",
-                        args![&meta.id, v1::ShardState::Stored as i64, v1::NodeState::Online as i64, v1::NodeState::Draining as i64],
+                        args![&key, v1::ShardState::Stored as i64, v1::NodeState::Online as i64, v1::NodeState::Draining as i64],
                     )
                     .await?
                     .u64(0)?;
-                let stored_profile = tx
-                    .opt("SELECT data_shards, parity_shards FROM chunks WHERE id = $1", args![&meta.id])
-                    .await?;
-                let dedup = match stored_profile {
-                    Some(r) => {
-                        let p = Profile::new(r.u32(0)? as usize, r.u32(1)? as usize)
-                            .map_err(|e| Error::Corrupt(e.to_string()))?;
-                        healthy >= threshold(p) as u64
-                    }
-                    None => false,
-                };
+                let dedup = healthy >= threshold(meta.profile) as u64;
                 let (nodes_for, targets) = if dedup {
-                    ref_chunk(&mut tx, &meta.id, 1).await?;
+                    ref_chunk(&mut tx, &key, 1).await?;
                     (Vec::new(), Vec::new())
                 } else {
                     let assignment = crate::placement::place_chunk(
@@ -556,7 +548,7 @@ impl Writes {
                      VALUES ($1, $2, $3, $4, $5, $6, '', 0) ON CONFLICT (write_id, idx) DO UPDATE SET \
                      chunk_id = excluded.chunk_id, info = excluded.info, dedup = excluded.dedup, \
                      nodes = excluded.nodes, stored = '', durable = 0",
-                    args![write_id, *idx, &meta.id, info, dedup, nodes_for.join("\n")],
+                    args![write_id, *idx, &key, info, dedup, nodes_for.join("\n")],
                 )
                 .await?;
                 out.push(v1::ChunkPlacement {
@@ -837,7 +829,7 @@ impl Writes {
                 }
             }
             for (idx, p) in placed.iter().filter(|(i, _)| all.contains_key(i)) {
-                layout.insert(*idx, (p.meta.id, p.meta.size, false));
+                layout.insert(*idx, (chunk_key(&p.meta), p.meta.size, false));
             }
             // Contiguous from 0, covering exactly [0, size) (the last chunk may reach past a
             // truncation point only when it comes from the base version).
@@ -898,7 +890,7 @@ impl Writes {
             // Placed chunks that did not make it into the version give back their pins.
             for (idx, p) in &placed {
                 if p.dedup && !offsets.iter().any(|o| o.3 == *idx && !o.2) {
-                    unref_chunk(&mut tx, &p.meta.id, 1).await?;
+                    unref_chunk(&mut tx, &chunk_key(&p.meta), 1).await?;
                 }
             }
             let e = install_file(&mut tx, t, &s, size, None, &version_chunks, attrs).await?;
@@ -915,7 +907,7 @@ impl Writes {
             check_session_owner(caller, &s)?;
             let placed = load_placed(&mut tx, write_id).await?;
             for p in placed.values().filter(|p| p.dedup) {
-                unref_chunk(&mut tx, &p.meta.id, 1).await?;
+                unref_chunk(&mut tx, &chunk_key(&p.meta), 1).await?;
             }
             finish_session(&mut tx, write_id).await
         });

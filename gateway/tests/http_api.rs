@@ -176,6 +176,7 @@ async fn health_metrics_and_the_ws_feed_replay_the_journal() {
     ))
     .await
     .unwrap();
+    // Events of this test's bucket and its node (other components may make their own).
     let mut next = async || -> Value {
         loop {
             let m = tokio::time::timeout(Duration::from_secs(15), ws.next())
@@ -184,7 +185,13 @@ async fn health_metrics_and_the_ws_feed_replay_the_journal() {
                 .unwrap()
                 .unwrap();
             if let Message::Text(t) = m {
-                return serde_json::from_str(&t).unwrap();
+                let v: Value = serde_json::from_str(&t).unwrap();
+                let ours = v["type"] != "event"
+                    || v["bucket"] == "feed"
+                    || v["topic"].as_str().is_some_and(|t| t.starts_with("node."));
+                if ours {
+                    return v;
+                }
             }
         }
     };
@@ -200,7 +207,7 @@ async fn health_metrics_and_the_ws_feed_replay_the_journal() {
     let e2 = next().await;
     assert_eq!(e2["topic"], "node.online");
     assert_eq!(e2["node_id"], node.id.as_str());
-    assert_eq!(e2["seq"].as_u64(), Some(e1["seq"].as_u64().unwrap() + 1));
+    assert!(e2["seq"].as_u64() > e1["seq"].as_u64());
     // A live change arrives too.
     ctl.mkdir(v1::MkdirRequest {
         parent_id: b.id,

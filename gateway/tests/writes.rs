@@ -21,6 +21,7 @@ both_backends!(
     abandoned_writes_expire_and_release_their_shards,
     node_states_follow_heartbeats,
     machine_keys_are_enforced_when_required,
+    knowing_a_content_id_does_not_link_someone_elses_data,
 );
 
 const NODES: usize = 7;
@@ -248,6 +249,11 @@ async fn commit_accepts_only_the_placed_layout(b: Backend) {
             .await
             .unwrap();
     assert_eq!(layout.chunks.len(), 1);
+    assert_eq!(
+        cyxcloud_proto::convert::chunk_meta(layout.chunks[0].info.as_ref().unwrap()).unwrap(),
+        c.meta,
+        "the layout describes exactly the committed chunk"
+    );
     let shards = &layout.chunks[0].shards;
     assert_eq!(shards[5].state, v1::ShardState::Pending as i32);
     for s in shards {
@@ -658,4 +664,75 @@ async fn machine_keys_are_enforced_when_required(b: Backend) {
             .await
             .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unauthenticated);
+}
+
+async fn knowing_a_content_id_does_not_link_someone_elses_data(b: Backend) {
+    let f = fixture_with(b, |c| c.nodes.heartbeat_interval_ms = 600_000).await;
+    register_nodes(&f, NODES).await;
+    f.gw.ns.create_bucket(&f.alice, "wbk", false).await.unwrap();
+    f.gw.ns.create_bucket(&f.bob, "bobs", false).await.unwrap();
+    let secret = chunk(&data(11, 20_000));
+    let w = begin(&f.gw, &f.alice, "secret", &[&secret.meta]).await;
+    f.gw.writes
+        .commit(
+            &f.alice,
+            &w.write_id,
+            &[stored(&w.placements[0], secret.meta.id, &[])],
+            secret.meta.size,
+            &FileAttrs::default(),
+        )
+        .await
+        .unwrap();
+    // Bob knows the content id (say, a published hash) and dresses his own junk up with it.
+    let junk = chunk(&data(12, 20_000));
+    let mut fake = junk.meta.clone();
+    fake.id = secret.meta.id;
+    let w =
+        f.gw.writes
+            .begin(
+                &f.bob,
+                &Ref::Path {
+                    bucket: "bobs".into(),
+                    path: "stolen".into(),
+                },
+                BeginParams {
+                    size_hint: fake.size,
+                    chunks: vec![(0, fake.clone())],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    assert!(
+        !w.placements[0].deduplicated,
+        "a content id alone must not deduplicate"
+    );
+    let e =
+        f.gw.writes
+            .commit(
+                &f.bob,
+                &w.write_id,
+                &[stored(&w.placements[0], fake.id, &[])],
+                fake.size,
+                &FileAttrs::default(),
+            )
+            .await
+            .unwrap();
+    let l =
+        f.gw.layout_with_tokens(&f.bob, &Ref::Id(e.id), 0, 0)
+            .await
+            .unwrap();
+    assert_eq!(l.chunks[0].info.as_ref().unwrap().id, fake.id.0.to_vec());
+    let hashes: Vec<Vec<u8>> = l.chunks[0].shards.iter().map(|s| s.hash.clone()).collect();
+    for h in &secret.meta.shard_hashes {
+        assert!(
+            !hashes.contains(&h.0.to_vec()),
+            "bob was handed alice's shards"
+        );
+    }
+    assert_eq!(count(&f, "SELECT COUNT(*) FROM chunks").await, 2);
+    // The honest duplicate (same encoding) still deduplicates.
+    let w = begin(&f.gw, &f.alice, "again", &[&secret.meta]).await;
+    assert!(w.placements[0].deduplicated);
+    check_consistent(&f.gw.db).await;
 }

@@ -12,7 +12,10 @@ use crate::error::{Error, Result};
 pub const ROOT_ID: u64 = 1;
 
 /// `(version, name, statements)`.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial schema", M0001)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial schema", M0001),
+    (2, "chunk keys; journal age and file count indexes", M0002),
+];
 
 const M0001: &str = r#"
 CREATE TABLE meta (
@@ -234,6 +237,17 @@ CREATE TABLE journal (
     payload {BLOB} NOT NULL
 );
 CREATE INDEX journal_bucket ON journal (bucket, seq);
+"#;
+
+/// Chunks are stored under a key covering their whole encoding (`layout::chunk_key`); the
+/// content id (blake3 of the plaintext) becomes a column. Retention pruning finds old journal
+/// events, and the metrics count files, through indexes.
+const M0002: &str = r#"
+ALTER TABLE chunks ADD COLUMN content_id {BLOB};
+UPDATE chunks SET content_id = id;
+CREATE INDEX chunks_content ON chunks (content_id);
+CREATE INDEX journal_time ON journal (time_ns);
+CREATE INDEX inodes_kind ON inodes (kind, owner_id);
 "#;
 
 /// Rewrites the dialect tokens of `sql` for `backend`.
