@@ -39,6 +39,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub journal: JournalConfig,
     pub cache: CacheConfig,
+    /// The S3 API (`[s3]`).
+    pub s3: crate::s3::S3Config,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -126,6 +128,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             journal: JournalConfig::default(),
             cache: CacheConfig::default(),
+            s3: crate::s3::S3Config::default(),
         }
     }
 }
@@ -343,6 +346,7 @@ impl Config {
         if self.db_max_connections < 2 {
             return bad("db_max_connections must be at least 2".into());
         }
+        self.s3.validate()?;
         Ok(())
     }
 

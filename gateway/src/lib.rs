@@ -21,6 +21,7 @@ pub mod namespace;
 pub mod placement;
 pub mod registry;
 pub mod registry_rpc;
+pub mod s3;
 pub mod state;
 pub mod writes;
 

@@ -172,13 +172,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = cyxcloud_daemon::Shutdown::new();
     shutdown.listen_for_signals(None);
     let admin = admin_env()?;
+    let s3 = config.s3.enabled.then(cyxcloud_gateway::s3::S3::new);
     let running = cyxcloud_gateway::run(
         config,
         shutdown.clone(),
         admin.as_ref().map(|(a, s)| (a.as_str(), s.as_str())),
-        None,
+        s3.as_ref().map(|s| s.router()),
     )
     .await?;
+    if let Some(s3) = &s3 {
+        s3.start(&running).await?;
+    }
     if let Some(k) = &running.new_admin_key {
         // Printed once, at first start; the secret is stored encrypted and never logged.
         println!("admin access key: {}", k.access_key);

@@ -5,5 +5,6 @@ mod cache;
 mod cluster;
 mod common;
 mod http_api;
+mod s3;
 mod store;
 mod writes;

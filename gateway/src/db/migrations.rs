@@ -15,6 +15,11 @@ pub const ROOT_ID: u64 = 1;
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial schema", M0001),
     (2, "chunk keys; journal age and file count indexes", M0002),
+    (
+        3,
+        "s3 multipart uploads",
+        crate::s3::store::MIGRATION_S3_MULTIPART,
+    ),
 ];
 
 const M0001: &str = r#"

@@ -1,0 +1,1 @@
+//! Node failures (placeholder: filled in below).
