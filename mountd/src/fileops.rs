@@ -275,7 +275,7 @@ impl Drive {
             return Ok(out);
         }
         let mut last_index = None;
-        tracing::debug!(
+        tracing::trace!(
             id = e.id,
             offset,
             len,

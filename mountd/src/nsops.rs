@@ -86,6 +86,14 @@ impl Drive {
         // The journal stream may have delivered this mkdir already (and counted the link).
         let seen = self.store.lookup(parent, name)? == Some(e.id);
         self.remember(&e, Some((parent, name)))?;
+        // A directory this mount just made is empty: its (negative) lookups need no round trip.
+        // A create the journal delivered meanwhile is kept.
+        if self.store.children(e.id)?.is_empty() {
+            self.store.apply(&[Mutation::SetComplete {
+                dir: e.id,
+                complete: true,
+            }])?;
+        }
         if !seen {
             self.touch_dir(parent, 1)?;
         }
@@ -219,8 +227,13 @@ impl Drive {
             name: name.to_string(),
         }])?;
         let now = crate::staging::now_ns();
+        // Set, not decrement: an upload committed meanwhile may already carry the new count.
         self.patch(child.id, |e| {
-            e.nlink = e.nlink.saturating_sub(1);
+            e.nlink = if last {
+                0
+            } else {
+                e.nlink.saturating_sub(1).max(1)
+            };
             e.ctime_ns = now;
         })?;
         if last && !is_dir(child) {
