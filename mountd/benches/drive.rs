@@ -8,7 +8,7 @@
 //! (default 10000) the small-file count.
 
 #[path = "../tests/cluster.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod cluster;
 
 use std::io::{Read, Write};
