@@ -497,12 +497,22 @@ impl Drive {
             if is_dir(&cur) {
                 return Err(Error::IsDir(cur.name.clone()));
             }
-            // A staged file is truncated locally and uploaded later.
+            // A staged file is truncated locally and uploaded later. Truncating to zero needs
+            // no old bytes: stage an empty copy (works offline, and `O_TRUNC` + write becomes
+            // one upload).
             let staged = match self.staging.get(id) {
                 Some(sf) => Some(sf),
-                None if self.open_count(id) > 0 && s > 0 => {
-                    Some(self.materialize(&cur, true).await?)
-                }
+                None if s == 0 => Some(
+                    self.materialize(
+                        &v1::Entry {
+                            size: 0,
+                            ..cur.clone()
+                        },
+                        true,
+                    )
+                    .await?,
+                ),
+                None if self.open_count(id) > 0 => Some(self.materialize(&cur, true).await?),
                 None => None,
             };
             if let Some(sf) = staged {

@@ -67,7 +67,16 @@ async fn upload_one(d: &Drive, ino: u64) {
                 let st = sf.lock();
                 st.orphan || st.removed
             };
-            if !gone && let Err(err) = d.remember(&e, None) {
+            // Only the content fields: xattrs, links or mode changed through this mount after
+            // the commit (and not yet in `e`) must not be rolled back.
+            let patched = d.patch(ino, |c| {
+                c.size = e.size;
+                c.version = e.version;
+                c.etag = e.etag.clone();
+                c.mtime_ns = e.mtime_ns;
+                c.change_seq = c.change_seq.max(e.change_seq);
+            });
+            if !gone && let Err(err) = patched {
                 tracing::warn!(ino, error = %err, "cannot cache a committed entry");
             }
             d.layouts
