@@ -209,7 +209,15 @@ pub async fn run(
             .add_service(control)
             .add_service(nodes)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                // Small control calls must not wait for Nagle + delayed ACK (~40 ms each).
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    |s| {
+                        s.inspect(|s| {
+                            let _ = s.set_nodelay(true);
+                        })
+                    },
+                ),
                 async move { sd.wait().await },
             )
             .await;
