@@ -18,7 +18,9 @@ pub const SECRET_KEY: &str = "test-admin-secret-0123456789abcdef";
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub nodes: usize,
-    /// Heartbeat interval the gateway asks nodes for.
+    /// Heartbeat interval the gateway asks nodes for. 2 s: under a loaded CI machine (dozens of
+    /// node processes on 2 cores) shorter intervals made healthy nodes miss 3 heartbeats, and a
+    /// chunk placed while one of 14 nodes was briefly "offline" gets 2 shards on one node.
     pub heartbeat_ms: u64,
     /// Chunk size for new writes (small chunks keep tests fast while exercising many chunks).
     pub chunk_size: Option<u64>,
@@ -34,7 +36,7 @@ impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
             nodes: 7,
-            heartbeat_ms: 1000,
+            heartbeat_ms: 2000,
             chunk_size: None,
             capacity_gb: 4.0,
             gateway_settings: vec![],
