@@ -29,14 +29,7 @@ pub async fn next_seq(tx: &mut Tx) -> Result<u64> {
         )
         .await?
         .u64(0)?;
-    if tx.last_seq == 0 && tx.backend() == Backend::Postgres {
-        // Delivered to listeners at commit, dropped on rollback.
-        tx.exec(
-            "SELECT pg_notify($1, '')",
-            args![crate::db::postgres::JOURNAL_CHANNEL],
-        )
-        .await?;
-    }
+    // PostgreSQL: the NOTIFY for other gateways was queued by `postgres::begin_write`.
     tx.last_seq = tx.last_seq.max(seq);
     Ok(seq)
 }

@@ -27,15 +27,17 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<sqlx::PgPool> {
     Ok(pool)
 }
 
+/// One round trip opens a write transaction: `BEGIN`, the write lock, and the journal
+/// notification (delivered only if the transaction commits; PostgreSQL folds identical
+/// notifications of one transaction, and a commit without journal events merely makes the
+/// other gateways' tailers poll once).
+const BEGIN_WRITE: &str = "BEGIN; SELECT pg_advisory_xact_lock(427239698035); \
+    SELECT pg_notify('cyxcloud_journal', '')";
+
 pub async fn begin_write(
     pool: &sqlx::PgPool,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(WRITE_LOCK_KEY)
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    Ok(pool.begin_with(BEGIN_WRITE).await?)
 }
 
 pub async fn begin_read(pool: &sqlx::PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
@@ -58,3 +60,12 @@ pub const DIALECT: &[(&str, &str)] = &[
     ("{BLOB}", "BYTEA"),
     ("{BINARY}", "COLLATE \"C\""),
 ];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_begin_statement_uses_the_write_lock_and_channel() {
+        assert!(super::BEGIN_WRITE.contains(&super::WRITE_LOCK_KEY.to_string()));
+        assert!(super::BEGIN_WRITE.contains(super::JOURNAL_CHANNEL));
+    }
+}

@@ -436,16 +436,52 @@ pub(crate) async fn locate(q: &mut impl Q, id: u64) -> Result<(u64, String, Stri
     Ok((lp, ln, bucket, path))
 }
 
-/// Builds the entry of inode `id` as seen through one of its names.
+/// Builds the entry of inode `id` as seen through one of its names (the smallest
+/// `(parent, name)` when it has several), in one query.
 pub(crate) async fn entry_by_id(q: &mut impl Q, id: u64) -> Result<Entry> {
-    let inode = load_inode(q, id)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("entry {id}")))?;
-    let (parent_id, name, bucket, path) = locate(q, id).await?;
+    if id == ROOT_ID {
+        let inode = load_inode(q, id)
+            .await?
+            .ok_or_else(|| Error::Corrupt("the root inode is missing".into()))?;
+        return Ok(Entry {
+            inode,
+            parent_id: 0,
+            name: String::new(),
+            bucket: String::new(),
+            path: String::new(),
+        });
+    }
+    let sql = format!(
+        "WITH RECURSIVE up(leaf_parent, leaf_name, parent_id, name, depth) AS ( \
+           SELECT parent_id, name, parent_id, name, CAST(0 AS BIGINT) FROM dentries \
+             WHERE inode_id = $1 \
+           UNION ALL \
+           SELECT up.leaf_parent, up.leaf_name, d.parent_id, d.name, up.depth + 1 \
+             FROM dentries d JOIN up ON d.inode_id = up.parent_id \
+         ) SELECT {INODE_COLS}, up.leaf_parent, up.leaf_name, up.name \
+           FROM inodes i JOIN up ON 1 = 1 WHERE i.id = $1 \
+           ORDER BY up.leaf_parent, up.leaf_name, up.depth DESC"
+    );
+    let rows = q.q_all(sql.into(), args![id]).await?;
+    let Some(first) = rows.first() else {
+        return Err(Error::not_found(format!("entry {id}")));
+    };
+    let inode = inode_from_row(first, 0)?;
+    let n = N_INODE_COLS;
+    let (lp, ln) = (first.u64(n)?, first.text(n + 1)?);
+    let mut names = Vec::new();
+    for r in &rows {
+        if r.u64(n)? != lp || r.text(n + 1)? != ln {
+            break;
+        }
+        names.push(r.text(n + 2)?);
+    }
+    let bucket = names.first().cloned().unwrap_or_default();
+    let path = names[1..].join("/");
     Ok(Entry {
         inode,
-        parent_id,
-        name,
+        parent_id: lp,
+        name: ln,
         bucket,
         path,
     })
