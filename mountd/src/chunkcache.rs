@@ -219,7 +219,12 @@ impl ChunkCache {
             return Ok(());
         }
         self.evict(size)?;
-        let tmp = self.dir.join(format!(".tmp-{hex}-{}", std::process::id()));
+        // Unique per insert: two inserts of one chunk must never share a temp file.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".tmp-{hex}-{}-{n}", std::process::id()));
         {
             let mut f = File::create(&tmp)?;
             f.write_all(data)?;

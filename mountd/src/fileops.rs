@@ -291,9 +291,14 @@ impl Drive {
             }
             let from = offset.max(cs);
             let to = end.min(ce);
-            let part = self
-                .chunk_range(e, c, from - cs, (to - from) as usize)
-                .await?;
+            let want = (to - from) as usize;
+            let part = self.chunk_range(e, c, from - cs, want).await?;
+            if part.len() != want {
+                return Err(Error::Corrupt {
+                    what: format!("chunk {} of entry {}", c.index, e.id),
+                    detail: format!("{} bytes where {want} were expected", part.len()),
+                });
+            }
             let at = (from - offset) as usize;
             out[at..at + part.len()].copy_from_slice(&part);
             last_index = Some(c.index);
@@ -350,15 +355,18 @@ impl Drive {
             return Ok(b);
         }
         let data = self.fetch(e, c).await;
+        if let Ok(data) = &data {
+            let encrypted = c.info.as_ref().is_some_and(|i| i.encrypted);
+            if !encrypted && let Err(err) = self.chunks.insert(&id, data) {
+                tracing::warn!(error = %err, "cannot cache a chunk");
+            }
+        }
+        // Only now may another reader start a fetch of this chunk.
         self.fetching
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id.0);
         let data = data?;
-        let encrypted = c.info.as_ref().is_some_and(|i| i.encrypted);
-        if !encrypted && let Err(err) = self.chunks.insert(&id, &data) {
-            tracing::warn!(error = %err, "cannot cache a chunk");
-        }
         let s = (offset as usize).min(data.len());
         let t = (s + len).min(data.len());
         Ok(data[s..t].to_vec())

@@ -74,7 +74,7 @@ impl Cluster {
 
     fn gateway_settings(&self) -> Vec<String> {
         vec![
-            "nodes.heartbeat_interval_ms=300".into(),
+            "nodes.heartbeat_interval_ms=1000".into(),
             "nodes.latency_probe_ms=1000".into(),
             "storage.chunk_size_bytes=4194304".into(),
         ]
