@@ -125,18 +125,8 @@ pub fn decode_chunk(
     mut shards: Vec<Option<Bytes>>,
     key: Option<&MasterKey>,
 ) -> Result<DecodedChunk> {
-    meta.validate()?;
+    check_inputs(meta, &shards, key)?;
     let k = meta.profile.data();
-    if shards.len() != meta.profile.total() {
-        return Err(CodecError::WrongShardCount {
-            expected: meta.profile.total(),
-            got: shards.len(),
-        }
-        .into());
-    }
-    if meta.encrypted && key.is_none() {
-        return Err(ChunkError::KeyRequired.into());
-    }
     let mut corrupt = Vec::new();
     let mut verified = 0;
     for (i, slot) in shards.iter_mut().enumerate() {
@@ -160,22 +150,7 @@ pub fn decode_chunk(
         }
         .into());
     }
-    let codec = codec::codec(meta.codec, meta.profile);
-    let mut data = codec.decode(&shards, meta.encoded_size as usize)?;
-    let id = match (meta.encrypted, key) {
-        (true, Some(k)) => {
-            k.open_chunk(&meta.id, &mut data)?;
-            k.chunk_id(&data)
-        }
-        _ => Hash::of(&data),
-    };
-    if id != meta.id {
-        return Err(ChunkError::IdMismatch {
-            expected: meta.id,
-            actual: id,
-        }
-        .into());
-    }
+    let data = rebuild_and_verify(meta, &shards, key)?;
     Ok(DecodedChunk {
         data: Bytes::from(data),
         corrupt,
@@ -191,18 +166,8 @@ pub fn decode_chunk_fast(
     mut shards: Vec<Option<Bytes>>,
     key: Option<&MasterKey>,
 ) -> Result<Bytes> {
-    meta.validate()?;
+    check_inputs(meta, &shards, key)?;
     let k = meta.profile.data();
-    if shards.len() != meta.profile.total() {
-        return Err(CodecError::WrongShardCount {
-            expected: meta.profile.total(),
-            got: shards.len(),
-        }
-        .into());
-    }
-    if meta.encrypted && key.is_none() {
-        return Err(ChunkError::KeyRequired.into());
-    }
     let mut used = 0;
     for slot in shards.iter_mut() {
         if slot.is_some() {
@@ -213,8 +178,34 @@ pub fn decode_chunk_fast(
             }
         }
     }
+    let data = rebuild_and_verify(meta, &shards, key)?;
+    Ok(Bytes::from(data))
+}
+
+fn check_inputs(meta: &ChunkMeta, shards: &[Option<Bytes>], key: Option<&MasterKey>) -> Result<()> {
+    meta.validate()?;
+    if shards.len() != meta.profile.total() {
+        return Err(CodecError::WrongShardCount {
+            expected: meta.profile.total(),
+            got: shards.len(),
+        }
+        .into());
+    }
+    if meta.encrypted && key.is_none() {
+        return Err(ChunkError::KeyRequired.into());
+    }
+    Ok(())
+}
+
+/// Decodes the present shards, decrypts when needed, and checks the result against the chunk
+/// id: the one place that decides whether decoded bytes may leave this crate.
+fn rebuild_and_verify(
+    meta: &ChunkMeta,
+    shards: &[Option<Bytes>],
+    key: Option<&MasterKey>,
+) -> Result<Vec<u8>> {
     let codec = codec::codec(meta.codec, meta.profile);
-    let mut data = codec.decode(&shards, meta.encoded_size as usize)?;
+    let mut data = codec.decode(shards, meta.encoded_size as usize)?;
     let id = match (meta.encrypted, key) {
         (true, Some(k)) => {
             k.open_chunk(&meta.id, &mut data)?;
@@ -229,5 +220,5 @@ pub fn decode_chunk_fast(
         }
         .into());
     }
-    Ok(Bytes::from(data))
+    Ok(data)
 }
