@@ -28,9 +28,14 @@ pub const CHUNK: u64 = 1 << 20;
 
 /// A cluster of `nodes` real nodes whose gateway has the extra `settings` (`key=value`).
 pub fn cluster(nodes: usize, settings: &[&str]) -> Cluster {
+    cluster_with(nodes, settings, 1000)
+}
+
+/// [`cluster`] with a heartbeat interval.
+pub fn cluster_with(nodes: usize, settings: &[&str], heartbeat_ms: u64) -> Cluster {
     Cluster::start(ClusterOptions {
         nodes,
-        heartbeat_ms: 500,
+        heartbeat_ms,
         chunk_size: Some(CHUNK),
         gateway_settings: settings.iter().map(|s| s.to_string()).collect(),
         ..Default::default()

@@ -10,7 +10,16 @@ CYX_PACKAGES=(
   "fuse3:fusermount3"
   "postgresql:/usr/lib/postgresql"
   "redis-server:redis-server"
+  # S3 API tests (gateway): real clients, and a venv for the PyPI ones.
+  "rclone:rclone"
+  "s3cmd:s3cmd"
+  "s3fs:s3fs"
+  "python3-venv:/usr/share/doc/python3-venv"
 )
+
+# PyPI clients of the S3 tests, in a venv the tests find through CYXCLOUD_S3_VENV.
+CYX_S3_VENV=${CYXCLOUD_S3_VENV:-$HOME/.cache/cyxcloud-s3-venv}
+CYX_PIP_PACKAGES=("boto3" "awscli")
 
 cyx_log() { printf '\033[1m[cyxcloud]\033[0m %s\n' "$*" >&2; }
 
@@ -25,7 +34,10 @@ cyx_ensure_packages() {
       command -v "$probe" >/dev/null 2>&1 || missing+=("$pkg")
     fi
   done
-  ((${#missing[@]} == 0)) && return 0
+  if ((${#missing[@]} == 0)); then
+    cyx_ensure_pip_clients
+    return
+  fi
   if [[ $(id -u) != 0 ]]; then
     cyx_log "missing packages: ${missing[*]} (run as root or install them: apt-get install ${missing[*]})"
     return 1
@@ -36,6 +48,19 @@ cyx_ensure_packages() {
     apt-get update -q >/dev/null
     apt-get install -y -q "${missing[@]}" >/dev/null
   }
+  cyx_ensure_pip_clients
+}
+
+# boto3 and aws-cli (PyPI) in $CYX_S3_VENV; nothing to do when they already import.
+cyx_ensure_pip_clients() {
+  export CYXCLOUD_S3_VENV=$CYX_S3_VENV
+  if "$CYX_S3_VENV/bin/python" -c 'import boto3, awscli' >/dev/null 2>&1 && [[ -x $CYX_S3_VENV/bin/aws ]]; then
+    return 0
+  fi
+  cyx_log "installing ${CYX_PIP_PACKAGES[*]} (PyPI) into $CYX_S3_VENV"
+  local py=/usr/bin/python3
+  [[ -x $py ]] || py=python3
+  "$py" -m venv "$CYX_S3_VENV" && "$CYX_S3_VENV/bin/pip" install -q --disable-pip-version-check "${CYX_PIP_PACKAGES[@]}"
 }
 
 # rust-toolchain.toml pins 1.95.0. A machine whose rustup only has "stable" at that version
