@@ -705,7 +705,7 @@ impl Gateway {
             return Ok(Filter::Bucket(b.bucket.clone()));
         }
         Ok(if caller.admin {
-            Filter::All
+            Filter::Visible
         } else {
             Filter::Owner(caller.user_id.clone())
         })

@@ -83,10 +83,13 @@ pub async fn pruned_through(db: &Db) -> Result<u64> {
     .u64(0)
 }
 
-/// Who is watching: all events, or those of one bucket, or those of one owner's buckets.
+/// Who is watching: all events, all but the gateway's hidden buckets (an admin client), or
+/// those of one bucket, or those of one owner's buckets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Filter {
     All,
+    /// Everything except the system's hidden buckets (names starting with `.`).
+    Visible,
     Bucket(String),
     Owner(String),
 }
@@ -104,6 +107,14 @@ pub async fn read_range(
         Filter::All => {
             db.all(
                 "SELECT payload FROM journal WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+                args![after, upto, limit],
+            )
+            .await?
+        }
+        Filter::Visible => {
+            db.all(
+                "SELECT payload FROM journal WHERE seq > $1 AND seq <= $2 \
+                 AND bucket NOT LIKE '.%' ORDER BY seq LIMIT $3",
                 args![after, upto, limit],
             )
             .await?

@@ -797,6 +797,16 @@ async fn multipart(c: &Client) {
             .iter()
             .any(|u| u.upload_id() == Some(id.as_str()))
     );
+    // Parts are staged in the gateway's system bucket, which no listing shows.
+    let buckets = c.list_buckets().send().await.unwrap();
+    assert!(
+        buckets
+            .buckets()
+            .iter()
+            .all(|x| !x.name().unwrap_or_default().starts_with('.')),
+        "{:?}",
+        buckets.buckets()
+    );
     // Refusals: wrong ETag, wrong order, unknown upload.
     let bad = CompletedMultipartUpload::builder()
         .parts(

@@ -62,6 +62,7 @@ impl Namespace {
         let sql = format!(
             "SELECT {INODE_COLS}, d.name FROM dentries d JOIN inodes i ON i.id = d.inode_id \
              WHERE d.parent_id = $1 AND d.name > $2 AND (i.owner_id = $4 OR $5 = 1 OR d.parent_id <> {ROOT_ID}) \
+             AND (d.parent_id <> {ROOT_ID} OR d.name NOT LIKE '.%') \
              ORDER BY d.name LIMIT $3"
         );
         let rows = c

@@ -664,7 +664,8 @@ impl Namespace {
     pub async fn list_buckets(&self, caller: &Caller) -> Result<Vec<Entry>> {
         let sql = format!(
             "SELECT {INODE_COLS}, d.name FROM dentries d JOIN inodes i ON i.id = d.inode_id \
-             WHERE d.parent_id = {ROOT_ID} AND (i.owner_id = $1 OR $2 = 1) ORDER BY d.name"
+             WHERE d.parent_id = {ROOT_ID} AND (i.owner_id = $1 OR $2 = 1) \
+             AND d.name NOT LIKE '.%' ORDER BY d.name"
         );
         let rows = self
             .db
