@@ -577,3 +577,97 @@ fn node_start_status_stop_manage_a_real_local_node() {
         Some(3)
     );
 }
+
+/// `cyxcloud mount`, `mount status` (text and `--json`) and `unmount` front the real
+/// `cyxcloud-mountd`: a file written and held open shows as not yet durable, fsync makes it
+/// durable, unmount leaves no mount behind, and the bytes are at the gateway.
+#[test]
+fn mount_status_and_unmount_through_the_cli() {
+    use std::io::Write;
+    let env = Env::new(7, MIB);
+    let work = tempdir().unwrap();
+    let seed = work.path().join("seed.txt");
+    write_file(&seed, 100, 5);
+    env.ok(&["upload", seed.to_str().unwrap(), "-b", "drive"]);
+    assert!(
+        env.ok(&["mount", "status"])
+            .contains("No CyxCloud drives mounted.")
+    );
+
+    let point = work.path().join("mnt");
+    std::fs::create_dir_all(&point).unwrap();
+    let p = point.to_str().unwrap();
+    // Uploads wait 10 minutes unless a file is closed or synced: what is written stays pending.
+    env.ok(&["mount", p, "--upload-delay-ms", "600000"]);
+    let mounted = || {
+        std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(p))
+    };
+    assert!(mounted(), "mountd detached before the mount was up");
+    assert!(point.join("drive/seed.txt").exists());
+
+    let path = point.join("drive/notes.txt");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(b"written through the drive\n").unwrap();
+    let status = wait_until(
+        Duration::from_secs(20),
+        "the pending file in status",
+        || {
+            let s = env.ok(&["mount", "status"]);
+            s.contains("notes.txt").then_some(s)
+        },
+    );
+    assert!(
+        status.contains(p) && status.contains("● online"),
+        "{status}"
+    );
+    assert!(status.contains("1 files not yet durable"), "{status}");
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "mount", "status"])).unwrap();
+    let m = &json[0];
+    assert_eq!(m["mountpoint"].as_str(), Some(p), "{json}");
+    assert_eq!(m["queued_uploads"].as_u64(), Some(1), "{json}");
+    let state = m["files"][0]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_ne!(state, "durable", "{json}");
+
+    // fsync returns once the layout is committed; the status follows within a refresh.
+    f.sync_all().unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "status to show no pending file",
+        || {
+            env.ok(&["mount", "status"])
+                .contains("0 files not yet durable")
+                .then_some(())
+        },
+    );
+    drop(f);
+
+    let out = env.ok(&["unmount", p]);
+    assert!(out.contains("✓ Unmounted"), "{out}");
+    assert!(!mounted(), "still mounted after unmount");
+    assert!(
+        env.ok(&["mount", "status"])
+            .contains("No CyxCloud drives mounted.")
+    );
+    let back = work.path().join("back");
+    env.ok(&[
+        "download",
+        "drive",
+        "-k",
+        "notes.txt",
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(back.join("notes.txt"))
+            .or_else(|_| std::fs::read(&back))
+            .unwrap(),
+        b"written through the drive\n"
+    );
+}
