@@ -1,6 +1,7 @@
 //! The drive benchmark (issue 7): each operation on a local directory (the ceiling) and through
 //! a `cyxcloud-mountd` mount of a live local cluster (gateway + 7 nodes, all real processes),
-//! in one run. Prints a Markdown table for BENCHMARKS.md.
+//! in one run. Beside both, the same operation through an s3fs-fuse mount of the same cluster's S3 API (the
+//! peer). Prints a Markdown table for BENCHMARKS.md.
 //!
 //! Run: `cargo build --release -p cyxcloud-gateway -p cyxcloud-node -p cyxcloud-mountd --bins`
 //! then `cargo bench -p cyxcloud-mountd --bench drive` (as root: FUSE, drop_caches).
@@ -79,10 +80,82 @@ fn ls_l(dir: &Path) -> Duration {
     t.elapsed()
 }
 
+/// An s3fs-fuse mount of one bucket of the cluster's S3 API (the peer), with s3fs's defaults
+/// apart from what talking to a local endpoint needs.
+struct S3fs {
+    proc: Option<cyxcloud_testkit::Proc>,
+    path: std::path::PathBuf,
+    _dir: cyxcloud_testkit::TempDir,
+}
+
+impl S3fs {
+    fn mount(c: &Cluster, bucket: &str) -> S3fs {
+        let dir = cyxcloud_testkit::tempdir().unwrap();
+        let pass = dir.path().join("passwd");
+        std::fs::write(
+            &pass,
+            format!("{}:{}\n", cluster::ACCESS_KEY, cluster::SECRET_KEY),
+        )
+        .unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let path = dir.path().join("mnt");
+        std::fs::create_dir_all(&path).unwrap();
+        let mut cmd = std::process::Command::new("s3fs");
+        cmd.arg(bucket)
+            .arg(&path)
+            .arg("-f")
+            .args(["-o", &format!("url={}", c.http_url())])
+            .args(["-o", "use_path_request_style,sigv4,endpoint=us-east-1"])
+            .args(["-o", &format!("passwd_file={}", pass.display())]);
+        let proc = cyxcloud_testkit::Proc::spawn("s3fs", cmd, &dir.path().join("s3fs.log"));
+        let want = path.display().to_string();
+        cyxcloud_testkit::wait_until(Duration::from_secs(30), "the s3fs mount", || {
+            std::fs::read_to_string("/proc/mounts")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
+                .then_some(())
+        });
+        S3fs {
+            proc: Some(proc),
+            path,
+            _dir: dir,
+        }
+    }
+
+    fn p(&self, rel: &str) -> std::path::PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for S3fs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.path)
+            .status();
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.wait_exit(Duration::from_secs(30));
+        }
+    }
+}
+
+/// Waits until the drive reports no file waiting for upload.
+fn wait_all_durable(m: &Mount) {
+    cyxcloud_testkit::wait_until(Duration::from_secs(3600), "all uploads", || {
+        let s = m.status();
+        (s["queued_uploads"].as_u64() == Some(0)).then_some(())
+    });
+}
+
 struct Row {
     what: String,
     local: Duration,
     cyx: Duration,
+    s3fs: Duration,
     unit: f64,
     unit_name: &'static str,
 }
@@ -102,115 +175,157 @@ fn main() {
     let local = tempfile::tempdir().unwrap();
     let c = Cluster::start(7);
     c.create_bucket("bench");
+    c.create_bucket("peer");
     let m = Mount::start(&c, &["--cache-size", "4G"]);
+    let s3 = S3fs::mount(&c, "peer");
     let mut rows = Vec::new();
     let mbf = mb as f64;
-
-    // Sequential write (until fsync returns: committed at the gateway for CyxCloud).
-    let lw = write_seq(&local.path().join("seq"), mb);
-    let cw = write_seq(&m.p("bench/seq"), mb);
-    rows.push(Row {
-        what: format!("sequential write {mb} MiB + fsync"),
-        local: lw,
-        cyx: cw,
+    let mib = |what: String, local, cyx, s3fs| Row {
+        what,
+        local,
+        cyx,
+        s3fs,
         unit: mbf,
         unit_name: "MiB/s",
-    });
+    };
+
+    // Sequential write (until fsync returns: committed at the gateway for CyxCloud, uploaded
+    // for s3fs).
+    let lw = write_seq(&local.path().join("seq"), mb);
+    let cw = write_seq(&m.p("bench/seq"), mb);
+    let sw = write_seq(&s3.p("seq"), mb);
+    rows.push(mib(
+        format!("sequential write {mb} MiB + fsync"),
+        lw,
+        cw,
+        sw,
+    ));
 
     // Cold read: empty caches (a fresh mount with an empty cache dir; kernel caches dropped).
     drop_caches();
     let (lr, n) = read_seq(&local.path().join("seq"));
     assert_eq!(n, (mb as u64) << 20);
     let cold = Mount::start(&c, &["--cache-size", "4G"]);
+    drop(s3);
+    let s3 = S3fs::mount(&c, "peer");
     drop_caches();
     let (cr, n) = read_seq(&cold.p("bench/seq"));
     assert_eq!(n, (mb as u64) << 20);
-    rows.push(Row {
-        what: format!("sequential read {mb} MiB, cold"),
-        local: lr,
-        cyx: cr,
-        unit: mbf,
-        unit_name: "MiB/s",
-    });
+    drop_caches();
+    let (sr, n) = read_seq(&s3.p("seq"));
+    assert_eq!(n, (mb as u64) << 20);
+    rows.push(mib(format!("sequential read {mb} MiB, cold"), lr, cr, sr));
 
-    // Cached read: chunks in the drive's on-disk cache; kernel page cache dropped first.
+    // Cached read: chunks in the drive's on-disk cache; kernel page cache dropped first (s3fs
+    // keeps no local copy by default: it reads from the S3 API again).
     drop_caches();
     let (lr2, _) = read_seq(&local.path().join("seq"));
     drop_caches();
     let (cr2, _) = read_seq(&cold.p("bench/seq"));
-    rows.push(Row {
-        what: format!("sequential read {mb} MiB, cached (drive cache, page cache dropped)"),
-        local: lr2,
-        cyx: cr2,
-        unit: mbf,
-        unit_name: "MiB/s",
-    });
+    drop_caches();
+    let (sr2, _) = read_seq(&s3.p("seq"));
+    rows.push(mib(
+        format!("sequential read {mb} MiB, cached (drive cache, page cache dropped)"),
+        lr2,
+        cr2,
+        sr2,
+    ));
     // And with the page cache warm.
     let (lr3, _) = read_seq(&local.path().join("seq"));
     let (cr3, _) = read_seq(&cold.p("bench/seq"));
-    rows.push(Row {
-        what: format!("sequential read {mb} MiB, cached (page cache warm)"),
-        local: lr3,
-        cyx: cr3,
-        unit: mbf,
-        unit_name: "MiB/s",
-    });
+    let (sr3, _) = read_seq(&s3.p("seq"));
+    rows.push(mib(
+        format!("sequential read {mb} MiB, cached (page cache warm)"),
+        lr3,
+        cr3,
+        sr3,
+    ));
 
-    // Small files.
+    // Small files: the drive acknowledges close() once the file is staged locally and uploads
+    // in the background; s3fs uploads inside close(). Both are reported: until the last
+    // close(), and until every file is durable at the gateway.
+    let count = |what: String, local, cyx, s3fs, unit_name| Row {
+        what,
+        local,
+        cyx,
+        s3fs,
+        unit: files as f64,
+        unit_name,
+    };
     let lc = create_small(&local.path().join("small"), files);
+    let t = Instant::now();
     let cc = create_small(&m.p("bench/small"), files);
-    rows.push(Row {
-        what: format!("create {files} files of 100 B"),
-        local: lc,
-        cyx: cc,
-        unit: files as f64,
-        unit_name: "files/s",
-    });
+    wait_all_durable(&m);
+    let cc_durable = t.elapsed();
+    let sc = create_small(&s3.p("small"), files);
+    rows.push(count(
+        format!("create {files} files of 100 B (until the last close returns)"),
+        lc,
+        cc,
+        sc,
+        "files/s",
+    ));
+    rows.push(count(
+        format!("create {files} files of 100 B (until all are durable)"),
+        lc,
+        cc_durable,
+        sc,
+        "files/s",
+    ));
 
-    // stat and ls -l of the big directory, from a fresh mount (metadata from the gateway once).
+    // stat and ls -l of the big directory, from fresh mounts (metadata fetched once).
     let fresh = Mount::start(&c, &[]);
-    let cl = ls_l(&fresh.p("bench/small"));
+    drop(s3);
+    let s3 = S3fs::mount(&c, "peer");
     let ll = ls_l(&local.path().join("small"));
-    rows.push(Row {
-        what: format!("ls -l of {files} entries, first time"),
-        local: ll,
-        cyx: cl,
-        unit: files as f64,
-        unit_name: "entries/s",
-    });
+    let cl = ls_l(&fresh.p("bench/small"));
+    let sl = ls_l(&s3.p("small"));
+    rows.push(count(
+        format!("ls -l of {files} entries, first time"),
+        ll,
+        cl,
+        sl,
+        "entries/s",
+    ));
     let ls = stat_all(&local.path().join("small"), files);
     let cs = stat_all(&fresh.p("bench/small"), files);
-    rows.push(Row {
-        what: format!("stat {files} entries"),
-        local: ls,
-        cyx: cs,
-        unit: files as f64,
-        unit_name: "stats/s",
-    });
+    let ss = stat_all(&s3.p("small"), files);
+    rows.push(count(
+        format!("stat {files} entries"),
+        ls,
+        cs,
+        ss,
+        "stats/s",
+    ));
     let ll2 = ls_l(&local.path().join("small"));
     let cl2 = ls_l(&fresh.p("bench/small"));
-    rows.push(Row {
-        what: format!("ls -l of {files} entries, again"),
-        local: ll2,
-        cyx: cl2,
-        unit: files as f64,
-        unit_name: "entries/s",
-    });
+    let sl2 = ls_l(&s3.p("small"));
+    rows.push(count(
+        format!("ls -l of {files} entries, again"),
+        ll2,
+        cl2,
+        sl2,
+        "entries/s",
+    ));
 
-    println!("| operation | local dir | CyxCloud drive | drive / local | s3fs (peer) |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| operation | local dir | CyxCloud drive | drive / local | s3fs (peer) | drive / s3fs |"
+    );
+    println!("|---|---|---|---|---|---|");
     for r in rows {
         let rate = |d: Duration| r.unit / d.as_secs_f64();
         println!(
-            "| {} | {:.2} s ({:.0} {}) | {:.2} s ({:.0} {}) | {:.0} % | not measured (no S3 API yet) |",
+            "| {} | {:.2} s ({:.0} {u}) | {:.2} s ({:.0} {u}) | {:.0} % | {:.2} s ({:.0} {u}) | {:.1}x |",
             r.what,
             r.local.as_secs_f64(),
             rate(r.local),
-            r.unit_name,
             r.cyx.as_secs_f64(),
             rate(r.cyx),
-            r.unit_name,
             100.0 * r.local.as_secs_f64() / r.cyx.as_secs_f64(),
+            r.s3fs.as_secs_f64(),
+            rate(r.s3fs),
+            r.s3fs.as_secs_f64() / r.cyx.as_secs_f64(),
+            u = r.unit_name,
         );
     }
 }
