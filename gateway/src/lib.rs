@@ -145,6 +145,11 @@ pub async fn run(
     extra_routes: Option<axum::Router>,
 ) -> Result<Running> {
     let (gw, new_admin_key) = open(&config, admin_key, shutdown.token()).await?;
+    if extra_routes.is_some() {
+        // Before any port serves: the staging bucket's journal event is never interleaved
+        // with the first client's changes.
+        s3::store::ensure_staging_bucket(&gw).await?;
+    }
     let bind = |port: u16| -> Result<std::net::TcpListener> {
         let addr: SocketAddr = format!("{}:{port}", config.host)
             .parse()

@@ -104,7 +104,6 @@ impl S3 {
         let gw = running.gateway.clone();
         let cfg = gw.config.s3.clone();
         let data = data::Data::connect(&gw, running.grpc_addr).await?;
-        store::ensure_staging_bucket(&gw).await?;
         let loopback_admin = if cfg.loopback_anonymous_admin {
             let host: std::net::IpAddr = gw
                 .config
