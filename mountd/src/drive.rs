@@ -319,6 +319,10 @@ impl Drive {
     /// than the cached one (by journal sequence) does not replace it.
     pub fn remember(&self, e: &v1::Entry, name: Option<(u64, &str)>) -> Result<()> {
         let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.remember_locked(e, name)
+    }
+
+    fn remember_locked(&self, e: &v1::Entry, name: Option<(u64, &str)>) -> Result<()> {
         let mut batch = Vec::new();
         match self.store.entry(e.id)? {
             Some(c) if c.change_seq > e.change_seq => {}
@@ -341,9 +345,48 @@ impl Drive {
         self.store.apply(&batch)
     }
 
+    /// Caches a new name `parent/name` for `e` and, if the cache did not have that name yet,
+    /// counts it in the parent (a directory adds a link; the times move). This mount's own
+    /// call and the journal stream both report each new name; the check and the count happen
+    /// under one lock, so whichever comes second changes nothing. Returns whether it was new.
+    pub fn link_name(&self, e: &v1::Entry, parent: u64, name: &str) -> Result<bool> {
+        let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let new = self.store.lookup(parent, name)? != Some(e.id);
+        self.remember_locked(e, Some((parent, name)))?;
+        if new {
+            self.touch_dir_locked(parent, is_dir(e) as i32)?;
+        }
+        Ok(new)
+    }
+
+    /// Drops the cached name `parent/name` if it still names `id` (and the entry itself when
+    /// `drop_entry`), uncounting it in the parent. Like [`Drive::link_name`], safe to call from
+    /// both this mount's call and the journal stream. Returns whether the name was there.
+    pub fn unlink_name(&self, parent: u64, name: &str, id: u64, drop_entry: bool) -> Result<bool> {
+        let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.store.lookup(parent, name)? != Some(id) {
+            return Ok(false);
+        }
+        let dir = self.store.entry(id)?.is_some_and(|e| is_dir(&e));
+        let mut batch = vec![Mutation::RemoveDentry {
+            parent,
+            name: name.to_string(),
+        }];
+        if drop_entry {
+            batch.push(Mutation::RemoveEntry(id));
+        }
+        self.store.apply(&batch)?;
+        self.touch_dir_locked(parent, -(dir as i32))?;
+        Ok(true)
+    }
+
     /// Changes the cached entry of `id` in place (no-op when it is not cached).
     pub fn patch(&self, id: u64, f: impl FnOnce(&mut v1::Entry)) -> Result<()> {
         let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.patch_locked(id, f)
+    }
+
+    fn patch_locked(&self, id: u64, f: impl FnOnce(&mut v1::Entry)) -> Result<()> {
         if let Some(mut e) = self.store.entry(id)? {
             f(&mut e);
             self.store.apply(&[Mutation::PutEntry(e)])?;
@@ -537,8 +580,13 @@ impl Drive {
     /// Bumps a directory's times (and link count) after a change made through this mount, so
     /// the next stat sees it without a round trip.
     pub fn touch_dir(&self, dir: u64, nlink_delta: i32) -> Result<()> {
+        let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.touch_dir_locked(dir, nlink_delta)
+    }
+
+    fn touch_dir_locked(&self, dir: u64, nlink_delta: i32) -> Result<()> {
         let now = crate::staging::now_ns();
-        self.patch(dir, |e| {
+        self.patch_locked(dir, |e| {
             e.mtime_ns = now;
             e.ctime_ns = now;
             e.nlink = (e.nlink as i64 + nlink_delta as i64).max(2) as u32;

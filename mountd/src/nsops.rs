@@ -83,9 +83,8 @@ impl Drive {
                 })
                 .await?
         };
-        // The journal stream may have delivered this mkdir already (and counted the link).
-        let seen = self.store.lookup(parent, name)? == Some(e.id);
-        self.remember(&e, Some((parent, name)))?;
+        // Counted once, whether the journal stream delivered this mkdir first or not.
+        self.link_name(&e, parent, name)?;
         // A directory this mount just made is empty: its (negative) lookups need no round trip.
         // A create the journal delivered meanwhile is kept.
         if self.store.children(e.id)?.is_empty() {
@@ -93,9 +92,6 @@ impl Drive {
                 dir: e.id,
                 complete: true,
             }])?;
-        }
-        if !seen {
-            self.touch_dir(parent, 1)?;
         }
         Ok(e)
     }
@@ -131,14 +127,7 @@ impl Drive {
                 })
                 .await?;
         }
-        self.store.apply(&[
-            Mutation::RemoveDentry {
-                parent,
-                name: name.to_string(),
-            },
-            Mutation::RemoveEntry(child.id),
-        ])?;
-        self.touch_dir(parent, -1)?;
+        self.unlink_name(parent, name, child.id, true)?;
         Ok(())
     }
 
@@ -185,8 +174,7 @@ impl Drive {
                     .map(|r| r.into_inner())
             })
             .await?;
-        self.remember(&e, Some((parent, name)))?;
-        self.touch_dir(parent, 0)?;
+        self.link_name(&e, parent, name)?;
         Ok(e)
     }
 
@@ -215,27 +203,24 @@ impl Drive {
             })
             .await?;
         self.forget_name(parent, name, &child, last_name)?;
-        self.touch_dir(parent, 0)?;
         Ok(())
     }
 
     /// Drops a name from the cache; the last name of a file also drops its staged copy (open
     /// handles keep theirs as an orphan).
     fn forget_name(&self, parent: u64, name: &str, child: &v1::Entry, last: bool) -> Result<()> {
-        self.store.apply(&[Mutation::RemoveDentry {
-            parent,
-            name: name.to_string(),
-        }])?;
-        let now = crate::staging::now_ns();
-        // Set, not decrement: an upload committed meanwhile may already carry the new count.
-        self.patch(child.id, |e| {
-            e.nlink = if last {
-                0
-            } else {
-                e.nlink.saturating_sub(1).max(1)
-            };
-            e.ctime_ns = now;
-        })?;
+        // Not there any more when the journal stream has already applied this change.
+        if self.unlink_name(parent, name, child.id, false)? {
+            let now = crate::staging::now_ns();
+            self.patch(child.id, |e| {
+                e.nlink = if last {
+                    0
+                } else {
+                    e.nlink.saturating_sub(1).max(1)
+                };
+                e.ctime_ns = now;
+            })?;
+        }
         if last && !is_dir(child) {
             if self.open_count(child.id) > 0 {
                 self.staging.orphan(child.id)?;
@@ -417,8 +402,7 @@ impl Drive {
                     .map(|r| r.into_inner())
             })
             .await?;
-        self.remember(&e, Some((parent, name)))?;
-        self.touch_dir(parent, 0)?;
+        self.link_name(&e, parent, name)?;
         Ok(e)
     }
 
@@ -478,8 +462,7 @@ impl Drive {
                     .map(|r| r.into_inner())
             })
             .await?;
-        self.remember(&e, Some((new_parent, new_name)))?;
-        self.touch_dir(new_parent, 0)?;
+        self.link_name(&e, new_parent, new_name)?;
         Ok(e)
     }
 

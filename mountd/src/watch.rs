@@ -147,16 +147,8 @@ pub fn apply(d: &Drive, ev: &v1::ChangeEvent) -> Result<()> {
                         }
                     }
                 }
-                if e.parent_id != 0 && d.store.lookup(e.parent_id, &e.name)? != Some(e.id) {
-                    batch.push(Mutation::PutDentry {
-                        parent: e.parent_id,
-                        name: e.name.clone(),
-                        ino: e.id,
-                    });
+                if e.parent_id != 0 && d.link_name(e, e.parent_id, &e.name)? {
                     inval_entries.push((e.parent_id, e.name.clone()));
-                    if !known {
-                        d.touch_dir(e.parent_id, is_dir(e) as i32)?;
-                    }
                 }
             }
         }
@@ -168,19 +160,15 @@ pub fn apply(d: &Drive, ev: &v1::ChangeEvent) -> Result<()> {
             };
             let names = d.store.names(ev.entry_id)?;
             if let Some((parent, n)) = names.iter().find(|(_, n)| *n == name).cloned() {
-                batch.push(Mutation::RemoveDentry {
-                    parent,
-                    name: n.clone(),
-                });
                 let dir = d.store.entry(ev.entry_id)?.is_some_and(|e| is_dir(&e));
-                if names.len() == 1 && (dir || d.open_count(ev.entry_id) == 0) {
-                    batch.push(Mutation::RemoveEntry(ev.entry_id));
-                } else {
+                let drop_entry = names.len() == 1 && (dir || d.open_count(ev.entry_id) == 0);
+                // False when this mount made the change itself and has already applied it.
+                let removed = d.unlink_name(parent, &n, ev.entry_id, drop_entry)?;
+                if removed && !drop_entry {
                     d.patch(ev.entry_id, |e| e.nlink = e.nlink.saturating_sub(1))?;
                 }
                 inval_entries.push((parent, n));
-                d.touch_dir(parent, -(dir as i32))?;
-                if names.len() == 1 && !dir {
+                if removed && names.len() == 1 && !dir {
                     if d.open_count(ev.entry_id) > 0 {
                         d.staging.orphan(ev.entry_id)?;
                     } else {
@@ -233,4 +221,88 @@ pub fn apply(d: &Drive, ev: &v1::ChangeEvent) -> Result<()> {
         d.inval_inode(id, attrs_only);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::{Args, Config};
+
+    async fn drive(cache: &std::path::Path) -> Drive {
+        let mut a = Args::parse_from(["m", "/nonexistent-mnt", "--gateway", "http://127.0.0.1:9"]);
+        a.cache_dir = Some(cache.to_path_buf());
+        a.access_key = Some("k".into());
+        a.secret_key = Some("s".into());
+        Drive::start(Config::from_args(a).unwrap()).await.unwrap()
+    }
+
+    fn dir(id: u64, parent: u64, name: &str, seq: u64) -> v1::Entry {
+        v1::Entry {
+            id,
+            parent_id: parent,
+            name: name.into(),
+            kind: v1::EntryKind::Directory as i32,
+            mode: 0o755,
+            nlink: 2,
+            change_seq: seq,
+            ..Default::default()
+        }
+    }
+
+    fn created(e: &v1::Entry) -> v1::ChangeEvent {
+        v1::ChangeEvent {
+            seq: e.change_seq,
+            kind: v1::ChangeKind::Create as i32,
+            entry_id: e.id,
+            path: e.name.clone(),
+            entry: Some(e.clone()),
+            ..Default::default()
+        }
+    }
+
+    fn deleted(e: &v1::Entry, seq: u64) -> v1::ChangeEvent {
+        v1::ChangeEvent {
+            seq,
+            kind: v1::ChangeKind::Delete as i32,
+            entry_id: e.id,
+            path: e.name.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn nlink(d: &Drive, id: u64) -> u32 {
+        d.store.entry(id).unwrap().unwrap().nlink
+    }
+
+    /// A mkdir made through this mount is reported twice: by its own gateway call and by the
+    /// journal stream. Whatever the order, the parent gains exactly one link (CI once saw 4).
+    #[tokio::test]
+    async fn a_mkdir_seen_twice_counts_one_link_in_either_order() {
+        let t = tempfile::tempdir().unwrap();
+        let d = drive(t.path()).await;
+        let parent = dir(10, 1, "p", 1);
+        d.remember(&parent, Some((1, "p"))).unwrap();
+
+        let a = dir(11, 10, "a", 2);
+        apply(&d, &created(&a)).unwrap();
+        assert!(!d.link_name(&a, 10, "a").unwrap());
+        assert_eq!(nlink(&d, 10), 3);
+
+        let b = dir(12, 10, "b", 3);
+        assert!(d.link_name(&b, 10, "b").unwrap());
+        apply(&d, &created(&b)).unwrap();
+        assert_eq!(nlink(&d, 10), 4);
+
+        // rmdir, both orders: one link goes per directory.
+        apply(&d, &deleted(&a, 4)).unwrap();
+        assert!(!d.unlink_name(10, "a", 11, true).unwrap());
+        assert_eq!(nlink(&d, 10), 3);
+        assert!(d.unlink_name(10, "b", 12, true).unwrap());
+        apply(&d, &deleted(&b, 5)).unwrap();
+        assert_eq!(nlink(&d, 10), 2);
+        assert!(d.store.entry(11).unwrap().is_none());
+        assert!(d.store.lookup(10, "b").unwrap().is_none());
+    }
 }
