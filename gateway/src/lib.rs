@@ -240,6 +240,9 @@ pub async fn run(
         stop.clone(),
     )));
     tasks.push(tokio::spawn(
+        gw.db.clone().analyze_as_it_grows(stop.clone()),
+    ));
+    tasks.push(tokio::spawn(
         gw.registry.clone().run_background(stop.clone()),
     ));
     tasks.push(tokio::spawn(gw.writes.clone().run_expiry(

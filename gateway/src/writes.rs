@@ -253,6 +253,8 @@ struct Target {
     path: String,
     existing: Option<Entry>,
     owner_id: String,
+    /// The directory a new file goes into, when it already exists.
+    dir: Option<Entry>,
 }
 
 async fn resolve_target(tx: &mut Tx, caller: &Caller, r: &Ref) -> Result<Target> {
@@ -268,6 +270,7 @@ async fn resolve_target(tx: &mut Tx, caller: &Caller, r: &Ref) -> Result<Target>
                 path: e.path.clone(),
                 owner_id: e.owner_id.clone(),
                 existing: Some(e),
+                dir: None,
             })
         }
         Ref::Path { bucket, path } => {
@@ -277,9 +280,21 @@ async fn resolve_target(tx: &mut Tx, caller: &Caller, r: &Ref) -> Result<Target>
                     "{bucket}/{path}: a file path inside the bucket is required"
                 )));
             }
-            let b = crate::namespace::walk(tx, bucket, &[]).await?;
-            check_owner(caller, &b)?;
-            let existing = crate::namespace::resolve_fast(tx, bucket, &parts).await?;
+            // The usual case, the directory exists: one query finds it and the file.
+            let (owner_id, existing, dir) =
+                match crate::namespace::resolve_with_dir(tx, bucket, &parts).await? {
+                    Some((dir, existing)) => {
+                        check_owner(caller, &dir)?;
+                        (dir.owner_id.clone(), existing, Some(dir))
+                    }
+                    None => {
+                        // Missing directories are created with the file (or `walk` and
+                        // `ensure_dirs` say precisely what is wrong with the path).
+                        let b = crate::namespace::walk(tx, bucket, &[]).await?;
+                        check_owner(caller, &b)?;
+                        (b.owner_id.clone(), None, None)
+                    }
+                };
             if let Some(e) = &existing
                 && e.kind != Kind::File
             {
@@ -288,8 +303,9 @@ async fn resolve_target(tx: &mut Tx, caller: &Caller, r: &Ref) -> Result<Target>
             Ok(Target {
                 bucket: bucket.clone(),
                 path: parts.join("/"),
-                owner_id: b.owner_id.clone(),
+                owner_id,
                 existing,
+                dir,
             })
         }
     }
@@ -323,8 +339,12 @@ fn check_conditions(existing: Option<&Entry>, if_version: u64, if_absent: bool) 
 }
 
 async fn check_quota(tx: &mut Tx, owner: &str, old_size: u64, new_size: u64) -> Result<()> {
+    if new_size <= old_size {
+        // Not growing (an empty create, a rewrite as large or smaller): nothing to check.
+        return Ok(());
+    }
     let (quota, used) = usage_in(tx, owner).await?;
-    if quota > 0 && new_size > old_size {
+    if quota > 0 {
         let after = used.saturating_sub(old_size).saturating_add(new_size);
         if after > quota {
             return Err(Error::QuotaExceeded {
@@ -1077,14 +1097,20 @@ async fn install_file(
         }
         None => {
             let parts: Vec<&str> = t.path.split('/').collect();
-            let b = crate::namespace::walk(tx, &t.bucket, &[]).await?;
-            let (dir, _) = crate::namespace::ensure_dirs(
-                tx,
-                b,
-                &parts[..parts.len() - 1],
-                (0o755, s.uid, s.gid),
-            )
-            .await?;
+            let dir = match t.dir {
+                Some(d) => d,
+                None => {
+                    let b = crate::namespace::walk(tx, &t.bucket, &[]).await?;
+                    crate::namespace::ensure_dirs(
+                        tx,
+                        b,
+                        &parts[..parts.len() - 1],
+                        (0o755, s.uid, s.gid),
+                    )
+                    .await?
+                    .0
+                }
+            };
             let name = parts[parts.len() - 1].to_string();
             let seq = journal::next_seq(tx).await?;
             let n = crate::namespace::NewInode {
@@ -1116,31 +1142,37 @@ async fn install_file(
             .map(|o| o.meta.xattrs.clone())
             .unwrap_or_default(),
     };
-    tx.exec(
+    // RETURNING hands back the installed inode without another round trip.
+    let sql = format!(
         "UPDATE inodes SET size = $2, version_id = $3, etag = $4, content_type = $5, meta = $6, \
-         mtime_ns = $7, ctime_ns = $8, change_seq = $9 WHERE id = $1",
-        args![
-            inode,
-            size,
-            vid,
-            attrs.etag.as_str(),
-            attrs.content_type.as_str(),
-            encode_meta(&meta),
-            mtime,
-            now,
-            seq
-        ],
-    )
-    .await?;
+         mtime_ns = $7, ctime_ns = $8, change_seq = $9 WHERE id = $1 RETURNING {}",
+        crate::namespace::INODE_COLS.replace("i.", "")
+    );
+    let row = tx
+        .opt(
+            sql,
+            args![
+                inode,
+                size,
+                vid,
+                attrs.etag.as_str(),
+                attrs.content_type.as_str(),
+                encode_meta(&meta),
+                mtime,
+                now,
+                seq
+            ],
+        )
+        .await?
+        .ok_or_else(|| Error::Internal("new file vanished".into()))?;
+    let installed = crate::namespace::inode_from_row(&row, 0)?;
     add_usage(tx, &t.owner_id, size as i64 - old_size as i64).await?;
     if parent_id != ROOT_ID {
         crate::namespace::touch_dir(tx, parent_id, now, 0).await?;
     }
     tx.touch(inode);
     let e = Entry {
-        inode: crate::namespace::load_inode(tx, inode)
-            .await?
-            .ok_or_else(|| Error::Internal("new file vanished".into()))?,
+        inode: installed,
         parent_id,
         name,
         bucket,

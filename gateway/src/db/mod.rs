@@ -586,6 +586,48 @@ impl Db {
     }
 }
 
+impl Db {
+    /// PostgreSQL: refreshes the planner statistics of the busy tables each time the journal
+    /// has doubled (from [`FIRST_ANALYZE_AT`] events on). A fresh database starts with no
+    /// statistics; the plans PostgreSQL then caches for our prepared statements guess 0.5 %
+    /// selectivity for `dentries.inode_id` and scan whole tables (measured: GetAttr by id at
+    /// 1.9 ms instead of 0.3 ms once a directory held 16 000 files). Autovacuum would fix that
+    /// only after its next nap (a minute by default); ANALYZE also invalidates the cached
+    /// plans. Doubling keeps the total work linear in the database's size. SQLite plans from
+    /// its indexes alone, so it needs nothing.
+    pub async fn analyze_as_it_grows(self, stop: tokio_util::sync::CancellationToken) {
+        let Pool::Pg(pool) = &self.pool else {
+            return;
+        };
+        let mut head = self.journal_head();
+        let mut next = FIRST_ANALYZE_AT.max((*head.borrow()).saturating_mul(2));
+        loop {
+            tokio::select! {
+                r = head.changed() => if r.is_err() { return },
+                _ = stop.cancelled() => return,
+            }
+            let h = *head.borrow_and_update();
+            if h < next {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            match sqlx::raw_sql(ANALYZE_TABLES).execute(pool).await {
+                Ok(_) => tracing::debug!(
+                    journal = h,
+                    secs = started.elapsed().as_secs_f64(),
+                    "planner statistics refreshed"
+                ),
+                Err(e) => tracing::warn!(error = %e, "ANALYZE failed"),
+            }
+            next = h.saturating_mul(2);
+        }
+    }
+}
+
+/// Journal length at which the first ANALYZE runs.
+const FIRST_ANALYZE_AT: u64 = 256;
+const ANALYZE_TABLES: &str = "ANALYZE inodes, dentries, versions, version_chunks, chunks, shards";
+
 /// A little jitter so retried transactions do not collide again in lockstep.
 fn fastrand_ms(attempt: u32) -> u64 {
     let mut b = [0u8; 1];

@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 /// Advisory lock key of the namespace write lock ("cyxns" in ASCII).
 pub const WRITE_LOCK_KEY: i64 = 0x0063_7978_6e73;
 
+/// A pooled connection idle this long is pinged before it is handed out again.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
+
 /// Channel the journal NOTIFY goes to.
 pub const JOURNAL_CHANNEL: &str = "cyxcloud_journal";
 
@@ -22,6 +25,18 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<sqlx::PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections.max(2))
         .acquire_timeout(Duration::from_secs(30))
+        // sqlx pings every connection it hands out by default: one more round trip per
+        // operation. Only a connection that sat idle (the server may have restarted or a proxy
+        // dropped it meanwhile) is checked; one in steady use proves itself by being used.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_BEFORE_PING {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(opts)
         .await?;
     Ok(pool)

@@ -25,6 +25,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<sqlx::SqlitePool
     let pool = SqlitePoolOptions::new()
         .max_connections(max_connections.max(2))
         .acquire_timeout(Duration::from_secs(60))
+        // A connection to a local file does not go stale; the default ping per acquire is a
+        // round trip to the connection's worker thread for nothing.
+        .test_before_acquire(false)
         .connect_with(opts)
         .await?;
     Ok(pool)

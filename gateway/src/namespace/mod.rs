@@ -522,6 +522,63 @@ pub(crate) async fn resolve_fast(
     }))
 }
 
+/// Resolves the directory that holds `bucket/parts` and the entry itself (when it exists) in
+/// one query. `None` when the directory is missing or is not a directory; use [`walk`] for a
+/// precise error.
+pub(crate) async fn resolve_with_dir(
+    q: &mut impl Q,
+    bucket: &str,
+    parts: &[&str],
+) -> Result<Option<(Entry, Option<Entry>)>> {
+    let Some((name, dirs)) = parts.split_last() else {
+        return Ok(None);
+    };
+    let n = dirs.len();
+    let parent_cols = INODE_COLS.replace("i.", "p.");
+    let mut sql = format!("SELECT {parent_cols}, {INODE_COLS}, d{n}.parent_id FROM dentries d0 ");
+    for i in 1..=n {
+        sql.push_str(&format!(
+            "JOIN dentries d{i} ON d{i}.parent_id = d{p}.inode_id AND d{i}.name = ${a} ",
+            p = i - 1,
+            a = i + 1
+        ));
+    }
+    sql.push_str(&format!(
+        "JOIN inodes p ON p.id = d{n}.inode_id \
+         LEFT JOIN dentries dc ON dc.parent_id = p.id AND dc.name = ${a} \
+         LEFT JOIN inodes i ON i.id = dc.inode_id \
+         WHERE d0.parent_id = {ROOT_ID} AND d0.name = $1",
+        a = n + 2
+    ));
+    let mut a: Vec<Arg> = vec![bucket.into()];
+    a.extend(dirs.iter().map(|p| Arg::from(*p)));
+    a.push(Arg::from(*name));
+    let Some(r) = q.q_opt(sql.into(), a).await? else {
+        return Ok(None);
+    };
+    let dir = Entry {
+        inode: inode_from_row(&r, 0)?,
+        parent_id: r.u64(2 * N_INODE_COLS)?,
+        name: dirs.last().copied().unwrap_or(bucket).to_string(),
+        bucket: bucket.to_string(),
+        path: dirs.join("/"),
+    };
+    if !dir.kind.is_dir() {
+        return Ok(None);
+    }
+    let child = match r.opt_i64(N_INODE_COLS)? {
+        None => None,
+        Some(_) => Some(Entry {
+            inode: inode_from_row(&r, N_INODE_COLS)?,
+            parent_id: dir.id,
+            name: name.to_string(),
+            bucket: bucket.to_string(),
+            path: parts.join("/"),
+        }),
+    };
+    Ok(Some((dir, child)))
+}
+
 /// Resolves `bucket/path` segment by segment with precise errors.
 pub(crate) async fn walk(q: &mut impl Q, bucket: &str, parts: &[&str]) -> Result<Entry> {
     let b = child(q, ROOT_ID, bucket)
