@@ -264,7 +264,16 @@ pub async fn tailer(
         let wait = async {
             match listener.as_mut() {
                 Some(l) => {
-                    let _ = tokio::time::timeout(poll, l.recv()).await;
+                    // This gateway's own commits raised the head and invalidated the cache
+                    // already: only another gateway's commit (or the poll interval) needs a
+                    // look at the journal. Notifications arrive in commit order, so skipping
+                    // ours never skips past one of theirs.
+                    let deadline = tokio::time::Instant::now() + poll;
+                    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, l.recv()).await {
+                        if n.payload() != db.notify_tag() {
+                            break;
+                        }
+                    }
                 }
                 None => tokio::time::sleep(poll).await,
             }

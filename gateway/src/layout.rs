@@ -216,6 +216,12 @@ pub(crate) async fn install_version(
         )
         .await?
         .u64(0)?;
+    link_chunks(tx, vid, chunks).await?;
+    Ok(vid)
+}
+
+/// Lists the chunks of version `vid`, in file order.
+pub(crate) async fn link_chunks(tx: &mut Tx, vid: u64, chunks: &[(Hash, u64)]) -> Result<()> {
     for (i, (id, offset)) in chunks.iter().enumerate() {
         tx.exec(
             "INSERT INTO version_chunks (version_id, idx, chunk_id, offset_bytes) VALUES ($1, $2, $3, $4)",
@@ -223,7 +229,7 @@ pub(crate) async fn install_version(
         )
         .await?;
     }
-    Ok(vid)
+    Ok(())
 }
 
 /// Releases every version of an inode (the inode is going away).

@@ -24,14 +24,14 @@ use cyxcloud_proto::v1;
 use prost::Message;
 
 use crate::accounts::{Caller, add_usage, usage_in};
-use crate::db::{Db, Tx, args, now_ns, now_secs, write_tx};
+use crate::db::{Backend, Db, Tx, args, now_ns, now_secs, write_tx};
 use crate::error::{Error, Result};
 use crate::journal;
 use crate::layout::{
     chunk_key, install_version, put_chunk, queue_gc, ref_chunk, release_version, unref_chunk,
 };
 use crate::namespace::{
-    Entry, InodeMeta, Kind, ROOT_ID, Ref, check_owner, describe, encode_meta, split_path,
+    Entry, Inode, InodeMeta, Kind, ROOT_ID, Ref, check_owner, describe, encode_meta, split_path,
 };
 use crate::registry::Registry;
 
@@ -1081,19 +1081,29 @@ async fn install_file(
 ) -> Result<Entry> {
     let now = now_ns();
     let mtime = attrs.mtime_ns.unwrap_or(now);
-    let (inode, parent_id, name, bucket, path, created, old, seq) = match t.existing {
+    let old = t.existing.as_ref().map(|e| e.inode.clone());
+    let meta = InodeMeta {
+        user_metadata: attrs.user_metadata.clone(),
+        xattrs: old
+            .as_ref()
+            .map(|o| o.meta.xattrs.clone())
+            .unwrap_or_default(),
+    };
+    let v = NewVersion {
+        size,
+        inline,
+        chunks,
+        attrs,
+        meta: encode_meta(&meta),
+        mtime,
+        now,
+    };
+    let (installed, parent_id, name, bucket, path) = match t.existing {
         Some(e) => {
             let seq = journal::next_seq(tx).await?;
-            (
-                e.id,
-                e.parent_id,
-                e.name.clone(),
-                e.bucket.clone(),
-                e.path.clone(),
-                false,
-                Some(e.inode),
-                seq,
-            )
+            let installed = install_new_version(tx, e.id, seq, &v).await?;
+            release_version(tx, e.version).await?;
+            (installed, e.parent_id, e.name, e.bucket, e.path)
         }
         None => {
             let parts: Vec<&str> = t.path.split('/').collect();
@@ -1112,7 +1122,6 @@ async fn install_file(
                 }
             };
             let name = parts[parts.len() - 1].to_string();
-            let seq = journal::next_seq(tx).await?;
             let n = crate::namespace::NewInode {
                 kind: Kind::File,
                 mode: if s.mode == 0 { 0o644 } else { s.mode & 0o7777 },
@@ -1124,53 +1133,28 @@ async fn install_file(
                 marker: false,
                 public_read: false,
             };
-            let id = crate::namespace::insert_inode(tx, &n, now, seq).await?;
-            crate::namespace::insert_dentry(tx, dir.id, &name, id, Kind::File).await?;
+            let installed = if tx.backend() == Backend::Postgres {
+                create_file_pg(tx, dir.id, &name, &n, &v).await?
+            } else {
+                let seq = journal::next_seq(tx).await?;
+                let id = crate::namespace::insert_inode(tx, &n, now, seq).await?;
+                crate::namespace::insert_dentry(tx, dir.id, &name, id, Kind::File).await?;
+                crate::namespace::touch_dir(tx, dir.id, now, 0).await?;
+                install_new_version(tx, id, seq, &v).await?
+            };
+            tx.touch(dir.id);
             let path = crate::namespace::join(&dir.path, &name);
-            (id, dir.id, name, t.bucket.clone(), path, true, None, seq)
+            (installed, dir.id, name, t.bucket, path)
         }
     };
-    let vid = install_version(tx, inode, size, inline, chunks).await?;
+    let created = old.is_none();
+    let seq = installed.change_seq;
     let old_size = old.as_ref().map_or(0, |o| o.size);
-    if let Some(o) = &old {
-        release_version(tx, o.version).await?;
-    }
-    let meta = InodeMeta {
-        user_metadata: attrs.user_metadata.clone(),
-        xattrs: old
-            .as_ref()
-            .map(|o| o.meta.xattrs.clone())
-            .unwrap_or_default(),
-    };
-    // RETURNING hands back the installed inode without another round trip.
-    let sql = format!(
-        "UPDATE inodes SET size = $2, version_id = $3, etag = $4, content_type = $5, meta = $6, \
-         mtime_ns = $7, ctime_ns = $8, change_seq = $9 WHERE id = $1 RETURNING {}",
-        crate::namespace::INODE_COLS.replace("i.", "")
-    );
-    let row = tx
-        .opt(
-            sql,
-            args![
-                inode,
-                size,
-                vid,
-                attrs.etag.as_str(),
-                attrs.content_type.as_str(),
-                encode_meta(&meta),
-                mtime,
-                now,
-                seq
-            ],
-        )
-        .await?
-        .ok_or_else(|| Error::Internal("new file vanished".into()))?;
-    let installed = crate::namespace::inode_from_row(&row, 0)?;
     add_usage(tx, &t.owner_id, size as i64 - old_size as i64).await?;
-    if parent_id != ROOT_ID {
+    if !created && parent_id != ROOT_ID {
         crate::namespace::touch_dir(tx, parent_id, now, 0).await?;
     }
-    tx.touch(inode);
+    tx.touch(installed.id);
     let e = Entry {
         inode: installed,
         parent_id,
@@ -1191,4 +1175,104 @@ async fn install_file(
     )
     .await?;
     Ok(e)
+}
+
+/// What a new version of a file installs.
+struct NewVersion<'a> {
+    size: u64,
+    inline: Option<&'a [u8]>,
+    chunks: &'a [(Hash, u64)],
+    attrs: &'a FileAttrs,
+    meta: Option<Vec<u8>>,
+    mtime: i64,
+    now: i64,
+}
+
+/// Adds version `v` to inode `id` and makes it current (change sequence `seq`); returns the
+/// inode as stored.
+async fn install_new_version(tx: &mut Tx, id: u64, seq: u64, v: &NewVersion<'_>) -> Result<Inode> {
+    let vid = install_version(tx, id, v.size, v.inline, v.chunks).await?;
+    // RETURNING hands back the installed inode without another round trip.
+    let sql = format!(
+        "UPDATE inodes SET size = $2, version_id = $3, etag = $4, content_type = $5, meta = $6, \
+         mtime_ns = $7, ctime_ns = $8, change_seq = $9 WHERE id = $1 RETURNING {}",
+        crate::namespace::INODE_COLS.replace("i.", "")
+    );
+    let row = tx
+        .opt(
+            sql,
+            args![
+                id,
+                v.size,
+                vid,
+                v.attrs.etag.as_str(),
+                v.attrs.content_type.as_str(),
+                v.meta.clone(),
+                v.mtime,
+                v.now,
+                seq
+            ],
+        )
+        .await?
+        .ok_or_else(|| Error::Internal(format!("file {id} vanished during its commit")))?;
+    crate::namespace::inode_from_row(&row, 0)
+}
+
+/// PostgreSQL: a new file in one statement, where the portable path takes six round trips:
+/// the journal sequence, the inode (its id drawn first so the version can point at it), its
+/// version, its name in `dir`, and the directory's times. Data-modifying CTEs run once each,
+/// whether the outer statement reads them or not; the namespace write lock is held already.
+async fn create_file_pg(
+    tx: &mut Tx,
+    dir: u64,
+    name: &str,
+    n: &crate::namespace::NewInode<'_>,
+    v: &NewVersion<'_>,
+) -> Result<Inode> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH s AS (UPDATE counters SET value = value + 1 WHERE name = 'journal' RETURNING value), \
+             n AS (SELECT nextval(pg_get_serial_sequence('inodes', 'id')) AS id), \
+             v AS (INSERT INTO versions (inode_id, size, inline_data, created_ns) \
+                   SELECT n.id, $1, $2, $3 FROM n RETURNING id), \
+             d AS (INSERT INTO dentries (parent_id, name, sort_key, inode_id, kind) \
+                   SELECT $4, $5, $6, n.id, $7 FROM n), \
+             p AS (UPDATE inodes SET mtime_ns = $3, ctime_ns = $3 WHERE id = $4) \
+             INSERT INTO inodes (id, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, \
+               btime_ns, nlink, version_id, etag, content_type, meta, symlink_target, owner_id, \
+               change_seq, marker, public_read) \
+             SELECT n.id, $7, $8, $9, $10, $1, $3, $11, $3, $3, 1, v.id, $12, $13, $14, '', $15, \
+               s.value, $16, $17 FROM n, v, s \
+             RETURNING {}",
+            crate::namespace::INODE_COLS.replace("i.", "")
+        )
+    });
+    let row = tx
+        .one(
+            SQL.as_str(),
+            args![
+                v.size,
+                v.inline.map(<[u8]>::to_vec),
+                v.now,
+                dir,
+                name,
+                crate::namespace::sort_key(name, n.kind),
+                n.kind as i64,
+                n.mode,
+                n.uid,
+                n.gid,
+                v.mtime,
+                v.attrs.etag.as_str(),
+                v.attrs.content_type.as_str(),
+                v.meta.clone(),
+                n.owner_id,
+                n.marker,
+                n.public_read
+            ],
+        )
+        .await?;
+    let inode = crate::namespace::inode_from_row(&row, 0)?;
+    tx.last_seq = tx.last_seq.max(inode.change_seq);
+    crate::layout::link_chunks(tx, inode.version, v.chunks).await?;
+    Ok(inode)
 }

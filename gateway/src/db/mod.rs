@@ -56,6 +56,9 @@ enum Pool {
 struct Hooks {
     journal_head: watch::Sender<u64>,
     cache: OnceLock<Cache>,
+    /// PostgreSQL: this process's journal NOTIFY payload, and the `BEGIN` that sends it.
+    notify_tag: String,
+    begin_write_pg: Arc<str>,
 }
 
 /// A handle on the metadata store (cheap to clone).
@@ -439,9 +442,16 @@ impl Db {
         let db = Db {
             pool,
             backend,
-            hooks: Arc::new(Hooks {
-                journal_head,
-                cache: OnceLock::new(),
+            hooks: Arc::new({
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b).map_err(|e| Error::Internal(format!("getrandom: {e}")))?;
+                let notify_tag: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                Hooks {
+                    journal_head,
+                    cache: OnceLock::new(),
+                    begin_write_pg: postgres::begin_write_sql(&notify_tag).into(),
+                    notify_tag,
+                }
             }),
             url: url.into(),
         };
@@ -466,6 +476,11 @@ impl Db {
 
     pub fn cache(&self) -> Option<&Cache> {
         self.hooks.cache.get()
+    }
+
+    /// PostgreSQL: the payload of this process's journal notifications.
+    pub(crate) fn notify_tag(&self) -> &str {
+        &self.hooks.notify_tag
     }
 
     /// The highest journal sequence this process knows to be committed.
@@ -526,7 +541,7 @@ impl Db {
     pub async fn begin_write(&self) -> Result<Tx> {
         let inner = match &self.pool {
             Pool::Sqlite(p) => TxInner::Sqlite(sqlite::begin_write(p).await?),
-            Pool::Pg(p) => TxInner::Pg(postgres::begin_write(p).await?),
+            Pool::Pg(p) => TxInner::Pg(postgres::begin_write(p, &self.hooks.begin_write_pg).await?),
         };
         Ok(Tx {
             inner,

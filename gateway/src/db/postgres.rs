@@ -3,8 +3,10 @@
 //! gateway on the database), snapshot reads use REPEATABLE READ, and commits that appended to
 //! the journal send a NOTIFY that other gateways' journal tailers LISTEN for.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::error::{Error, Result};
@@ -42,17 +44,23 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<sqlx::PgPool> {
     Ok(pool)
 }
 
-/// One round trip opens a write transaction: `BEGIN`, the write lock, and the journal
-/// notification (delivered only if the transaction commits; PostgreSQL folds identical
-/// notifications of one transaction, and a commit without journal events merely makes the
-/// other gateways' tailers poll once).
-const BEGIN_WRITE: &str = "BEGIN; SELECT pg_advisory_xact_lock(427239698035); \
-    SELECT pg_notify('cyxcloud_journal', '')";
+/// The statement that opens a write transaction in one round trip: `BEGIN`, the write lock,
+/// and the journal notification (delivered only if the transaction commits; PostgreSQL folds
+/// identical notifications of one transaction, and a commit without journal events merely
+/// makes the other gateways' tailers poll once). The payload is the process's `tag`, so a
+/// tailer can tell its own commits (already applied locally) from other gateways'.
+pub fn begin_write_sql(tag: &str) -> String {
+    format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY}); \
+         SELECT pg_notify('{JOURNAL_CHANNEL}', '{tag}')"
+    )
+}
 
 pub async fn begin_write(
     pool: &sqlx::PgPool,
+    sql: &Arc<str>,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    Ok(pool.begin_with(BEGIN_WRITE).await?)
+    Ok(pool.begin_with(AssertSqlSafe(sql.clone())).await?)
 }
 
 pub async fn begin_read(pool: &sqlx::PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
@@ -80,7 +88,8 @@ pub const DIALECT: &[(&str, &str)] = &[
 mod tests {
     #[test]
     fn the_begin_statement_uses_the_write_lock_and_channel() {
-        assert!(super::BEGIN_WRITE.contains(&super::WRITE_LOCK_KEY.to_string()));
-        assert!(super::BEGIN_WRITE.contains(super::JOURNAL_CHANNEL));
+        let sql = super::begin_write_sql("abc123");
+        assert!(sql.contains("pg_advisory_xact_lock(427239698035)"));
+        assert!(sql.contains("pg_notify('cyxcloud_journal', 'abc123')"));
     }
 }
