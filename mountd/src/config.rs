@@ -15,8 +15,12 @@ pub const DEFAULT_UPLOAD_DELAY: Duration = Duration::from_secs(2);
 pub const DEFAULT_UPLOAD_WORKERS: usize = 4;
 /// Staged files the upload queue holds before writers wait for it.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
-/// How long the kernel may cache attributes and names (the journal stream invalidates sooner).
-pub const DEFAULT_ATTR_TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes and names. Changes made elsewhere reach the kernel
+/// sooner: the journal stream invalidates each changed name and inode as it arrives (within
+/// 2 s), so this only bounds staleness while the stream is down or resyncing. At 1 s, a
+/// `stat` of every entry right after an `ls -l` of a 10,000-entry directory went back to the
+/// daemon for each one.
+pub const DEFAULT_ATTR_TTL: Duration = Duration::from_secs(10);
 
 /// `cyxcloud-mountd <mountpoint> [options]`: mounts CyxCloud as a drive.
 #[derive(Debug, Clone, Parser)]

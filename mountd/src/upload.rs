@@ -116,7 +116,9 @@ async fn upload_bytes(
         ..Default::default()
     };
     let mut up = client.upload(id_ref(sf.ino), opts);
-    let mut buf = vec![0u8; READ_STEP];
+    // Sized to the file: a 4 MiB zeroed buffer per small file was 10 % of the daemon's time
+    // when creating many small files.
+    let mut buf = vec![0u8; READ_STEP.min(size as usize).max(1)];
     let mut off = 0u64;
     while off < size {
         let want = READ_STEP.min((size - off) as usize);

@@ -59,6 +59,10 @@ struct Hooks {
     /// PostgreSQL: this process's journal NOTIFY payload, and the `BEGIN` that sends it.
     notify_tag: String,
     begin_write_pg: Arc<str>,
+    /// SQLite has one writer at a time. Writers of this process queue here, in order, instead
+    /// of colliding in `BEGIN IMMEDIATE`, where SQLite's busy handler makes the loser sleep
+    /// for 1 to 100 ms (measured: p99 181 ms for 16 concurrent creates).
+    sqlite_writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A handle on the metadata store (cheap to clone).
@@ -267,6 +271,9 @@ pub struct Tx {
     pub(crate) last_seq: u64,
     /// Inodes whose cached layouts or listings the commit makes stale.
     pub(crate) touched: Vec<u64>,
+    /// SQLite write transactions: this process's writer turn, released when the transaction
+    /// ends (after its commit or rollback).
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 macro_rules! run {
@@ -451,6 +458,7 @@ impl Db {
                     cache: OnceLock::new(),
                     begin_write_pg: postgres::begin_write_sql(&notify_tag).into(),
                     notify_tag,
+                    sqlite_writer: Arc::new(tokio::sync::Mutex::new(())),
                 }
             }),
             url: url.into(),
@@ -533,20 +541,28 @@ impl Db {
             inner,
             last_seq: 0,
             touched: Vec::new(),
+            _writer: None,
         })
     }
 
     /// A serialized write transaction (see the module docs). Prefer [`write_tx!`], which
     /// retries conflicts.
     pub async fn begin_write(&self) -> Result<Tx> {
-        let inner = match &self.pool {
-            Pool::Sqlite(p) => TxInner::Sqlite(sqlite::begin_write(p).await?),
-            Pool::Pg(p) => TxInner::Pg(postgres::begin_write(p, &self.hooks.begin_write_pg).await?),
+        let (inner, writer) = match &self.pool {
+            Pool::Sqlite(p) => {
+                let turn = self.hooks.sqlite_writer.clone().lock_owned().await;
+                (TxInner::Sqlite(sqlite::begin_write(p).await?), Some(turn))
+            }
+            Pool::Pg(p) => (
+                TxInner::Pg(postgres::begin_write(p, &self.hooks.begin_write_pg).await?),
+                None,
+            ),
         };
         Ok(Tx {
             inner,
             last_seq: 0,
             touched: Vec::new(),
+            _writer: writer,
         })
     }
 
