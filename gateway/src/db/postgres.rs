@@ -22,8 +22,13 @@ pub const JOURNAL_CHANNEL: &str = "cyxcloud_journal";
 
 pub async fn connect(url: &str, max_connections: u32) -> Result<sqlx::PgPool> {
     let opts: PgConnectOptions = url
-        .parse()
-        .map_err(|e| Error::Config(format!("bad PostgreSQL URL: {e}")))?;
+        .parse::<PgConnectOptions>()
+        .map_err(|e| Error::Config(format!("bad PostgreSQL URL: {e}")))?
+        // The namespace is a hot working set of small rows reached through indexes. With the
+        // default cost of a random page (4.0, tuned for spinning disks) the planner walked
+        // paths up `dentries` (GetAttr by id, lookup) with hash joins over whole-table scans
+        // while the table held a few thousand rows: 0.82 ms per GetAttr instead of 0.32 ms.
+        .options([("random_page_cost", "1.1")]);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections.max(2))
         .acquire_timeout(Duration::from_secs(30))
