@@ -70,6 +70,10 @@ pub struct Drive {
     pub statfs: Mutex<Option<v1::StatFsResponse>>,
     /// Serializes read-modify-write of cached entries.
     patch_lock: Mutex<()>,
+    /// Names this mount removed or moved away, `(parent, name, inode)`, until the journal
+    /// reports that change. Events older than it (the Create or upload Update of a file
+    /// unlinked a moment later) still carry the old name and must not bring it back.
+    departed: Mutex<HashSet<(u64, String, u64)>>,
     /// Itself, for tasks spawned from `&self` (set by [`Drive::into_arc`]).
     pub this: OnceLock<std::sync::Weak<Drive>>,
 }
@@ -148,6 +152,7 @@ impl Drive {
             started: SystemTime::now(),
             statfs: Mutex::new(None),
             patch_lock: Mutex::new(()),
+            departed: Mutex::new(HashSet::new()),
             this: OnceLock::new(),
         })
     }
@@ -351,6 +356,50 @@ impl Drive {
     /// under one lock, so whichever comes second changes nothing. Returns whether it was new.
     pub fn link_name(&self, e: &v1::Entry, parent: u64, name: &str) -> Result<bool> {
         let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.departed_set()
+            .remove(&(parent, name.to_string(), e.id));
+        self.link_name_locked(e, parent, name)
+    }
+
+    /// [`Drive::link_name`] for a name the journal reports: refused (`false`) while this mount
+    /// has removed or moved that name away and the journal has not caught up with it yet.
+    pub fn link_name_seen(&self, e: &v1::Entry, parent: u64, name: &str) -> Result<bool> {
+        let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self
+            .departed_set()
+            .contains(&(parent, name.to_string(), e.id))
+        {
+            return Ok(false);
+        }
+        self.link_name_locked(e, parent, name)
+    }
+
+    /// Records that this mount removed or moved away `parent/name` of inode `id`.
+    pub fn departed(&self, parent: u64, name: &str, id: u64) {
+        self.departed_set().insert((parent, name.to_string(), id));
+    }
+
+    /// The journal reported the removal of `name` of inode `id` (`parent` when known).
+    pub fn departure_seen(&self, parent: Option<u64>, name: &str, id: u64) {
+        self.departed_set()
+            .retain(|(p, n, i)| !(*i == id && n == name && parent.is_none_or(|q| q == *p)));
+    }
+
+    pub fn is_departed(&self, parent: u64, name: &str, id: u64) -> bool {
+        self.departed_set()
+            .contains(&(parent, name.to_string(), id))
+    }
+
+    /// Forgets every pending departure (journal resync: the cache is rebuilt from the gateway).
+    pub fn clear_departures(&self) {
+        self.departed_set().clear();
+    }
+
+    fn departed_set(&self) -> std::sync::MutexGuard<'_, HashSet<(u64, String, u64)>> {
+        self.departed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn link_name_locked(&self, e: &v1::Entry, parent: u64, name: &str) -> Result<bool> {
         let new = self.store.lookup(parent, name)? != Some(e.id);
         self.remember_locked(e, Some((parent, name)))?;
         if new {
@@ -462,13 +511,7 @@ impl Drive {
                 Err(e) => return Err(e),
             }
         }
-        let mut out = Vec::new();
-        for (name, id) in self.store.children(dir)? {
-            if let Some(e) = self.store.entry(id)? {
-                out.push((name, e));
-            }
-        }
-        Ok(out)
+        self.store.children_entries(dir)
     }
 
     async fn fetch_listing(&self, dir: u64) -> Result<()> {

@@ -127,6 +127,7 @@ impl Drive {
                 })
                 .await?;
         }
+        self.departed(parent, name, child.id);
         self.unlink_name(parent, name, child.id, true)?;
         Ok(())
     }
@@ -209,6 +210,7 @@ impl Drive {
     /// Drops a name from the cache; the last name of a file also drops its staged copy (open
     /// handles keep theirs as an orphan).
     fn forget_name(&self, parent: u64, name: &str, child: &v1::Entry, last: bool) -> Result<()> {
+        self.departed(parent, name, child.id);
         // Not there any more when the journal stream has already applied this change.
         if self.unlink_name(parent, name, child.id, false)? {
             let now = crate::staging::now_ns();
@@ -316,8 +318,11 @@ impl Drive {
                 e.ctime_ns = now;
             })
         };
+        // Until the journal reports this rename, older events still carry the old names.
+        self.departed(parent, name, src.id);
         match (mode, dst) {
             (RenameMode::Exchange, Some(d)) => {
+                self.departed(new_parent, new_name, d.id);
                 batch.push(Mutation::PutDentry {
                     parent,
                     name: name.to_string(),
@@ -629,10 +634,33 @@ impl Drive {
             r => r?,
         };
         let now = crate::staging::now_ns();
-        self.patch(id, |e| {
+        self.after_xattr_change(id, |e| {
             e.xattrs.insert(name.to_string(), value.to_vec());
             e.ctime_ns = now;
         })
+        .await
+    }
+
+    /// Caches the entry as the gateway has it after an xattr change, so that the journal
+    /// events of earlier changes (older sequence numbers), still on their way, cannot replace
+    /// it (CI saw a `getxattr` return the value before the last `setxattr`). The calls return
+    /// no entry, hence the GetAttr. If that fails, the change is applied to the cached copy.
+    async fn after_xattr_change(&self, id: u64, f: impl FnOnce(&mut v1::Entry)) -> Result<()> {
+        let fresh = self
+            .remote
+            .call("getattr", |c| async move {
+                c.control()
+                    .get_attr(v1::GetAttrRequest {
+                        entry: Some(id_ref(id)),
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await;
+        match fresh {
+            Ok(e) => self.remember(&e, None),
+            Err(_) => self.patch(id, f),
+        }
     }
 
     pub async fn remove_xattr(&self, id: u64, name: &str) -> Result<()> {
@@ -659,9 +687,10 @@ impl Drive {
             r => r?,
         };
         let now = crate::staging::now_ns();
-        self.patch(id, |e| {
+        self.after_xattr_change(id, |e| {
             e.xattrs.remove(name);
             e.ctime_ns = now;
         })
+        .await
     }
 }

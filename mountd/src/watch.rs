@@ -103,6 +103,7 @@ async fn follow(d: &Drive) -> Result<()> {
 fn resync(d: &Drive) -> Result<()> {
     tracing::info!("change journal resync: dropping cached names");
     d.store.apply(&[Mutation::ClearNamespace])?;
+    d.clear_departures();
     if let Some(b) = &d.cfg.bucket {
         d.store.apply(&[Mutation::PutDentry {
             parent: GATEWAY_ROOT,
@@ -147,7 +148,7 @@ pub fn apply(d: &Drive, ev: &v1::ChangeEvent) -> Result<()> {
                         }
                     }
                 }
-                if e.parent_id != 0 && d.link_name(e, e.parent_id, &e.name)? {
+                if e.parent_id != 0 && d.link_name_seen(e, e.parent_id, &e.name)? {
                     inval_entries.push((e.parent_id, e.name.clone()));
                 }
             }
@@ -158,6 +159,7 @@ pub fn apply(d: &Drive, ev: &v1::ChangeEvent) -> Result<()> {
             } else {
                 last_segment(&ev.path).to_string()
             };
+            d.departure_seen(None, &name, ev.entry_id);
             let names = d.store.names(ev.entry_id)?;
             if let Some((parent, n)) = names.iter().find(|(_, n)| *n == name).cloned() {
                 let dir = d.store.entry(ev.entry_id)?.is_some_and(|e| is_dir(&e));
@@ -180,6 +182,7 @@ pub fn apply(d: &Drive, ev: &v1::ChangeEvent) -> Result<()> {
         v1::ChangeKind::Rename => {
             if let Some(e) = &ev.entry {
                 let old_name = last_segment(&ev.old_path).to_string();
+                d.departure_seen(Some(ev.old_parent_id), &old_name, e.id);
                 if ev.old_parent_id != 0
                     && d.store.lookup(ev.old_parent_id, &old_name)? == Some(e.id)
                 {
@@ -189,7 +192,9 @@ pub fn apply(d: &Drive, ev: &v1::ChangeEvent) -> Result<()> {
                     });
                     inval_entries.push((ev.old_parent_id, old_name));
                 }
-                if d.store.lookup(e.parent_id, &e.name)? != Some(e.id) {
+                if d.store.lookup(e.parent_id, &e.name)? != Some(e.id)
+                    && !d.is_departed(e.parent_id, &e.name, e.id)
+                {
                     batch.push(Mutation::PutDentry {
                         parent: e.parent_id,
                         name: e.name.clone(),
@@ -304,5 +309,49 @@ mod tests {
         assert_eq!(nlink(&d, 10), 2);
         assert!(d.store.entry(11).unwrap().is_none());
         assert!(d.store.lookup(10, "b").unwrap().is_none());
+    }
+
+    /// A file unlinked (or renamed) through this mount a moment after it was written: the
+    /// journal still delivers the older Create and upload Update events, which carry the old
+    /// name. They must not bring the name back (CI saw `stat` succeed after `unlink`).
+    #[tokio::test]
+    async fn events_older_than_a_local_unlink_or_rename_do_not_restore_the_name() {
+        let t = tempfile::tempdir().unwrap();
+        let d = drive(t.path()).await;
+        d.remember(&dir(10, 1, "p", 1), Some((1, "p"))).unwrap();
+        let file = |id: u64, name: &str, seq: u64| v1::Entry {
+            kind: v1::EntryKind::File as i32,
+            nlink: 1,
+            ..dir(id, 10, name, seq)
+        };
+        let f = file(20, "f", 2);
+        d.link_name(&f, 10, "f").unwrap();
+        // Local unlink, then the stale events arrive.
+        d.departed(10, "f", 20);
+        assert!(d.unlink_name(10, "f", 20, false).unwrap());
+        apply(&d, &created(&f)).unwrap();
+        let updated = v1::ChangeEvent {
+            kind: v1::ChangeKind::Update as i32,
+            ..created(&file(20, "f", 3))
+        };
+        apply(&d, &updated).unwrap();
+        assert_eq!(d.store.lookup(10, "f").unwrap(), None);
+        // The journal's own Delete ends the wait; a later name for that inode is accepted.
+        apply(&d, &deleted(&f, 4)).unwrap();
+        assert!(!d.is_departed(10, "f", 20));
+
+        // Local rename g -> h; a stale Update still says "g".
+        let g = file(21, "g", 5);
+        d.link_name(&g, 10, "g").unwrap();
+        d.departed(10, "g", 21);
+        d.unlink_name(10, "g", 21, false).unwrap();
+        d.link_name(&file(21, "h", 5), 10, "h").unwrap();
+        let stale = v1::ChangeEvent {
+            kind: v1::ChangeKind::Update as i32,
+            ..created(&file(21, "g", 6))
+        };
+        apply(&d, &stale).unwrap();
+        assert_eq!(d.store.lookup(10, "g").unwrap(), None);
+        assert_eq!(d.store.lookup(10, "h").unwrap(), Some(21));
     }
 }

@@ -49,6 +49,11 @@ fn scripted(s: &dyn MetaStore) {
     ])
     .unwrap();
     assert_eq!(s.entry(5).unwrap(), Some(entry(5, 10)));
+    // "a" names inode 6, which has no cached entry: left out.
+    assert_eq!(
+        s.children_entries(1).unwrap(),
+        vec![("b".to_string(), entry(5, 10))]
+    );
     assert_eq!(s.lookup(1, "b").unwrap(), Some(5));
     assert_eq!(s.lookup(1, "c").unwrap(), None);
     assert_eq!(
@@ -209,6 +214,10 @@ fn same(a: &dyn MetaStore, b: &dyn MetaStore) {
     for ino in 1..6 {
         assert_eq!(a.entry(ino).unwrap(), b.entry(ino).unwrap());
         assert_eq!(a.children(ino).unwrap(), b.children(ino).unwrap());
+        assert_eq!(
+            a.children_entries(ino).unwrap(),
+            b.children_entries(ino).unwrap()
+        );
         assert_eq!(a.names(ino).unwrap(), b.names(ino).unwrap());
         assert_eq!(a.is_complete(ino).unwrap(), b.is_complete(ino).unwrap());
         for v in 0..3 {

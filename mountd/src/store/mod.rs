@@ -98,6 +98,17 @@ pub trait MetaStore: Send + Sync {
     fn lookup(&self, parent: u64, name: &str) -> Result<Option<u64>>;
     /// Children of `parent` in name order.
     fn children(&self, parent: u64) -> Result<Vec<(String, u64)>>;
+    /// Children of `parent` with their cached entries, in name order (names whose entry is
+    /// not cached are left out). One query where the store can join.
+    fn children_entries(&self, parent: u64) -> Result<Vec<(String, v1::Entry)>> {
+        let mut out = Vec::new();
+        for (name, id) in self.children(parent)? {
+            if let Some(e) = self.entry(id)? {
+                out.push((name, e));
+            }
+        }
+        Ok(out)
+    }
     /// Every `(parent, name)` naming `ino`, in order.
     fn names(&self, ino: u64) -> Result<Vec<(u64, String)>>;
     fn is_complete(&self, dir: u64) -> Result<bool>;

@@ -208,6 +208,22 @@ impl MetaStore for SqliteStore {
         })
     }
 
+    fn children_entries(&self, parent: u64) -> Result<Vec<(String, v1::Entry)>> {
+        // One statement instead of a lookup per child: `ls -l` of a 10,000-entry directory
+        // made 10,000 point queries to build its listing.
+        let rows: Vec<(String, Vec<u8>)> = self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT d.name, e.rec FROM dentries d JOIN entries e ON e.ino = d.ino \
+                 WHERE d.parent = ?1 ORDER BY d.name",
+            )?;
+            let rows = st.query_map(params![i(parent)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })?;
+        rows.into_iter()
+            .map(|(n, b)| Ok((n, decode_entry(&b)?)))
+            .collect()
+    }
+
     fn names(&self, ino: u64) -> Result<Vec<(u64, String)>> {
         self.with(|c| {
             let mut st = c.prepare_cached(
