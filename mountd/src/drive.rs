@@ -413,6 +413,30 @@ impl Drive {
     /// both this mount's call and the journal stream. Returns whether the name was there.
     pub fn unlink_name(&self, parent: u64, name: &str, id: u64, drop_entry: bool) -> Result<bool> {
         let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.unlink_name_locked(parent, name, id, drop_entry)
+    }
+
+    /// [`Drive::unlink_name`] for a removal this mount made: the name also stays departed
+    /// until the journal reports the removal (see [`Drive::link_name_seen`]).
+    pub fn unlink_own_name(
+        &self,
+        parent: u64,
+        name: &str,
+        id: u64,
+        drop_entry: bool,
+    ) -> Result<bool> {
+        let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.departed(parent, name, id);
+        self.unlink_name_locked(parent, name, id, drop_entry)
+    }
+
+    fn unlink_name_locked(
+        &self,
+        parent: u64,
+        name: &str,
+        id: u64,
+        drop_entry: bool,
+    ) -> Result<bool> {
         if self.store.lookup(parent, name)? != Some(id) {
             return Ok(false);
         }
@@ -451,8 +475,14 @@ impl Drive {
         if let Some(e) = self.store.entry(id)? {
             return Ok(e);
         }
-        let e = self
-            .remote
+        let e = self.fetch_entry(id).await?;
+        self.remember(&e, None)?;
+        Ok(e)
+    }
+
+    /// The entry of `id` as the gateway has it now (GetAttr), not cached.
+    pub async fn fetch_entry(&self, id: u64) -> Result<v1::Entry> {
+        self.remote
             .call("getattr", |c| async move {
                 c.control()
                     .get_attr(v1::GetAttrRequest {
@@ -461,9 +491,7 @@ impl Drive {
                     .await
                     .map(|r| r.into_inner())
             })
-            .await?;
-        self.remember(&e, None)?;
-        Ok(e)
+            .await
     }
 
     /// Looks `name` up in `parent`.
@@ -593,17 +621,7 @@ impl Drive {
             let bucket = parts.remove(0);
             return Ok((bucket, parts.join("/")));
         }
-        let e = self
-            .remote
-            .call("getattr", |c| async move {
-                c.control()
-                    .get_attr(v1::GetAttrRequest {
-                        entry: Some(id_ref(dir)),
-                    })
-                    .await
-                    .map(|r| r.into_inner())
-            })
-            .await?;
+        let e = self.fetch_entry(dir).await?;
         let r = (e.bucket.clone(), e.path.clone());
         self.remember(
             &e,

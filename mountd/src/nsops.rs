@@ -127,8 +127,7 @@ impl Drive {
                 })
                 .await?;
         }
-        self.departed(parent, name, child.id);
-        self.unlink_name(parent, name, child.id, true)?;
+        self.unlink_own_name(parent, name, child.id, true)?;
         Ok(())
     }
 
@@ -210,9 +209,8 @@ impl Drive {
     /// Drops a name from the cache; the last name of a file also drops its staged copy (open
     /// handles keep theirs as an orphan).
     fn forget_name(&self, parent: u64, name: &str, child: &v1::Entry, last: bool) -> Result<()> {
-        self.departed(parent, name, child.id);
         // Not there any more when the journal stream has already applied this change.
-        if self.unlink_name(parent, name, child.id, false)? {
+        if self.unlink_own_name(parent, name, child.id, false)? {
             let now = crate::staging::now_ns();
             self.patch(child.id, |e| {
                 e.nlink = if last {
@@ -646,18 +644,7 @@ impl Drive {
     /// it (CI saw a `getxattr` return the value before the last `setxattr`). The calls return
     /// no entry, hence the GetAttr. If that fails, the change is applied to the cached copy.
     async fn after_xattr_change(&self, id: u64, f: impl FnOnce(&mut v1::Entry)) -> Result<()> {
-        let fresh = self
-            .remote
-            .call("getattr", |c| async move {
-                c.control()
-                    .get_attr(v1::GetAttrRequest {
-                        entry: Some(id_ref(id)),
-                    })
-                    .await
-                    .map(|r| r.into_inner())
-            })
-            .await;
-        match fresh {
+        match self.fetch_entry(id).await {
             Ok(e) => self.remember(&e, None),
             Err(_) => self.patch(id, f),
         }

@@ -327,8 +327,7 @@ mod tests {
         let f = file(20, "f", 2);
         d.link_name(&f, 10, "f").unwrap();
         // Local unlink, then the stale events arrive.
-        d.departed(10, "f", 20);
-        assert!(d.unlink_name(10, "f", 20, false).unwrap());
+        assert!(d.unlink_own_name(10, "f", 20, false).unwrap());
         apply(&d, &created(&f)).unwrap();
         let updated = v1::ChangeEvent {
             kind: v1::ChangeKind::Update as i32,
@@ -343,8 +342,7 @@ mod tests {
         // Local rename g -> h; a stale Update still says "g".
         let g = file(21, "g", 5);
         d.link_name(&g, 10, "g").unwrap();
-        d.departed(10, "g", 21);
-        d.unlink_name(10, "g", 21, false).unwrap();
+        d.unlink_own_name(10, "g", 21, false).unwrap();
         d.link_name(&file(21, "h", 5), 10, "h").unwrap();
         let stale = v1::ChangeEvent {
             kind: v1::ChangeKind::Update as i32,
