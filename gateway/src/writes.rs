@@ -1177,6 +1177,10 @@ async fn install_file(
     Ok(e)
 }
 
+/// The inode columns as a `RETURNING` list of the `inodes` table itself (no alias).
+static RETURNED_INODE_COLS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::namespace::INODE_COLS.replace("i.", ""));
+
 /// What a new version of a file installs.
 struct NewVersion<'a> {
     size: u64,
@@ -1193,14 +1197,17 @@ struct NewVersion<'a> {
 async fn install_new_version(tx: &mut Tx, id: u64, seq: u64, v: &NewVersion<'_>) -> Result<Inode> {
     let vid = install_version(tx, id, v.size, v.inline, v.chunks).await?;
     // RETURNING hands back the installed inode without another round trip.
-    let sql = format!(
-        "UPDATE inodes SET size = $2, version_id = $3, etag = $4, content_type = $5, meta = $6, \
-         mtime_ns = $7, ctime_ns = $8, change_seq = $9 WHERE id = $1 RETURNING {}",
-        crate::namespace::INODE_COLS.replace("i.", "")
-    );
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "UPDATE inodes SET size = $2, version_id = $3, etag = $4, content_type = $5, \
+             meta = $6, mtime_ns = $7, ctime_ns = $8, change_seq = $9 WHERE id = $1 \
+             RETURNING {}",
+            *RETURNED_INODE_COLS
+        )
+    });
     let row = tx
         .opt(
-            sql,
+            SQL.as_str(),
             args![
                 id,
                 v.size,
@@ -1244,7 +1251,7 @@ async fn create_file_pg(
              SELECT n.id, $7, $8, $9, $10, $1, $3, $11, $3, $3, 1, v.id, $12, $13, $14, '', $15, \
                s.value, $16, $17 FROM n, v, s \
              RETURNING {}",
-            crate::namespace::INODE_COLS.replace("i.", "")
+            *RETURNED_INODE_COLS
         )
     });
     let row = tx

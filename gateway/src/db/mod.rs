@@ -450,9 +450,7 @@ impl Db {
             pool,
             backend,
             hooks: Arc::new({
-                let mut b = [0u8; 8];
-                getrandom::fill(&mut b).map_err(|e| Error::Internal(format!("getrandom: {e}")))?;
-                let notify_tag: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                let notify_tag = crate::keys::random_id(16)?;
                 Hooks {
                     journal_head,
                     cache: OnceLock::new(),

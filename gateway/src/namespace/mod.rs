@@ -487,6 +487,20 @@ pub(crate) async fn entry_by_id(q: &mut impl Q, id: u64) -> Result<Entry> {
     })
 }
 
+/// `JOIN dentries d1 … dn`, each segment `di` a child of `d(i-1)` named by parameter `$(i+1)`
+/// (`d0` is the bucket, named by `$1`).
+fn segment_joins(n: usize) -> String {
+    (1..=n)
+        .map(|i| {
+            format!(
+                "JOIN dentries d{i} ON d{i}.parent_id = d{p}.inode_id AND d{i}.name = ${a} ",
+                p = i - 1,
+                a = i + 1
+            )
+        })
+        .collect()
+}
+
 /// Resolves `bucket/path` in one query (a join per segment). `None` when any segment is
 /// missing or not a directory; use [`walk`] for a precise error.
 pub(crate) async fn resolve_fast(
@@ -496,13 +510,7 @@ pub(crate) async fn resolve_fast(
 ) -> Result<Option<Entry>> {
     let n = parts.len();
     let mut sql = format!("SELECT {INODE_COLS}, d{n}.parent_id FROM dentries d0 ");
-    for i in 1..=n {
-        sql.push_str(&format!(
-            "JOIN dentries d{i} ON d{i}.parent_id = d{p}.inode_id AND d{i}.name = ${a} ",
-            p = i - 1,
-            a = i + 1
-        ));
-    }
+    sql.push_str(&segment_joins(n));
     sql.push_str(&format!(
         "JOIN inodes i ON i.id = d{n}.inode_id WHERE d0.parent_id = {ROOT_ID} AND d0.name = $1"
     ));
@@ -536,13 +544,7 @@ pub(crate) async fn resolve_with_dir(
     let n = dirs.len();
     let parent_cols = INODE_COLS.replace("i.", "p.");
     let mut sql = format!("SELECT {parent_cols}, {INODE_COLS}, d{n}.parent_id FROM dentries d0 ");
-    for i in 1..=n {
-        sql.push_str(&format!(
-            "JOIN dentries d{i} ON d{i}.parent_id = d{p}.inode_id AND d{i}.name = ${a} ",
-            p = i - 1,
-            a = i + 1
-        ));
-    }
+    sql.push_str(&segment_joins(n));
     sql.push_str(&format!(
         "JOIN inodes p ON p.id = d{n}.inode_id \
          LEFT JOIN dentries dc ON dc.parent_id = p.id AND dc.name = ${a} \
