@@ -27,6 +27,7 @@ both_backends!(
     watch_resyncs_a_position_older_than_retention,
     concurrent_conflicting_clients_keep_the_tree_consistent,
     two_gateways_share_one_namespace_and_journal,
+    paths_by_id_follow_directory_moves_on_every_gateway,
     accounts_tokens_and_machines,
 );
 
@@ -1133,6 +1134,68 @@ async fn two_gateways_share_one_namespace_and_journal(b: Backend) {
         last = ev.seq;
     }
     stop.cancel();
+    check_consistent(&f.gw.db).await;
+}
+
+/// Reads by id report the entry's current path at once, on this gateway and on another one
+/// sharing the store, however directories above it move (the paths are cached per gateway).
+async fn paths_by_id_follow_directory_moves_on_every_gateway(b: Backend) {
+    let f = fixture(b).await;
+    let g2 = second(&f).await;
+    let a = &f.alice;
+    let bk = f.gw.ns.create_bucket(a, "moves", false).await.unwrap().id;
+    let top = f.gw.ns.mkdir(a, bk, "top", 0, 0, 0).await.unwrap().id;
+    let mid = f.gw.ns.mkdir(a, top, "mid", 0, 0, 0).await.unwrap().id;
+    let other = f.gw.ns.mkdir(a, bk, "other", 0, 0, 0).await.unwrap().id;
+    let file = put(&f, a, "moves", "top/mid/f", b"x").await.id;
+    let by_id = |gw: &cyxcloud_gateway::Gateway, id: u64| {
+        let (ns, a) = (gw.ns.clone(), a.clone());
+        async move {
+            let e = ns.getattr(&a, &Ref::Id(id)).await.unwrap();
+            (e.bucket, e.path)
+        }
+    };
+    let at = |p: &str| ("moves".to_string(), p.to_string());
+    for gw in [&f.gw, &g2] {
+        assert_eq!(by_id(gw, file).await, at("top/mid/f"));
+        assert_eq!(by_id(gw, mid).await, at("top/mid"));
+        let e = gw.ns.lookup(a, mid, "f").await.unwrap();
+        assert_eq!((e.bucket, e.path), at("top/mid/f"));
+    }
+    // A move of an ancestor on gateway 1: both gateways see it in their next read.
+    let moves = [
+        (bk, "top", bk, "renamed", Rename::Replace, "renamed/mid/f"),
+        (top, "mid", other, "mid", Rename::Replace, "other/mid/f"),
+        (
+            bk,
+            "other",
+            bk,
+            "renamed",
+            Rename::Exchange,
+            "renamed/mid/f",
+        ),
+    ];
+    for (from, name, to, new_name, flags, expect) in moves {
+        f.gw.ns
+            .rename(a, from, name, to, new_name, flags)
+            .await
+            .unwrap();
+        for gw in [&g2, &f.gw] {
+            assert_eq!(
+                by_id(gw, file).await,
+                at(expect),
+                "after {name} -> {new_name}"
+            );
+            let e = gw.ns.lookup(a, mid, "f").await.unwrap();
+            assert_eq!((e.bucket, e.path), at(expect));
+        }
+    }
+    // A file's own rename never needed the counter, and still shows at once.
+    f.gw.ns
+        .rename(a, mid, "f", bk, "g", Rename::Replace)
+        .await
+        .unwrap();
+    assert_eq!(by_id(&g2, file).await, at("g"));
     check_consistent(&f.gw.db).await;
 }
 

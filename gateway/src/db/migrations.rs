@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "s3 multipart uploads",
         crate::s3::store::MIGRATION_S3_MULTIPART,
     ),
+    (4, "directory move counter", M0004),
 ];
 
 const M0001: &str = r#"
@@ -253,6 +254,12 @@ UPDATE chunks SET content_id = id;
 CREATE INDEX chunks_content ON chunks (content_id);
 CREATE INDEX journal_time ON journal (time_ns);
 CREATE INDEX inodes_kind ON inodes (kind, owner_id);
+"#;
+
+/// Counts the transactions that move a directory, so cached directory paths can be validated
+/// in the same statement that reads an entry (`namespace::dirs`).
+const M0004: &str = r#"
+INSERT INTO counters (name, value) VALUES ('dir_moves', 0);
 "#;
 
 /// Rewrites the dialect tokens of `sql` for `backend`.

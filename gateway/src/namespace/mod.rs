@@ -13,6 +13,7 @@
 //! Reads go straight to the pool (or a snapshot for multi-statement reads); every mutation is
 //! one serialized write transaction that also appends its journal events ([`crate::journal`]).
 
+mod dirs;
 mod list;
 mod ops;
 
@@ -21,6 +22,7 @@ pub(crate) use ops::{NewInode, emit, ensure_dirs, insert_dentry, insert_inode, t
 pub use ops::{Perms, Rename, SetAttr};
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
 
 use cyxcloud_proto::v1;
 use prost::Message;
@@ -653,11 +655,18 @@ pub(crate) async fn resolve_ref(q: &mut impl Q, r: &Ref) -> Result<Entry> {
 #[derive(Clone, Debug)]
 pub struct Namespace {
     pub(crate) db: Db,
+    dirs: Arc<dirs::DirPaths>,
 }
+
+/// The `dir_moves` counter, as a column of a read (see [`dirs`]).
+const DIR_MOVES: &str = "(SELECT value FROM counters WHERE name = 'dir_moves')";
 
 impl Namespace {
     pub fn new(db: Db) -> Self {
-        Namespace { db }
+        Namespace {
+            db,
+            dirs: Arc::default(),
+        }
     }
 
     pub fn db(&self) -> &Db {
@@ -667,20 +676,83 @@ impl Namespace {
     /// Attributes of an entry.
     pub async fn getattr(&self, caller: &Caller, r: &Ref) -> Result<Entry> {
         let mut c = self.db.conn().await?;
-        let e = resolve_ref(&mut c, r).await?;
+        let e = match r {
+            Ref::Id(id) if *id != ROOT_ID => self.entry_by_id(&mut c, *id).await?,
+            r => resolve_ref(&mut c, r).await?,
+        };
         check_owner(caller, &e)?;
         Ok(e)
+    }
+
+    /// [`entry_by_id`] outside a transaction: the inode and its one name in one query, the
+    /// directory's path from the cache.
+    async fn entry_by_id(&self, c: &mut Conn, id: u64) -> Result<Entry> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {INODE_COLS}, d.parent_id, d.name, {DIR_MOVES} \
+                 FROM inodes i JOIN dentries d ON d.inode_id = i.id WHERE i.id = $1"
+            )
+        });
+        // One row per name (several for hard links); sorting them here, not in the query,
+        // keeps its plan a pair of index lookups.
+        let rows = c.all(SQL.as_str(), args![id]).await?;
+        let n = N_INODE_COLS;
+        let mut names = Vec::with_capacity(rows.len());
+        for r in &rows {
+            names.push((r.u64(n)?, r.text(n + 1)?, r));
+        }
+        let Some((parent, name, row)) = names
+            .into_iter()
+            .min_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)))
+        else {
+            return Err(Error::not_found(format!("entry {id}")));
+        };
+        let inode = inode_from_row(row, 0)?;
+        let epoch = row.i64(n + 2)?;
+        let (bucket, path) = self.path_in(c, epoch, parent, &name).await?;
+        Ok(Entry {
+            inode,
+            parent_id: parent,
+            name,
+            bucket,
+            path,
+        })
+    }
+
+    /// `(bucket, path)` of the child `name` of directory `parent`, with `dir_moves` read as
+    /// `epoch` in the statement that found the child.
+    async fn path_in(
+        &self,
+        c: &mut Conn,
+        epoch: i64,
+        parent: u64,
+        name: &str,
+    ) -> Result<(String, String)> {
+        if parent == ROOT_ID {
+            return Ok((name.to_string(), String::new()));
+        }
+        let (bucket, dir) = match self.dirs.get(epoch, parent) {
+            Some(p) => p,
+            None => {
+                let p = dir_path(c, parent).await?;
+                self.dirs.put(epoch, parent, p.clone());
+                p
+            }
+        };
+        Ok((bucket, join(&dir, name)))
     }
 
     /// The child `name` of directory `parent`.
     pub async fn lookup(&self, caller: &Caller, parent: u64, name: &str) -> Result<Entry> {
         check_name(name)?;
         let mut c = self.db.conn().await?;
-        let sql = format!(
-            "SELECT {INODE_COLS} FROM dentries d JOIN inodes i ON i.id = d.inode_id \
-             WHERE d.parent_id = $1 AND d.name = $2"
-        );
-        let Some(row) = c.opt(sql, args![parent, name]).await? else {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {INODE_COLS}, {DIR_MOVES} FROM dentries d \
+                 JOIN inodes i ON i.id = d.inode_id WHERE d.parent_id = $1 AND d.name = $2"
+            )
+        });
+        let Some(row) = c.opt(SQL.as_str(), args![parent, name]).await? else {
             // Distinguish a missing parent from a missing child.
             return match load_inode(&mut c, parent).await? {
                 None => Err(Error::not_found(format!("directory {parent}"))),
@@ -695,12 +767,8 @@ impl Namespace {
         };
         let inode = inode_from_row(&row, 0)?;
         check_owner(caller, &inode)?;
-        let (bucket, path) = if parent == ROOT_ID {
-            (name.to_string(), String::new())
-        } else {
-            let (b, p) = dir_path(&mut c, parent).await?;
-            (b, join(&p, name))
-        };
+        let epoch = row.i64(N_INODE_COLS)?;
+        let (bucket, path) = self.path_in(&mut c, epoch, parent, name).await?;
         Ok(Entry {
             inode,
             parent_id: parent,

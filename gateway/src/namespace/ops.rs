@@ -887,6 +887,9 @@ async fn rename_in(
             if d.id == src.id {
                 return Ok(());
             }
+            if src.kind.is_dir() || d.kind.is_dir() {
+                count_dir_move(tx).await?;
+            }
             let seq1 = journal::next_seq(tx).await?;
             let seq2 = journal::next_seq(tx).await?;
             set_dentry(tx, parent, name, d.id, d.kind).await?;
@@ -957,6 +960,9 @@ async fn rename_in(
                 ],
             )
             .await?;
+            if src.kind.is_dir() {
+                count_dir_move(tx).await?;
+            }
             if src.kind.is_dir() && parent != new_parent {
                 touch_dir(tx, parent, now, -1).await?;
                 nlink_new_parent += 1;
@@ -976,6 +982,17 @@ async fn rename_in(
             .await
         }
     }
+}
+
+/// Invalidates every cached directory path (see `namespace::dirs`), on every gateway, when
+/// this transaction commits.
+async fn count_dir_move(tx: &mut Tx) -> Result<()> {
+    tx.exec(
+        "UPDATE counters SET value = value + 1 WHERE name = 'dir_moves'",
+        args![],
+    )
+    .await
+    .map(drop)
 }
 
 async fn set_dentry(tx: &mut Tx, parent: u64, name: &str, inode: u64, kind: Kind) -> Result<()> {
