@@ -383,6 +383,7 @@ impl Upload {
                 if_version: o.if_version,
                 if_absent: o.if_absent,
                 mtime_ns: o.mtime_ns,
+                new_id: 0,
             })
             .await
             .map_err(|s| ClientError::rpc("write inline", s))?;

@@ -523,6 +523,7 @@ impl v1::control_server::Control for ControlService {
                 mode: r.mode,
                 uid: r.uid,
                 gid: r.gid,
+                new_id: r.new_id,
             };
             let e = self
                 .gw
@@ -530,6 +531,16 @@ impl v1::control_server::Control for ControlService {
                 .write_inline(&caller, &target, &r.data, r.if_version, r.if_absent, &attrs)
                 .await?;
             Ok(e.into())
+        })
+    }
+
+    async fn reserve_ids(
+        &self,
+        request: Request<v1::ReserveIdsRequest>,
+    ) -> Result<Response<v1::ReserveIdsResponse>, Status> {
+        rpc!(self, "ReserveIds", request, |caller, r| {
+            let (ids, expires_ns) = self.gw.writes.reserve_ids(&caller, r.count).await?;
+            Ok(v1::ReserveIdsResponse { ids, expires_ns })
         })
     }
 

@@ -117,7 +117,15 @@ pub struct FileAttrs {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// For a new file: the id it gets, reserved by the caller ([`Writes::reserve_ids`]);
+    /// 0 lets the store pick one.
+    pub new_id: u64,
 }
+
+/// How long reserved inode ids stay claimable.
+pub const RESERVATION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most ids one [`Writes::reserve_ids`] call hands out.
+pub const MAX_RESERVED_IDS: u32 = 1024;
 
 /// A committed chunk as the client reports it.
 #[derive(Debug, Clone)]
@@ -975,6 +983,11 @@ impl Writes {
                 self.cfg.inline_threshold
             )));
         }
+        if attrs.new_id != 0 && !if_absent {
+            return Err(Error::invalid(
+                "a reserved id (new_id) names a new file: it needs if_absent",
+            ));
+        }
         let e = write_tx!(self.db, tx => {
             let t = resolve_target_for_commit(&mut tx, caller, target).await?;
             check_conditions(t.existing.as_ref(), if_version, if_absent)?;
@@ -1000,6 +1013,51 @@ impl Writes {
             install_file(&mut tx, t, &s, data.len() as u64, Some(data), &[], attrs).await
         });
         Ok(e)
+    }
+
+    /// Sets aside `count` inode ids for files `caller` will create with
+    /// [`Writes::write_inline`] (`FileAttrs::new_id`). They are taken from the inodes' own
+    /// sequence, so no other file ever gets them; expired reservations are dropped here.
+    pub async fn reserve_ids(&self, caller: &Caller, count: u32) -> Result<(Vec<u64>, i64)> {
+        if count == 0 || count > MAX_RESERVED_IDS {
+            return Err(Error::invalid(format!(
+                "reserve 1 to {MAX_RESERVED_IDS} ids, not {count}"
+            )));
+        }
+        let now = now_ns();
+        let expires = now + RESERVATION_TTL.as_nanos() as i64;
+        let ids = write_tx!(self.db, tx => {
+            tx.exec("DELETE FROM reserved_ids WHERE expires_ns < $1", args![now]).await?;
+            let rows = if tx.backend() == Backend::Postgres {
+                tx.all(
+                    "INSERT INTO reserved_ids (id, owner_id, expires_ns) \
+                     SELECT nextval(pg_get_serial_sequence('inodes', 'id')), $1, $2 \
+                     FROM generate_series(1, $3) RETURNING id",
+                    args![caller.user_id.as_str(), expires, count],
+                )
+                .await?
+            } else {
+                // AUTOINCREMENT never hands out an id at or below sqlite_sequence's value.
+                let last = tx
+                    .one(
+                        "UPDATE sqlite_sequence SET seq = seq + $1 WHERE name = 'inodes' \
+                         RETURNING seq",
+                        args![count],
+                    )
+                    .await?
+                    .u64(0)?;
+                tx.all(
+                    "WITH RECURSIVE r(id) AS (SELECT $1 UNION ALL SELECT id + 1 FROM r \
+                       WHERE id < $2) \
+                     INSERT INTO reserved_ids (id, owner_id, expires_ns) \
+                     SELECT id, $3, $4 FROM r RETURNING id",
+                    args![last + 1 - count as u64, last, caller.user_id.as_str(), expires],
+                )
+                .await?
+            };
+            rows.iter().map(|r| r.u64(0)).collect::<Result<Vec<u64>>>()
+        });
+        Ok((ids, expires))
     }
 
     /// Background: aborts expired writes every `every`.
@@ -1134,10 +1192,13 @@ async fn install_file(
                 public_read: false,
             };
             let installed = if tx.backend() == Backend::Postgres {
-                create_file_pg(tx, dir.id, &name, &n, &v).await?
+                create_file_pg(tx, dir.id, &name, &n, &v, &s.user_id).await?
             } else {
+                if attrs.new_id != 0 {
+                    claim_reserved(tx, attrs.new_id, &s.user_id, now).await?;
+                }
                 let seq = journal::next_seq(tx).await?;
-                let id = crate::namespace::insert_inode(tx, &n, now, seq).await?;
+                let id = crate::namespace::insert_inode(tx, &n, now, seq, attrs.new_id).await?;
                 crate::namespace::insert_dentry(tx, dir.id, &name, id, Kind::File).await?;
                 crate::namespace::touch_dir(tx, dir.id, now, 0).await?;
                 install_new_version(tx, id, seq, &v).await?
@@ -1225,6 +1286,27 @@ async fn install_new_version(tx: &mut Tx, id: u64, seq: u64, v: &NewVersion<'_>)
     crate::namespace::inode_from_row(&row, 0)
 }
 
+/// Takes reserved id `id` of `user` (once): an error when it is not reserved for them.
+async fn claim_reserved(tx: &mut Tx, id: u64, user: &str, now: i64) -> Result<()> {
+    let n = tx
+        .exec(
+            "DELETE FROM reserved_ids WHERE id = $1 AND owner_id = $2 AND expires_ns >= $3",
+            args![id, user, now],
+        )
+        .await?;
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(not_reserved(id))
+    }
+}
+
+fn not_reserved(id: u64) -> Error {
+    Error::invalid(format!(
+        "inode id {id} is not reserved for this caller (never, expired or already used)"
+    ))
+}
+
 /// PostgreSQL: a new file in one statement, where the portable path takes six round trips:
 /// the journal sequence, the inode (its id drawn first so the version can point at it), its
 /// version, its name in `dir`, and the directory's times. Data-modifying CTEs run once each,
@@ -1235,11 +1317,14 @@ async fn create_file_pg(
     name: &str,
     n: &crate::namespace::NewInode<'_>,
     v: &NewVersion<'_>,
+    user: &str,
 ) -> Result<Inode> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    // Two spellings of `n`, the new id: the next of the sequence, or a reservation claimed
+    // (an unclaimable one yields no row and the transaction is rolled back).
+    fn sql(new_id: &str) -> String {
         format!(
             "WITH s AS (UPDATE counters SET value = value + 1 WHERE name = 'journal' RETURNING value), \
-             n AS (SELECT nextval(pg_get_serial_sequence('inodes', 'id')) AS id), \
+             n AS ({new_id}), \
              v AS (INSERT INTO versions (inode_id, size, inline_data, created_ns) \
                    SELECT n.id, $1, $2, $3 FROM n RETURNING id), \
              d AS (INSERT INTO dentries (parent_id, name, sort_key, inode_id, kind) \
@@ -1253,31 +1338,46 @@ async fn create_file_pg(
              RETURNING {}",
             *RETURNED_INODE_COLS
         )
+    }
+    static NEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        sql("SELECT nextval(pg_get_serial_sequence('inodes', 'id')) AS id")
     });
-    let row = tx
-        .one(
-            SQL.as_str(),
-            args![
-                v.size,
-                v.inline.map(<[u8]>::to_vec),
-                v.now,
-                dir,
-                name,
-                crate::namespace::sort_key(name, n.kind),
-                n.kind as i64,
-                n.mode,
-                n.uid,
-                n.gid,
-                v.mtime,
-                v.attrs.etag.as_str(),
-                v.attrs.content_type.as_str(),
-                v.meta.clone(),
-                n.owner_id,
-                n.marker,
-                n.public_read
-            ],
+    static RESERVED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        sql(
+            "DELETE FROM reserved_ids WHERE id = $18 AND owner_id = $19 AND expires_ns >= $3 \
+             RETURNING id",
         )
-        .await?;
+    });
+    let mut a = args![
+        v.size,
+        v.inline.map(<[u8]>::to_vec),
+        v.now,
+        dir,
+        name,
+        crate::namespace::sort_key(name, n.kind),
+        n.kind as i64,
+        n.mode,
+        n.uid,
+        n.gid,
+        v.mtime,
+        v.attrs.etag.as_str(),
+        v.attrs.content_type.as_str(),
+        v.meta.clone(),
+        n.owner_id,
+        n.marker,
+        n.public_read
+    ];
+    let sql = if v.attrs.new_id == 0 {
+        NEXT.as_str()
+    } else {
+        a.push(v.attrs.new_id.into());
+        a.push(user.into());
+        RESERVED.as_str()
+    };
+    let row = tx
+        .opt(sql, a)
+        .await?
+        .ok_or_else(|| not_reserved(v.attrs.new_id))?;
     let inode = crate::namespace::inode_from_row(&row, 0)?;
     tx.last_seq = tx.last_seq.max(inode.change_seq);
     crate::layout::link_chunks(tx, inode.version, v.chunks).await?;

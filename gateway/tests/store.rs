@@ -28,6 +28,7 @@ both_backends!(
     concurrent_conflicting_clients_keep_the_tree_consistent,
     two_gateways_share_one_namespace_and_journal,
     paths_by_id_follow_directory_moves_on_every_gateway,
+    reserved_ids_name_new_files_once_and_only_for_their_owner,
     accounts_tokens_and_machines,
 );
 
@@ -1196,6 +1197,100 @@ async fn paths_by_id_follow_directory_moves_on_every_gateway(b: Backend) {
         .await
         .unwrap();
     assert_eq!(by_id(&g2, file).await, at("g"));
+    check_consistent(&f.gw.db).await;
+}
+
+/// A mount answers create(2) itself under an id the gateway reserved for it: the id is the
+/// file's when it reaches the gateway, usable once, by its owner only, and never handed out
+/// to any other file.
+async fn reserved_ids_name_new_files_once_and_only_for_their_owner(b: Backend) {
+    let f = fixture(b).await;
+    let g2 = second(&f).await;
+    let (a, bob) = (&f.alice, &f.bob);
+    f.gw.ns.create_bucket(a, "res", false).await.unwrap();
+    let (ids, expires) = f.gw.writes.reserve_ids(a, 8).await.unwrap();
+    assert_eq!(ids.len(), 8);
+    assert!(expires > cyxcloud_gateway::db::now_ns());
+    // Other creates, on both gateways, never get a reserved id.
+    let plain = put(&f, a, "res", "plain", b"p").await.id;
+    let plain2 = g2
+        .writes
+        .write_inline(
+            a,
+            &path("res", "plain2"),
+            b"q",
+            0,
+            false,
+            &FileAttrs::default(),
+        )
+        .await
+        .unwrap()
+        .id;
+    let (more, _) = g2.writes.reserve_ids(a, 4).await.unwrap();
+    let all: BTreeSet<u64> = ids
+        .iter()
+        .chain(&more)
+        .chain([&plain, &plain2])
+        .copied()
+        .collect();
+    assert_eq!(all.len(), 14, "reservations and creates never share an id");
+    let with_id = |id: u64| FileAttrs {
+        new_id: id,
+        ..FileAttrs::default()
+    };
+    let e =
+        f.gw.writes
+            .write_inline(a, &path("res", "mine"), b"hello", 0, true, &with_id(ids[0]))
+            .await
+            .unwrap();
+    assert_eq!((e.id, e.size), (ids[0], 5));
+    let got = f.gw.ns.getattr(a, &Ref::Id(ids[0])).await.unwrap();
+    assert_eq!(got.path, "mine");
+    let seq_before = cyxcloud_gateway::journal::head(&f.gw.db).await.unwrap();
+    // Used once; someone else's; without if_absent; never reserved: refused, nothing changes.
+    let refused = [
+        (a, "again", ids[0], true),
+        (bob, "bobs", ids[1], true),
+        (a, "no-if-absent", ids[2], false),
+        (a, "made-up", 1 << 40, true),
+    ];
+    for (who, name, id, if_absent) in refused {
+        let err = g2
+            .writes
+            .write_inline(who, &path("res", name), b"x", 0, if_absent, &with_id(id))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                code(&err),
+                ErrorCode::InvalidArgument | ErrorCode::PermissionDenied
+            ),
+            "{name}: {err}"
+        );
+        assert!(f.gw.ns.getattr(a, &path("res", name)).await.is_err());
+    }
+    assert_eq!(
+        cyxcloud_gateway::journal::head(&f.gw.db).await.unwrap(),
+        seq_before,
+        "refused creates leave no journal event"
+    );
+    // An existing name with if_absent: the reservation stays usable elsewhere.
+    let err =
+        f.gw.writes
+            .write_inline(a, &path("res", "mine"), b"x", 0, true, &with_id(ids[1]))
+            .await
+            .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::PreconditionFailed);
+    let e = g2
+        .writes
+        .write_inline(a, &path("res", "later"), b"", 0, true, &with_id(ids[1]))
+        .await
+        .unwrap();
+    assert_eq!(e.id, ids[1]);
+    for bad in [0, cyxcloud_gateway::writes::MAX_RESERVED_IDS + 1] {
+        let err = f.gw.writes.reserve_ids(a, bad).await.unwrap_err();
+        assert_eq!(code(&err), ErrorCode::InvalidArgument);
+    }
     check_consistent(&f.gw.db).await;
 }
 

@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         crate::s3::store::MIGRATION_S3_MULTIPART,
     ),
     (4, "directory move counter", M0004),
+    (5, "reserved inode ids", M0005),
 ];
 
 const M0001: &str = r#"
@@ -260,6 +261,16 @@ CREATE INDEX inodes_kind ON inodes (kind, owner_id);
 /// in the same statement that reads an entry (`namespace::dirs`).
 const M0004: &str = r#"
 INSERT INTO counters (name, value) VALUES ('dir_moves', 0);
+"#;
+
+/// Inode ids set aside for one user's future files (`Writes::reserve_ids`), each used once.
+const M0005: &str = r#"
+CREATE TABLE reserved_ids (
+    id BIGINT PRIMARY KEY,
+    owner_id TEXT NOT NULL,
+    expires_ns BIGINT NOT NULL
+);
+CREATE INDEX reserved_ids_expiry ON reserved_ids (expires_ns);
 "#;
 
 /// Rewrites the dialect tokens of `sql` for `backend`.
