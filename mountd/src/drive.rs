@@ -8,14 +8,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cyxcloud_client::{id_ref, path_ref};
-use cyxcloud_proto::v1;
+use cyxcloud_proto::{ErrorCode, v1};
 use fuser::{FileAttr, FileType, INodeNo};
 
 use crate::chunkcache::ChunkCache;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::ids::{self, IdPool};
 use crate::remote::Remote;
-use crate::staging::{StagedFile, Staging};
+use crate::staging::{StagedFile, Staging, now_ns};
 use crate::store::{MetaStore, Mutation, SqliteStore};
 
 /// The gateway's root inode (buckets are its children).
@@ -76,7 +77,16 @@ pub struct Drive {
     departed: Mutex<HashSet<(u64, String, u64)>>,
     /// Itself, for tasks spawned from `&self` (set by [`Drive::into_arc`]).
     pub this: OnceLock<std::sync::Weak<Drive>>,
+    /// Inode ids the gateway reserved for this mount's new files (`ReserveIds`): a create is
+    /// answered locally under one of them and reaches the gateway with the file's bytes.
+    ids: Mutex<IdPool>,
+    /// A refill of `ids` is in flight.
+    refilling: std::sync::atomic::AtomicBool,
 }
+
+/// Ids asked for at a time, and the stock below which more are fetched in the background.
+const ID_BATCH: u32 = 512;
+const ID_LOW: usize = 128;
 
 impl std::fmt::Debug for Drive {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,6 +142,15 @@ impl Drive {
             cfg.queue_capacity,
         )?;
         let remote = Remote::new(&cfg);
+        let used_to = store
+            .staged()?
+            .iter()
+            .filter(|r| r.pending.is_some())
+            .map(|r| r.ino)
+            .chain(store.kv(ids::USED_KEY)?.and_then(|v| v.parse().ok()))
+            .max()
+            .unwrap_or(0);
+        let ids = IdPool::load(store.kv(ids::POOL_KEY)?.as_deref(), used_to, now_ns());
         let root = match &cfg.bucket {
             None => GATEWAY_ROOT,
             Some(b) => resolve_bucket(&remote, store.as_ref(), b).await?,
@@ -154,6 +173,8 @@ impl Drive {
             patch_lock: Mutex::new(()),
             departed: Mutex::new(HashSet::new()),
             this: OnceLock::new(),
+            ids: Mutex::new(ids),
+            refilling: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -597,8 +618,166 @@ impl Drive {
                 }
             }
         }
+        // Files created here that the gateway does not have yet stay listed.
+        children.extend(self.staging.pending_in(dir));
         batch.push(Mutation::ReplaceChildren { dir, children });
         self.store.apply(&batch)
+    }
+
+    // ---- files created here first ----
+
+    /// An inode id for a new file, reserved at the gateway for this mount. Fetches a batch
+    /// when none is left, and the next one in the background when few are.
+    pub async fn new_id(&self) -> Result<u64> {
+        let (id, low) = {
+            let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+            (ids.take(now_ns()), ids.len() < ID_LOW)
+        };
+        if let Some(id) = id {
+            if low
+                && !self.refilling.swap(true, Ordering::SeqCst)
+                && let Some(d) = self.this.get().and_then(std::sync::Weak::upgrade)
+            {
+                tokio::spawn(async move {
+                    if let Err(e) = d.reserve_ids().await {
+                        tracing::debug!(error = %e, "cannot reserve inode ids");
+                    }
+                    d.refilling.store(false, Ordering::SeqCst);
+                });
+            }
+            return Ok(id);
+        }
+        self.reserve_ids().await?;
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(now_ns())
+            .ok_or_else(|| Error::Offline("the gateway reserved no inode ids".into()))
+    }
+
+    /// Adds a batch of reserved ids to the stock.
+    pub async fn reserve_ids(&self) -> Result<()> {
+        let r = self
+            .remote
+            .call("reserve ids", |c| async move {
+                c.control()
+                    .reserve_ids(v1::ReserveIdsRequest { count: ID_BATCH })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        let pool = {
+            let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+            ids.add(r.ids, r.expires_ns);
+            ids.encode()
+        };
+        self.store.apply(&[Mutation::SetKv {
+            key: ids::POOL_KEY.into(),
+            value: pool,
+        }])
+    }
+
+    /// Makes a file this mount created (still only local) exist at the gateway, empty; a
+    /// no-op for every other file. Every operation the gateway performs by the file's id or
+    /// name calls this first.
+    pub async fn ensure_created(&self, id: u64) -> Result<()> {
+        let Some(sf) = self.staging.get(id) else {
+            return Ok(());
+        };
+        if sf.lock().pending.is_none() {
+            return Ok(());
+        }
+        let _g = sf.create_lock.lock().await;
+        self.create_pending(&sf, &[]).await.map(drop)
+    }
+
+    /// Creates pending file `sf` at the gateway with `data` as its content (the caller holds
+    /// `sf.create_lock`). `None` when it was not pending any more. On success the file is
+    /// no longer pending; when `data` is all it holds, the returned entry is its committed
+    /// version.
+    pub async fn create_pending(&self, sf: &StagedFile, data: &[u8]) -> Result<Option<v1::Entry>> {
+        let (parent, name, mode, uid, gid, mtime_ns) = {
+            let st = sf.lock();
+            let Some((parent, name)) = st.pending.clone() else {
+                return Ok(None);
+            };
+            if st.removed && !st.orphan {
+                return Ok(None);
+            }
+            (parent, name, st.mode, st.uid, st.gid, st.mtime_ns)
+        };
+        let (bucket, dir) = self.locate(parent).await?;
+        let at = |n: &str| {
+            if dir.is_empty() {
+                n.to_string()
+            } else {
+                format!("{dir}/{n}")
+            }
+        };
+        let create = |path: String| {
+            let (bucket, data) = (bucket.clone(), data.to_vec());
+            let ino = sf.ino;
+            async move {
+                self.remote
+                    .call("create", |c| async move {
+                        c.control()
+                            .write_inline(v1::WriteInlineRequest {
+                                target: Some(path_ref(&bucket, &path)),
+                                etag: hex::encode(<md5::Md5 as md5::Digest>::digest(&data)),
+                                data,
+                                content_type: String::new(),
+                                user_metadata: Default::default(),
+                                mode,
+                                uid,
+                                gid,
+                                if_version: 0,
+                                if_absent: true,
+                                mtime_ns: Some(mtime_ns),
+                                new_id: ino,
+                            })
+                            .await
+                            .map(|r| r.into_inner())
+                    })
+                    .await
+            }
+        };
+        let e = match create(at(&name)).await {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::PreconditionFailed | ErrorCode::AlreadyExists)
+                ) =>
+            {
+                // Someone else made this name since the create was answered here: this
+                // mount's file replaces it, as a later writer's would.
+                let side = format!(".{name}.cyxcloud-{}", sf.ino);
+                let e = create(at(&side)).await?;
+                let (s, n) = (side.clone(), name.clone());
+                self.remote
+                    .call("rename", |c| async move {
+                        c.control()
+                            .rename(v1::RenameRequest {
+                                parent_id: parent,
+                                name: s,
+                                new_parent_id: parent,
+                                new_name: n,
+                                ..Default::default()
+                            })
+                            .await
+                            .map(|r| r.into_inner())
+                    })
+                    .await?;
+                v1::Entry {
+                    path: at(&name),
+                    name,
+                    ..e
+                }
+            }
+            r => r?,
+        };
+        sf.lock().pending = None;
+        self.staging.journal(sf)?;
+        Ok(Some(e))
     }
 
     /// `(bucket, path)` of a directory, from cached names (or the gateway).

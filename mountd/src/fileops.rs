@@ -93,6 +93,7 @@ impl Drive {
                 uid: e.uid,
                 gid: e.gid,
                 display,
+                pending: None,
             },
             dirty,
         )?;

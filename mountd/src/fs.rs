@@ -697,7 +697,8 @@ impl Filesystem for Fs {
                 if is_dir(&e) {
                     return Err(Error::IsDir(n.to_string()));
                 }
-                let nothing_to_cut = e.size == 0 && d.staging.get(e.id).is_none();
+                let nothing_to_cut =
+                    e.size == 0 && d.staging.get(e.id).is_none_or(|sf| sf.lock().size == 0);
                 let e = if flags & libc::O_TRUNC != 0 && !nothing_to_cut {
                     d.setattr(
                         e.id,

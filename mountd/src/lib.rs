@@ -22,6 +22,7 @@ pub mod errno;
 pub mod error;
 pub mod fileops;
 pub mod fs;
+pub mod ids;
 pub mod nsops;
 pub mod remote;
 pub mod staging;
@@ -96,6 +97,17 @@ pub fn run(cfg: Config) -> Result<()> {
     let stop = CancellationToken::new();
     rt.spawn(watch::run(drive.clone(), stop.clone()));
     rt.spawn(upload::run(drive.clone(), cfg.upload_workers, stop.clone()));
+    // Ids for new files, fetched before the drive is served so that creates work even if
+    // the gateway goes away; a gateway that is down now only delays them to the first create.
+    if !cfg.read_only
+        && let Err(e) = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), drive.reserve_ids())
+                .await
+                .map_err(|_| Error::Offline("reserving inode ids timed out".into()))?
+        })
+    {
+        tracing::info!(error = %e, "no inode ids reserved yet");
+    }
     {
         let (d, s) = (drive.clone(), stop.clone());
         rt.spawn(async move { d.staging.run_scheduler(s).await });

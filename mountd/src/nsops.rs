@@ -5,6 +5,7 @@ use cyxcloud_proto::v1;
 
 use crate::drive::{Drive, GATEWAY_ROOT, check_name, is_dir, ns_of};
 use crate::error::{Error, Result};
+use crate::staging::StagedMeta;
 use crate::store::Mutation;
 
 /// Who is asking (for the owner of new entries).
@@ -103,6 +104,11 @@ impl Drive {
         if !is_dir(&child) {
             return Err(Error::NotDir(name.to_string()));
         }
+        // Files made here and not uploaded yet are children too: the gateway must see them
+        // to refuse removing a directory that is not empty.
+        for (_, id) in self.staging.pending_in(child.id) {
+            self.ensure_created(id).await?;
+        }
         let n = name.to_string();
         if self.is_bucket_level(parent) {
             self.remote
@@ -131,7 +137,10 @@ impl Drive {
         Ok(())
     }
 
-    /// Creates an empty regular file (`O_EXCL` semantics at the gateway).
+    /// Creates an empty regular file. In a directory whose listing the cache holds whole, the
+    /// file is made here under an id the gateway reserved for this mount, and reaches the
+    /// gateway with its bytes when uploaded (or earlier, when an operation needs it there).
+    /// Elsewhere the gateway creates it at once (`O_EXCL` semantics there).
     pub async fn create_file(
         &self,
         parent: u64,
@@ -145,6 +154,12 @@ impl Drive {
             return Err(Error::NotPermitted(
                 "only buckets (directories) live at the top of the drive".into(),
             ));
+        }
+        if self.store.is_complete(parent)? && self.store.lookup(parent, name)?.is_none() {
+            match self.new_id().await {
+                Ok(id) => return self.create_here(parent, name, id, mode, who),
+                Err(e) => tracing::debug!(error = %e, "no reserved id: creating at the gateway"),
+            }
         }
         let (bucket, dir) = self.locate(parent).await?;
         let path = if dir.is_empty() {
@@ -169,11 +184,56 @@ impl Drive {
                         if_version: 0,
                         if_absent: true,
                         mtime_ns: None,
+                        new_id: 0,
                     })
                     .await
                     .map(|r| r.into_inner())
             })
             .await?;
+        self.link_name(&e, parent, name)?;
+        Ok(e)
+    }
+
+    /// [`Drive::create_file`] under reserved id `id`: an entry and an empty staged copy.
+    fn create_here(
+        &self,
+        parent: u64,
+        name: &str,
+        id: u64,
+        mode: u32,
+        who: Caller,
+    ) -> Result<v1::Entry> {
+        let now = crate::staging::now_ns();
+        let e = v1::Entry {
+            id,
+            parent_id: parent,
+            name: name.to_string(),
+            kind: v1::EntryKind::File as i32,
+            mode: mode & 0o7777 & !who.umask,
+            uid: who.uid,
+            gid: who.gid,
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
+            btime_ns: now,
+            nlink: 1,
+            ..Default::default()
+        };
+        let (tmp, file) = self.staging.temp(id)?;
+        drop(file);
+        self.staging.install(
+            id,
+            &tmp,
+            StagedMeta {
+                mtime_ns: now,
+                mode: e.mode,
+                uid: e.uid,
+                gid: e.gid,
+                display: name.to_string(),
+                pending: Some((parent, name.to_string())),
+            },
+            true,
+        )?;
         self.link_name(&e, parent, name)?;
         Ok(e)
     }
@@ -184,6 +244,22 @@ impl Drive {
         let child = self.lookup(parent, name).await?;
         if is_dir(&child) {
             return Err(Error::IsDir(name.to_string()));
+        }
+        if let Some(sf) = self.staging.get(child.id)
+            && sf.lock().pending.is_some()
+        {
+            let _g = sf.create_lock.lock().await;
+            if sf.lock().pending.is_some() {
+                // Never reached the gateway: the file goes here only.
+                self.unlink_name(parent, name, child.id, false)?;
+                self.patch(child.id, |e| e.nlink = 0)?;
+                if self.open_count(child.id) > 0 {
+                    self.staging.orphan(child.id)?;
+                } else {
+                    self.staging.remove(child.id)?;
+                }
+                return Ok(());
+            }
         }
         let last_name = child.nlink <= 1;
         if last_name {
@@ -278,6 +354,10 @@ impl Drive {
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e),
         };
+        self.ensure_created(src.id).await?;
+        if let Some(d) = &dst {
+            self.ensure_created(d.id).await?;
+        }
         if let Some(d) = &dst
             && mode == RenameMode::Replace
             && d.id != src.id
@@ -451,6 +531,7 @@ impl Drive {
         if !src_bucket.is_empty() && src_bucket != dst_bucket {
             return Err(Error::CrossBucket(format!("{src_bucket} -> {dst_bucket}")));
         }
+        self.ensure_created(id).await?;
         let n = new_name.to_string();
         let e = self
             .remote
@@ -521,21 +602,38 @@ impl Drive {
             content_type: None,
         };
         if let Some(sf) = self.staging.get(id) {
-            let mut st = sf.lock();
-            if let Some(m) = a.mode {
-                st.mode = m & 0o7777;
+            {
+                let mut st = sf.lock();
+                if let Some(m) = a.mode {
+                    st.mode = m & 0o7777;
+                }
+                if let Some(u) = a.uid {
+                    st.uid = u;
+                }
+                if let Some(g) = a.gid {
+                    st.gid = g;
+                }
+                if let Some(t) = a.mtime_ns {
+                    st.mtime_ns = t;
+                }
             }
-            if let Some(u) = a.uid {
-                st.uid = u;
-            }
-            if let Some(g) = a.gid {
-                st.gid = g;
-            }
-            if let Some(t) = a.mtime_ns {
-                st.mtime_ns = t;
-            }
-            drop(st);
             self.staging.journal(&sf)?;
+            if sf.lock().pending.is_some() {
+                let _g = sf.create_lock.lock().await;
+                if sf.lock().pending.is_some() {
+                    // Not at the gateway yet: mode, owner and mtime travel with its creation.
+                    let now = crate::staging::now_ns();
+                    self.patch(id, |e| {
+                        e.mode = a.mode.map_or(e.mode, |m| m & 0o7777);
+                        e.uid = a.uid.unwrap_or(e.uid);
+                        e.gid = a.gid.unwrap_or(e.gid);
+                        e.atime_ns = a.atime_ns.unwrap_or(e.atime_ns);
+                        e.mtime_ns = a.mtime_ns.unwrap_or(e.mtime_ns);
+                        e.ctime_ns = now;
+                    })?;
+                    return self.entry(id).await;
+                }
+            }
         }
         // Times of a staged file travel with its upload (mtime) or stay local (atime): no
         // round trip, and truncate + write works offline.
@@ -610,6 +708,7 @@ impl Drive {
             }
             f |= 2;
         }
+        self.ensure_created(id).await?;
         let (n, v) = (name.to_string(), value.to_vec());
         let r = self
             .remote
@@ -656,6 +755,7 @@ impl Drive {
         if !cur.xattrs.contains_key(name) {
             return Err(Error::NoAttr);
         }
+        self.ensure_created(id).await?;
         let n = name.to_string();
         let r = self
             .remote

@@ -71,6 +71,11 @@ pub struct StagedState {
     pub due: Option<Instant>,
     pub error: Option<String>,
     pub failures: u32,
+    /// Created by this mount under a reserved id and not yet at the gateway: the
+    /// `(parent, name)` to create it as. Every operation but read, write and close makes it
+    /// exist there first (`Drive::ensure_created`); a small file's upload creates it with its
+    /// bytes in one call.
+    pub pending: Option<(u64, String)>,
 }
 
 impl StagedState {
@@ -102,6 +107,7 @@ impl StagedState {
             uid: self.uid,
             gid: self.gid,
             created_ns: self.created_ns,
+            pending: self.pending.clone(),
         }
     }
 }
@@ -116,6 +122,8 @@ pub struct StagedFile {
     file: File,
     pub st: Mutex<StagedState>,
     progress: watch::Sender<Progress>,
+    /// Held while a pending file is being created at the gateway.
+    pub create_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for StagedFile {
@@ -314,8 +322,10 @@ impl Staging {
                     due: Some(Instant::now()),
                     error: None,
                     failures: 0,
+                    pending: r.pending,
                 }),
                 progress,
+                create_lock: Default::default(),
             };
             self.files
                 .lock()
@@ -404,8 +414,17 @@ impl Staging {
             due: dirty.then(|| Instant::now() + self.delay),
             error: None,
             failures: 0,
+            pending: meta.pending,
         };
-        self.store.apply(&[Mutation::PutStaged(st.rec(ino))])?;
+        let mut batch = vec![Mutation::PutStaged(st.rec(ino))];
+        if st.pending.is_some() {
+            // The id was reserved: spend it in the same transaction (see `crate::ids`).
+            batch.push(Mutation::SetKv {
+                key: crate::ids::USED_KEY.into(),
+                value: ino.to_string(),
+            });
+        }
+        self.store.apply(&batch)?;
         let (progress, _) = watch::channel((st.uploaded_gen, 0));
         let sf = Arc::new(StagedFile {
             ino,
@@ -413,6 +432,7 @@ impl Staging {
             file,
             st: Mutex::new(st),
             progress,
+            create_lock: Default::default(),
         });
         self.files
             .lock()
@@ -503,8 +523,10 @@ impl Staging {
                 due: None,
                 error: None,
                 failures: 0,
+                pending: None,
             }),
             progress,
+            create_lock: Default::default(),
         }))
     }
 
@@ -638,6 +660,22 @@ impl Staging {
         self.wake.notify_one();
     }
 
+    /// Files created in directory `dir` that the gateway does not have yet: `(name, ino)`.
+    pub fn pending_in(&self, dir: u64) -> Vec<(String, u64)> {
+        self.all()
+            .iter()
+            .filter_map(|sf| {
+                let st = sf.lock();
+                match &st.pending {
+                    Some((p, n)) if *p == dir && !st.removed && !st.orphan => {
+                        Some((n.clone(), sf.ino))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     /// Number of files waiting for or in upload, and their bytes.
     pub fn pending(&self) -> (usize, u64) {
         self.all().iter().fold((0, 0), |(n, b), sf| {
@@ -659,6 +697,8 @@ pub struct StagedMeta {
     pub uid: u32,
     pub gid: u32,
     pub display: String,
+    /// See [`StagedState::pending`].
+    pub pending: Option<(u64, String)>,
 }
 
 /// Waits until everything written to `sf` up to now is committed; the first failed attempt

@@ -99,11 +99,46 @@ async fn upload_one(d: &Drive, ino: u64) {
     }
 }
 
+/// Creates pending file `sf` at the gateway (the caller holds its `create_lock`): a small
+/// file with its bytes, in one call (`Some`: its committed entry); a larger one empty, for the
+/// upload by id that follows (`None`, as when it was not pending any more).
+async fn create_with_bytes(d: &Drive, sf: &StagedFile, size: u64) -> Result<Option<v1::Entry>> {
+    if size as usize <= cyxcloud_client::write::INLINE_THRESHOLD {
+        let mut data = vec![0u8; size as usize];
+        let n = read_full(&sf.reopen()?, &mut data)?;
+        data.truncate(n);
+        match d.create_pending(sf, &data).await {
+            Err(e) if e.code() == Some(cyxcloud_proto::ErrorCode::TooLarge) => {}
+            Ok(Some(e)) if n as u64 == size => return Ok(Some(e)),
+            r => return r.map(|_| None),
+        }
+    }
+    d.create_pending(sf, &[]).await.map(|_| None)
+}
+
+/// Reads from the start of `f` into `buf` until it is full or the file ends.
+fn read_full(f: &std::fs::File, buf: &mut [u8]) -> Result<usize> {
+    let mut off = 0;
+    while off < buf.len() {
+        match f.read_at(&mut buf[off..], off as u64)? {
+            0 => break,
+            n => off += n,
+        }
+    }
+    Ok(off)
+}
+
 async fn upload_bytes(
     d: &Drive,
     sf: &StagedFile,
     (_, size, mtime_ns, mode, uid, gid): (u64, u64, i64, u32, u32, u32),
 ) -> Result<v1::Entry> {
+    if sf.lock().pending.is_some() {
+        let _g = sf.create_lock.lock().await;
+        if let Some(e) = create_with_bytes(d, sf, size).await? {
+            return Ok(e);
+        }
+    }
     let client = d.remote.client().await?;
     let f = sf.reopen()?;
     let opts = UploadOptions {

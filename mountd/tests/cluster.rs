@@ -182,6 +182,21 @@ impl Cluster {
         });
     }
 
+    /// Names in bucket `bucket` at the gateway, by S3-style listing.
+    pub fn list(&self, bucket: &str) -> Vec<String> {
+        let c = self.client();
+        let r = self
+            .rt
+            .block_on(c.control().list_objects(v1::ListObjectsRequest {
+                bucket: bucket.into(),
+                max_keys: 1000,
+                ..Default::default()
+            }))
+            .unwrap()
+            .into_inner();
+        r.objects.into_iter().map(|o| o.path).collect()
+    }
+
     pub fn create_bucket(&self, name: &str) {
         let c = self.client();
         self.rt

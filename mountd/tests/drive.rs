@@ -138,24 +138,37 @@ fn kill9_between_write_and_upload_loses_nothing() {
     c.create_bucket("safe");
     // Background uploads wait 10 minutes: only close, fsync or a restart sends the file.
     let mut m = Mount::start(&c, &["--upload-delay-ms", "600000"]);
+    // Listed, so the mount creates files in it on its own (under reserved ids): the gateway
+    // does not have them until their upload.
+    assert_eq!(std::fs::read_dir(m.p("safe")).unwrap().count(), 0);
     let bytes = data(7, 6 << 20);
     let mut f = std::fs::File::create(m.p("safe/unsent.bin")).unwrap();
     f.write_all(&bytes).unwrap();
+    let mut small = std::fs::File::create(m.p("safe/small.txt")).unwrap();
+    small.write_all(b"a small file, created here").unwrap();
     // Written, still open: the upload has not started.
     assert_ne!(state(&m.p("safe/unsent.bin")).as_deref(), Some("durable"));
+    let ino = std::fs::metadata(m.p("safe/small.txt")).unwrap().ino();
     m.kill9();
-    drop(f);
+    drop((f, small));
     assert!(
-        c.get("safe", "unsent.bin").is_empty(),
-        "nothing was uploaded yet"
+        c.list("safe").is_empty(),
+        "the gateway has neither file yet"
     );
     m.launch();
     m.wait_durable("safe/unsent.bin");
+    m.wait_durable("safe/small.txt");
     assert!(
         c.get("safe", "unsent.bin") == bytes,
         "the gateway has every byte"
     );
+    assert_eq!(c.get("safe", "small.txt"), b"a small file, created here");
     assert!(std::fs::read(m.p("safe/unsent.bin")).unwrap() == bytes);
+    assert_eq!(
+        std::fs::metadata(m.p("safe/small.txt")).unwrap().ino(),
+        ino,
+        "the inode number given at create is the gateway's id"
+    );
     // A clean unmount with fusermount3 -u exits 0.
     m.unmount();
 }
@@ -204,12 +217,15 @@ fn gateway_down_cached_files_stay_readable_and_writes_queue() {
         f.sync_all().unwrap();
     }
     // Read once through the nodes so the chunks are cached, then lose the gateway.
-    let fresh = Mount::start(&c, &[]);
+    let mut fresh = Mount::start(&c, &[]);
     assert!(std::fs::read(fresh.p("offline/big.bin")).unwrap() == big);
     assert_eq!(
         std::fs::read(fresh.p("offline/docs/a.txt")).unwrap(),
         b"alpha"
     );
+    // Browsing the directory while online makes its listing complete, so names can be
+    // created in it offline (the mount knows no other file holds them).
+    assert_eq!(std::fs::read_dir(fresh.p("offline")).unwrap().count(), 2);
     c.kill_gateway();
     assert!(std::fs::read(fresh.p("offline/big.bin")).unwrap() == big);
     assert_eq!(
@@ -232,9 +248,35 @@ fn gateway_down_cached_files_stay_readable_and_writes_queue() {
         state(&fresh.p("offline/docs/a.txt")).as_deref(),
         Some("durable")
     );
+    // So is a file created offline in a listed directory (under an id reserved at start).
+    std::fs::write(fresh.p("offline/made-offline.txt"), b"created offline").unwrap();
+    assert_eq!(
+        std::fs::read(fresh.p("offline/made-offline.txt")).unwrap(),
+        b"created offline"
+    );
+    // The daemon dies and comes back while the gateway is still away: what it staged and
+    // its stock of reserved ids are on disk, so it keeps creating files.
+    fresh.kill9();
+    fresh.launch();
+    std::fs::write(fresh.p("offline/after-restart.txt"), b"after a restart").unwrap();
+    let first = std::fs::metadata(fresh.p("offline/made-offline.txt")).unwrap();
+    let second = std::fs::metadata(fresh.p("offline/after-restart.txt")).unwrap();
+    assert!(
+        second.ino() > first.ino(),
+        "a reserved id is never handed out twice"
+    );
     c.start_gateway(&[]);
     fresh.wait_durable("offline/docs/a.txt");
+    fresh.wait_durable("offline/made-offline.txt");
+    fresh.wait_durable("offline/after-restart.txt");
     assert_eq!(c.get("offline", "docs/a.txt"), b"alpha, edited offline");
+    assert_eq!(c.get("offline", "made-offline.txt"), b"created offline");
+    assert_eq!(c.get("offline", "after-restart.txt"), b"after a restart");
+    assert_eq!(
+        c.entry("offline", "after-restart.txt").unwrap().id,
+        second.ino(),
+        "the gateway names the file by the id the mount gave it"
+    );
 }
 
 #[test]

@@ -96,6 +96,7 @@ fn scripted(s: &dyn MetaStore) {
         uid: 1,
         gid: 2,
         created_ns: 7,
+        pending: Some((9, "x".into())),
     };
     s.apply(&[
         Mutation::PutStaged(rec.clone()),
@@ -190,6 +191,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
             mode: 0o600,
             uid: 0,
             gid: 0,
+            pending: (size % 2 == 1).then(|| (size, format!("n{size}"))),
             created_ns: 1,
         })),
         ino.clone().prop_map(Mutation::RemoveStaged),

@@ -35,6 +35,9 @@ pub struct StagedRec {
     pub uid: u32,
     pub gid: u32,
     pub created_ns: i64,
+    /// A file created by this mount under a reserved id and not yet at the gateway:
+    /// `(parent, name)` it is to be created as.
+    pub pending: Option<(u64, String)>,
 }
 
 /// One decoded chunk in the on-disk cache.

@@ -27,6 +27,9 @@ const MIGRATIONS: &[&str] = &[
                           mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL, uid INTEGER NOT NULL,
                           gid INTEGER NOT NULL, created_ns INTEGER NOT NULL);
      CREATE TABLE chunks (id TEXT PRIMARY KEY, size INTEGER NOT NULL, last_used INTEGER NOT NULL);",
+    // 2: files created here and not yet at the gateway (`StagedRec::pending`).
+    "ALTER TABLE staged ADD COLUMN pending_parent INTEGER;
+     ALTER TABLE staged ADD COLUMN pending_name TEXT;",
 ];
 
 /// A [`MetaStore`] in an SQLite file.
@@ -143,7 +146,8 @@ impl MetaStore for SqliteStore {
                     Mutation::PutStaged(r) => {
                         tx.prepare_cached(
                             "INSERT OR REPLACE INTO staged (ino, path, size, mtime_ns, mode, uid, gid, \
-                             created_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                             created_ns, pending_parent, pending_name) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                         )?
                         .execute(params![
                             i(r.ino),
@@ -153,7 +157,9 @@ impl MetaStore for SqliteStore {
                             r.mode,
                             r.uid,
                             r.gid,
-                            r.created_ns
+                            r.created_ns,
+                            r.pending.as_ref().map(|p| i(p.0)),
+                            r.pending.as_ref().map(|p| p.1.as_str())
                         ])?;
                     }
                     Mutation::RemoveStaged(ino) => {
@@ -265,9 +271,12 @@ impl MetaStore for SqliteStore {
     fn staged(&self) -> Result<Vec<StagedRec>> {
         self.with(|c| {
             let mut st = c.prepare_cached(
-                "SELECT ino, path, size, mtime_ns, mode, uid, gid, created_ns FROM staged ORDER BY ino",
+                "SELECT ino, path, size, mtime_ns, mode, uid, gid, created_ns, pending_parent, \
+                 pending_name FROM staged ORDER BY ino",
             )?;
             let rows = st.query_map([], |r| {
+                let parent: Option<i64> = r.get(8)?;
+                let name: Option<String> = r.get(9)?;
                 Ok(StagedRec {
                     ino: r.get::<_, i64>(0)? as u64,
                     path: r.get(1)?,
@@ -277,6 +286,7 @@ impl MetaStore for SqliteStore {
                     uid: r.get(5)?,
                     gid: r.get(6)?,
                     created_ns: r.get(7)?,
+                    pending: parent.zip(name).map(|(p, n)| (p as u64, n)),
                 })
             })?;
             rows.collect()
