@@ -609,11 +609,12 @@ impl Filesystem for Fs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        // Only `user.` attributes can exist here (setxattr refuses the other namespaces), and
-        // `ls -l` asks every entry for `security.selinux` and `system.posix_acl_access`:
-        // answered on the spot, without a task and a cache read (they were 2/3 of its time).
+        // Only `user.` attributes can exist here: the other namespaces (security labels,
+        // POSIX ACLs, trusted) are not supported, as setxattr says. `ls -l` asks every entry
+        // for `security.selinux` and `system.posix_acl_access`; EOPNOTSUPP, answered on the
+        // spot, tells it (coreutils caches it per device) to stop asking after the first.
         if !name.as_encoded_bytes().starts_with(b"user.") {
-            reply.error(fuser::Errno::NO_XATTR);
+            reply.error(fuser::Errno::EOPNOTSUPP);
             return;
         }
         let d = self.d.clone();

@@ -396,6 +396,10 @@ fn xattrs(c: &Ctx) {
     assert_eq!(xattr_remove(&p, "user.color"), Err(libc::ENODATA));
     assert_eq!(xattr_get(&p, "user.color"), Err(libc::ENODATA));
     assert_eq!(xattr_set(&p, "trusted.x", b"1", 0), Err(libc::EOPNOTSUPP));
+    // Security labels and ACLs are not supported (not merely absent).
+    for n in ["security.selinux", "system.posix_acl_access", "trusted.x"] {
+        assert_eq!(xattr_get(&p, n), Err(libc::EOPNOTSUPP), "{n}");
+    }
     // Directories carry xattrs too.
     fs::create_dir(c.p("d")).unwrap();
     xattr_set(&c.p("d"), "user.tag", b"dir", 0).unwrap();
