@@ -273,6 +273,24 @@ fn main() {
         "files/s",
     ));
 
+    // stat of every entry of the big directory from fresh mounts, before any listing: each
+    // name is looked up on its own (the drive asks the gateway, s3fs the S3 API).
+    let cold_stat = Mount::start(&c, &[]);
+    drop(s3);
+    let s3 = S3fs::mount(&c, "peer");
+    drop_caches();
+    let ls0 = stat_all(&local.path().join("small"), files);
+    let cs0 = stat_all(&cold_stat.p("bench/small"), files);
+    let ss0 = stat_all(&s3.p("small"), files);
+    rows.push(count(
+        format!("stat {files} entries, fresh mount (nothing listed)"),
+        ls0,
+        cs0,
+        ss0,
+        "stats/s",
+    ));
+    drop(cold_stat);
+
     // stat and ls -l of the big directory, from fresh mounts (metadata fetched once).
     let fresh = Mount::start(&c, &[]);
     drop(s3);
@@ -291,7 +309,7 @@ fn main() {
     let cs = stat_all(&fresh.p("bench/small"), files);
     let ss = stat_all(&s3.p("small"), files);
     rows.push(count(
-        format!("stat {files} entries"),
+        format!("stat {files} entries, after ls -l"),
         ls,
         cs,
         ss,

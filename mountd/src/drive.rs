@@ -82,11 +82,21 @@ pub struct Drive {
     ids: Mutex<IdPool>,
     /// A refill of `ids` is in flight.
     refilling: std::sync::atomic::AtomicBool,
+    /// Lookups the cache could not answer, per directory not listed yet.
+    missed: Mutex<HashMap<u64, u32>>,
+    /// Listings started by those lookups, until they end (then `true` is sent).
+    listing: Mutex<HashMap<u64, tokio::sync::watch::Sender<bool>>>,
 }
 
 /// Ids asked for at a time, and the stock below which more are fetched in the background.
 const ID_BATCH: u32 = 512;
 const ID_LOW: usize = 128;
+/// Lookups in a directory the cache cannot answer before the directory is listed.
+const LIST_AFTER_LOOKUPS: u32 = 16;
+/// Listings of one directory tried before one is served without being cached.
+const LISTING_TRIES: usize = 3;
+/// How long a lookup waits for a listing of its directory in flight before asking itself.
+const LISTING_WAIT: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Drive {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -175,6 +185,8 @@ impl Drive {
             this: OnceLock::new(),
             ids: Mutex::new(ids),
             refilling: std::sync::atomic::AtomicBool::new(false),
+            missed: Mutex::new(HashMap::new()),
+            listing: Mutex::new(HashMap::new()),
         })
     }
 
@@ -361,7 +373,9 @@ impl Drive {
             }
             None => batch.push(Mutation::PutEntry(e.clone())),
         }
-        if let Some((parent, n)) = name {
+        if let Some((parent, n)) = name
+            && self.store.lookup(parent, n)? != Some(e.id)
+        {
             batch.push(Mutation::PutDentry {
                 parent,
                 name: n.to_string(),
@@ -526,6 +540,14 @@ impl Drive {
         if self.store.is_complete(parent)? {
             return Err(Error::NotFound(name.to_string()));
         }
+        // A listing of `parent` in flight answers this lookup too, without a gateway call
+        // that would change the names it is to install.
+        if self.wait_listing(parent).await && self.store.is_complete(parent)? {
+            return match self.store.lookup(parent, name)? {
+                Some(id) => self.entry(id).await,
+                None => Err(Error::NotFound(name.to_string())),
+            };
+        }
         let n = name.to_string();
         let r = self
             .remote
@@ -539,6 +561,9 @@ impl Drive {
                     .map(|r| r.into_inner())
             })
             .await;
+        if !matches!(&r, Err(e) if e.is_unavailable()) {
+            self.note_lookup_miss(parent);
+        }
         match r {
             Ok(e) => {
                 self.remember(&e, Some((parent, name)))?;
@@ -549,11 +574,61 @@ impl Drive {
         }
     }
 
+    /// Counts a lookup in `dir` the cache could not answer; the [`LIST_AFTER_LOOKUPS`]-th
+    /// lists the directory in the background, so that the rest (a `stat` of every file, a
+    /// thumbnailer opening each) are answered here, as after a readdir.
+    fn note_lookup_miss(&self, dir: u64) {
+        let start = {
+            let mut m = self.missed.lock().unwrap_or_else(|e| e.into_inner());
+            if m.len() >= 4096 {
+                m.clear();
+            }
+            let n = m.entry(dir).or_default();
+            *n += 1;
+            *n == LIST_AFTER_LOOKUPS
+        };
+        if start && let Some(d) = self.this.get().and_then(std::sync::Weak::upgrade) {
+            let (done, _) = tokio::sync::watch::channel(false);
+            self.listing_lock().insert(dir, done);
+            tokio::spawn(async move {
+                if let Err(e) = d.fetch_listing(dir).await {
+                    tracing::debug!(dir, error = %e, "listing ahead of lookups failed");
+                }
+                if let Some(done) = d.listing_lock().remove(&dir) {
+                    done.send_replace(true);
+                }
+                d.missed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&dir);
+            });
+        }
+    }
+
+    /// Waits (a bounded time) for a listing of `dir` started by [`Drive::note_lookup_miss`];
+    /// `true` if there was one and it ended.
+    async fn wait_listing(&self, dir: u64) -> bool {
+        let Some(mut rx) = self.listing_lock().get(&dir).map(|tx| tx.subscribe()) else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(LISTING_WAIT, rx.wait_for(|done| *done)).await,
+            Ok(Ok(_))
+        ) || rx.has_changed().is_err()
+    }
+
+    fn listing_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, tokio::sync::watch::Sender<bool>>> {
+        self.listing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The children of a directory, listing it at the gateway unless the cache has it all.
     pub async fn list(&self, dir: u64) -> Result<Vec<(String, v1::Entry)>> {
         if !self.store.is_complete(dir)? {
             match self.fetch_listing(dir).await {
-                Ok(()) => {}
+                Ok(None) => {}
+                Ok(Some(listing)) => return Ok(listing),
                 Err(e) if e.is_unavailable() => {
                     tracing::debug!(dir, "offline: listing what the cache has");
                 }
@@ -563,7 +638,52 @@ impl Drive {
         self.store.children_entries(dir)
     }
 
-    async fn fetch_listing(&self, dir: u64) -> Result<()> {
+    /// Lists `dir` at the gateway into the cache, marked complete: `None`. A listing during
+    /// which the cache's names in `dir` changed (a create or unlink here, a journal event) is
+    /// not installed, since it could undo that change; it is fetched again, and after
+    /// [`LISTING_TRIES`] such tries returned instead (`Some`, merged with this mount's files
+    /// the gateway does not have yet).
+    async fn fetch_listing(&self, dir: u64) -> Result<Option<Vec<(String, v1::Entry)>>> {
+        let mut last = Vec::new();
+        for _ in 0..LISTING_TRIES {
+            let seen = self.store.dir_gen(dir);
+            let all = self.remote_listing(dir).await?;
+            let mut batch: Vec<Mutation> = Vec::with_capacity(all.len() + 1);
+            let mut children = Vec::with_capacity(all.len());
+            // Files created here that the gateway does not have yet stay listed.
+            let pending = self.staging.pending_in(dir);
+            let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
+            for e in &all {
+                children.push((e.name.clone(), e.id));
+                if self
+                    .store
+                    .entry(e.id)?
+                    .is_none_or(|c| c.change_seq <= e.change_seq)
+                {
+                    batch.push(Mutation::PutEntry(e.clone()));
+                }
+            }
+            children.extend(pending);
+            batch.push(Mutation::ReplaceChildren { dir, children });
+            if self.store.apply_if_unchanged(dir, seen, &batch)? {
+                return Ok(None);
+            }
+            tracing::debug!(dir, "names changed during the listing: listing again");
+            last = all;
+        }
+        let mut out: Vec<(String, v1::Entry)> =
+            last.into_iter().map(|e| (e.name.clone(), e)).collect();
+        for (name, id) in self.staging.pending_in(dir) {
+            if let Some(e) = self.store.entry(id)? {
+                out.push((name, e));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Some(out))
+    }
+
+    /// Every entry of `dir` at the gateway (the buckets at the top).
+    async fn remote_listing(&self, dir: u64) -> Result<Vec<v1::Entry>> {
         let mut all: Vec<v1::Entry> = Vec::new();
         if self.is_bucket_level(dir) {
             let r = self
@@ -603,25 +723,7 @@ impl Drive {
                 }
             }
         }
-        let mut batch: Vec<Mutation> = Vec::with_capacity(all.len() + 1);
-        let mut children = Vec::with_capacity(all.len());
-        {
-            let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
-            for e in all {
-                children.push((e.name.clone(), e.id));
-                if self
-                    .store
-                    .entry(e.id)?
-                    .is_none_or(|c| c.change_seq <= e.change_seq)
-                {
-                    batch.push(Mutation::PutEntry(e));
-                }
-            }
-        }
-        // Files created here that the gateway does not have yet stay listed.
-        children.extend(self.staging.pending_in(dir));
-        batch.push(Mutation::ReplaceChildren { dir, children });
-        self.store.apply(&batch)
+        Ok(all)
     }
 
     // ---- files created here first ----

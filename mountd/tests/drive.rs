@@ -216,8 +216,25 @@ fn gateway_down_cached_files_stay_readable_and_writes_queue() {
         f.write_all(&d).unwrap();
         f.sync_all().unwrap();
     }
+    for i in 0..40 {
+        c.put(
+            "offline",
+            &format!("many/f{i:02}"),
+            format!("file {i}").as_bytes(),
+        );
+    }
     // Read once through the nodes so the chunks are cached, then lose the gateway.
     let mut fresh = Mount::start(&c, &[]);
+    // Looking names up one by one in a directory never listed: after a few, the mount lists
+    // it, so the rest (and names that do not exist) are answered without the gateway.
+    for i in 0..20 {
+        assert_eq!(
+            std::fs::metadata(fresh.p(&format!("offline/many/f{i:02}")))
+                .unwrap()
+                .len(),
+            format!("file {i}").len() as u64
+        );
+    }
     assert!(std::fs::read(fresh.p("offline/big.bin")).unwrap() == big);
     assert_eq!(
         std::fs::read(fresh.p("offline/docs/a.txt")).unwrap(),
@@ -225,7 +242,7 @@ fn gateway_down_cached_files_stay_readable_and_writes_queue() {
     );
     // Browsing the directory while online makes its listing complete, so names can be
     // created in it offline (the mount knows no other file holds them).
-    assert_eq!(std::fs::read_dir(fresh.p("offline")).unwrap().count(), 2);
+    assert_eq!(std::fs::read_dir(fresh.p("offline")).unwrap().count(), 3);
     c.kill_gateway();
     assert!(std::fs::read(fresh.p("offline/big.bin")).unwrap() == big);
     assert_eq!(
@@ -237,7 +254,21 @@ fn gateway_down_cached_files_stay_readable_and_writes_queue() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["big.bin", "docs"]);
+    assert_eq!(names, ["big.bin", "docs", "many"]);
+    assert_eq!(
+        std::fs::metadata(fresh.p("offline/many/f39"))
+            .unwrap()
+            .len(),
+        7,
+        "a name never looked up is known from the listing"
+    );
+    assert_eq!(
+        std::fs::metadata(fresh.p("offline/many/absent"))
+            .unwrap_err()
+            .kind(),
+        std::io::ErrorKind::NotFound,
+        "and so is a name that does not exist"
+    );
     assert_eq!(
         std::fs::metadata(fresh.p("offline/big.bin")).unwrap().len(),
         5 << 20

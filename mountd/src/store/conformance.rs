@@ -121,15 +121,71 @@ fn scripted(s: &dyn MetaStore) {
     );
 }
 
+/// A listing installed with `apply_if_unchanged` is refused once anything changed the names
+/// in its directory (and only there) after its generation was read.
+fn listing_generations(s: &dyn MetaStore) {
+    let listing = |names: &[&str]| {
+        vec![Mutation::ReplaceChildren {
+            dir: 7,
+            children: names.iter().map(|n| (n.to_string(), 70)).collect(),
+        }]
+    };
+    let g = s.dir_gen(7);
+    // Changes elsewhere do not matter.
+    s.apply(&[
+        Mutation::PutDentry {
+            parent: 8,
+            name: "x".into(),
+            ino: 80,
+        },
+        Mutation::PutEntry(entry(7, 0)),
+    ])
+    .unwrap();
+    assert_eq!(s.dir_gen(7), g);
+    assert!(s.apply_if_unchanged(7, g, &listing(&["a"])).unwrap());
+    assert!(s.is_complete(7).unwrap());
+    // Each kind of change to dir 7's names moves its generation.
+    let changes = [
+        Mutation::PutDentry {
+            parent: 7,
+            name: "new".into(),
+            ino: 71,
+        },
+        Mutation::RemoveDentry {
+            parent: 7,
+            name: "a".into(),
+        },
+        Mutation::SetComplete {
+            dir: 7,
+            complete: false,
+        },
+        Mutation::RemoveEntry(7),
+        Mutation::ClearNamespace,
+    ];
+    for m in changes {
+        let g = s.dir_gen(7);
+        s.apply(std::slice::from_ref(&m)).unwrap();
+        let after = s.children(7).unwrap();
+        assert_ne!(s.dir_gen(7), g, "{m:?}");
+        assert!(
+            !s.apply_if_unchanged(7, g, &listing(&["stale"])).unwrap(),
+            "{m:?}"
+        );
+        assert_eq!(s.children(7).unwrap(), after, "nothing applied after {m:?}");
+    }
+}
+
 #[test]
 fn memory_store_conforms() {
     scripted(&MemStore::new());
+    listing_generations(&MemStore::new());
 }
 
 #[test]
 fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     scripted(&SqliteStore::open(&dir.path().join("c.db")).unwrap());
+    listing_generations(&SqliteStore::open(&dir.path().join("g.db")).unwrap());
 }
 
 #[test]

@@ -6,10 +6,10 @@ use std::sync::Mutex;
 
 use cyxcloud_proto::v1;
 
-use super::{ChunkRec, MetaStore, Mutation, StagedRec};
+use super::{ChunkRec, DirGens, MetaStore, Mutation, StagedRec};
 use crate::error::Result;
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct State {
     entries: BTreeMap<u64, v1::Entry>,
     dentries: BTreeMap<(u64, String), u64>,
@@ -18,6 +18,7 @@ struct State {
     kv: BTreeMap<String, String>,
     staged: BTreeMap<u64, StagedRec>,
     chunks: BTreeMap<String, ChunkRec>,
+    gens: DirGens,
 }
 
 /// A [`MetaStore`] in memory.
@@ -38,68 +39,20 @@ impl MemStore {
 
 impl MetaStore for MemStore {
     fn apply(&self, batch: &[Mutation]) -> Result<()> {
+        self.with(|s| apply(s, batch))
+    }
+
+    fn apply_if_unchanged(&self, dir: u64, seen: u64, batch: &[Mutation]) -> Result<bool> {
         self.with(|s| {
-            for m in batch {
-                match m {
-                    Mutation::PutEntry(e) => {
-                        s.entries.insert(e.id, e.clone());
-                    }
-                    Mutation::RemoveEntry(ino) => {
-                        s.entries.remove(ino);
-                        s.layouts.remove(ino);
-                        s.complete.remove(ino);
-                        s.dentries.retain(|(p, _), _| p != ino);
-                    }
-                    Mutation::PutDentry { parent, name, ino } => {
-                        s.dentries.insert((*parent, name.clone()), *ino);
-                    }
-                    Mutation::RemoveDentry { parent, name } => {
-                        s.dentries.remove(&(*parent, name.clone()));
-                    }
-                    Mutation::SetComplete { dir, complete } => {
-                        if *complete {
-                            s.complete.insert(*dir);
-                        } else {
-                            s.complete.remove(dir);
-                        }
-                    }
-                    Mutation::ReplaceChildren { dir, children } => {
-                        s.dentries.retain(|(p, _), _| p != dir);
-                        for (n, i) in children {
-                            s.dentries.insert((*dir, n.clone()), *i);
-                        }
-                        s.complete.insert(*dir);
-                    }
-                    Mutation::PutLayout {
-                        ino,
-                        version,
-                        layout,
-                    } => {
-                        s.layouts.insert(*ino, (*version, layout.clone()));
-                    }
-                    Mutation::SetKv { key, value } => {
-                        s.kv.insert(key.clone(), value.clone());
-                    }
-                    Mutation::PutStaged(r) => {
-                        s.staged.insert(r.ino, r.clone());
-                    }
-                    Mutation::RemoveStaged(ino) => {
-                        s.staged.remove(ino);
-                    }
-                    Mutation::PutChunk(c) => {
-                        s.chunks.insert(c.id.clone(), c.clone());
-                    }
-                    Mutation::RemoveChunk(id) => {
-                        s.chunks.remove(id);
-                    }
-                    Mutation::ClearNamespace => {
-                        s.dentries.clear();
-                        s.complete.clear();
-                    }
-                }
+            if s.gens.get(dir) != seen {
+                return Ok(false);
             }
-            Ok(())
+            apply(s, batch).map(|()| true)
         })
+    }
+
+    fn dir_gen(&self, dir: u64) -> u64 {
+        self.with(|s| s.gens.get(dir))
     }
 
     fn entry(&self, ino: u64) -> Result<Option<v1::Entry>> {
@@ -154,4 +107,68 @@ impl MetaStore for MemStore {
     fn chunks(&self) -> Result<Vec<ChunkRec>> {
         Ok(self.with(|s| s.chunks.values().cloned().collect()))
     }
+}
+
+fn apply(s: &mut State, batch: &[Mutation]) -> Result<()> {
+    for m in batch {
+        match m {
+            Mutation::PutEntry(e) => {
+                s.entries.insert(e.id, e.clone());
+            }
+            Mutation::RemoveEntry(ino) => {
+                s.entries.remove(ino);
+                s.layouts.remove(ino);
+                s.complete.remove(ino);
+                s.dentries.retain(|(p, _), _| p != ino);
+            }
+            Mutation::PutDentry { parent, name, ino } => {
+                s.dentries.insert((*parent, name.clone()), *ino);
+            }
+            Mutation::RemoveDentry { parent, name } => {
+                s.dentries.remove(&(*parent, name.clone()));
+            }
+            Mutation::SetComplete { dir, complete } => {
+                if *complete {
+                    s.complete.insert(*dir);
+                } else {
+                    s.complete.remove(dir);
+                }
+            }
+            Mutation::ReplaceChildren { dir, children } => {
+                s.dentries.retain(|(p, _), _| p != dir);
+                for (n, i) in children {
+                    s.dentries.insert((*dir, n.clone()), *i);
+                }
+                s.complete.insert(*dir);
+            }
+            Mutation::PutLayout {
+                ino,
+                version,
+                layout,
+            } => {
+                s.layouts.insert(*ino, (*version, layout.clone()));
+            }
+            Mutation::SetKv { key, value } => {
+                s.kv.insert(key.clone(), value.clone());
+            }
+            Mutation::PutStaged(r) => {
+                s.staged.insert(r.ino, r.clone());
+            }
+            Mutation::RemoveStaged(ino) => {
+                s.staged.remove(ino);
+            }
+            Mutation::PutChunk(c) => {
+                s.chunks.insert(c.id.clone(), c.clone());
+            }
+            Mutation::RemoveChunk(id) => {
+                s.chunks.remove(id);
+            }
+            Mutation::ClearNamespace => {
+                s.dentries.clear();
+                s.complete.clear();
+            }
+        }
+    }
+    s.gens.note(batch);
+    Ok(())
 }

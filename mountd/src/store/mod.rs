@@ -97,6 +97,14 @@ pub enum Mutation {
 /// The cache's storage.
 pub trait MetaStore: Send + Sync {
     fn apply(&self, batch: &[Mutation]) -> Result<()>;
+    /// Applies `batch` only if the names cached in `dir` (and its completeness) did not change
+    /// since [`MetaStore::dir_gen`] returned `seen`; `false`, with nothing applied, if they did.
+    /// A listing fetched from the gateway is installed this way, so that a create, unlink or
+    /// journal event that landed while it was in flight is never undone by it.
+    fn apply_if_unchanged(&self, dir: u64, seen: u64, batch: &[Mutation]) -> Result<bool>;
+    /// The generation of `dir`'s cached names: it changes with every mutation of them (not
+    /// persisted; only compared within one process).
+    fn dir_gen(&self, dir: u64) -> u64;
     fn entry(&self, ino: u64) -> Result<Option<v1::Entry>>;
     fn lookup(&self, parent: u64, name: &str) -> Result<Option<u64>>;
     /// Children of `parent` in name order.
@@ -119,6 +127,40 @@ pub trait MetaStore: Send + Sync {
     fn kv(&self, key: &str) -> Result<Option<String>>;
     fn staged(&self) -> Result<Vec<StagedRec>>;
     fn chunks(&self) -> Result<Vec<ChunkRec>>;
+}
+
+/// Generations of directories' cached names (see [`MetaStore::dir_gen`]): a counter per
+/// directory plus an epoch for [`Mutation::ClearNamespace`]. The sum of the two only grows, so
+/// an equal sum means neither moved.
+#[derive(Debug, Default)]
+struct DirGens {
+    epoch: u64,
+    per: std::collections::HashMap<u64, u64>,
+}
+
+impl DirGens {
+    fn get(&self, dir: u64) -> u64 {
+        self.epoch + self.per.get(&dir).copied().unwrap_or(0)
+    }
+
+    /// Counts what `batch` changes.
+    fn note(&mut self, batch: &[Mutation]) {
+        for m in batch {
+            let dir = match m {
+                Mutation::PutDentry { parent, .. } | Mutation::RemoveDentry { parent, .. } => {
+                    *parent
+                }
+                Mutation::SetComplete { dir, .. } | Mutation::ReplaceChildren { dir, .. } => *dir,
+                Mutation::RemoveEntry(ino) => *ino,
+                Mutation::ClearNamespace => {
+                    self.epoch += 1;
+                    continue;
+                }
+                _ => continue,
+            };
+            *self.per.entry(dir).or_default() += 1;
+        }
+    }
 }
 
 const ENTRY_MAGIC: &[u8; 4] = b"CXE\x01";

@@ -8,7 +8,7 @@ use cyxcloud_proto::v1;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    ChunkRec, MetaStore, Mutation, StagedRec, decode_entry, decode_layout, encode_entry,
+    ChunkRec, DirGens, MetaStore, Mutation, StagedRec, decode_entry, decode_layout, encode_entry,
     encode_layout,
 };
 use crate::error::Result;
@@ -34,7 +34,8 @@ const MIGRATIONS: &[&str] = &[
 
 /// A [`MetaStore`] in an SQLite file.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    /// The connection, and the directories' generations (changed under the same lock).
+    conn: Mutex<(Connection, DirGens)>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -61,13 +62,28 @@ impl SqliteStore {
             tx.commit()?;
         }
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
+            conn: Mutex::new((conn, DirGens::default())),
         })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
         let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(f(&mut c)?)
+        Ok(f(&mut c.0)?)
+    }
+
+    /// Applies `batch` if `check` (run on the generations first, under the lock) allows.
+    fn apply_when(&self, batch: &[Mutation], check: impl FnOnce(&DirGens) -> bool) -> Result<bool> {
+        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let (c, gens) = &mut *guard;
+        if !check(gens) {
+            return Ok(false);
+        }
+        if batch.is_empty() {
+            return Ok(true);
+        }
+        apply_tx(c, batch)?;
+        gens.note(batch);
+        Ok(true)
     }
 }
 
@@ -77,112 +93,19 @@ fn i(v: u64) -> i64 {
 
 impl MetaStore for SqliteStore {
     fn apply(&self, batch: &[Mutation]) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.with(|c| {
-            let tx = c.transaction()?;
-            for m in batch {
-                match m {
-                    Mutation::PutEntry(e) => {
-                        tx.prepare_cached("INSERT OR REPLACE INTO entries (ino, rec) VALUES (?1, ?2)")?
-                            .execute(params![i(e.id), encode_entry(e)])?;
-                    }
-                    Mutation::RemoveEntry(ino) => {
-                        tx.prepare_cached("DELETE FROM entries WHERE ino = ?1")?
-                            .execute(params![i(*ino)])?;
-                        tx.prepare_cached("DELETE FROM layouts WHERE ino = ?1")?
-                            .execute(params![i(*ino)])?;
-                        tx.prepare_cached("DELETE FROM complete WHERE dir = ?1")?
-                            .execute(params![i(*ino)])?;
-                        tx.prepare_cached("DELETE FROM dentries WHERE parent = ?1")?
-                            .execute(params![i(*ino)])?;
-                    }
-                    Mutation::PutDentry { parent, name, ino } => {
-                        tx.prepare_cached(
-                            "INSERT OR REPLACE INTO dentries (parent, name, ino) VALUES (?1, ?2, ?3)",
-                        )?
-                        .execute(params![i(*parent), name, i(*ino)])?;
-                    }
-                    Mutation::RemoveDentry { parent, name } => {
-                        tx.prepare_cached("DELETE FROM dentries WHERE parent = ?1 AND name = ?2")?
-                            .execute(params![i(*parent), name])?;
-                    }
-                    Mutation::SetComplete { dir, complete } => {
-                        if *complete {
-                            tx.prepare_cached("INSERT OR IGNORE INTO complete (dir) VALUES (?1)")?
-                                .execute(params![i(*dir)])?;
-                        } else {
-                            tx.prepare_cached("DELETE FROM complete WHERE dir = ?1")?
-                                .execute(params![i(*dir)])?;
-                        }
-                    }
-                    Mutation::ReplaceChildren { dir, children } => {
-                        tx.prepare_cached("DELETE FROM dentries WHERE parent = ?1")?
-                            .execute(params![i(*dir)])?;
-                        let mut st = tx.prepare_cached(
-                            "INSERT OR REPLACE INTO dentries (parent, name, ino) VALUES (?1, ?2, ?3)",
-                        )?;
-                        for (n, ino) in children {
-                            st.execute(params![i(*dir), n, i(*ino)])?;
-                        }
-                        tx.prepare_cached("INSERT OR IGNORE INTO complete (dir) VALUES (?1)")?
-                            .execute(params![i(*dir)])?;
-                    }
-                    Mutation::PutLayout {
-                        ino,
-                        version,
-                        layout,
-                    } => {
-                        tx.prepare_cached(
-                            "INSERT OR REPLACE INTO layouts (ino, version, rec) VALUES (?1, ?2, ?3)",
-                        )?
-                        .execute(params![i(*ino), i(*version), encode_layout(layout)])?;
-                    }
-                    Mutation::SetKv { key, value } => {
-                        tx.prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")?
-                            .execute(params![key, value])?;
-                    }
-                    Mutation::PutStaged(r) => {
-                        tx.prepare_cached(
-                            "INSERT OR REPLACE INTO staged (ino, path, size, mtime_ns, mode, uid, gid, \
-                             created_ns, pending_parent, pending_name) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                        )?
-                        .execute(params![
-                            i(r.ino),
-                            r.path,
-                            i(r.size),
-                            r.mtime_ns,
-                            r.mode,
-                            r.uid,
-                            r.gid,
-                            r.created_ns,
-                            r.pending.as_ref().map(|p| i(p.0)),
-                            r.pending.as_ref().map(|p| p.1.as_str())
-                        ])?;
-                    }
-                    Mutation::RemoveStaged(ino) => {
-                        tx.prepare_cached("DELETE FROM staged WHERE ino = ?1")?
-                            .execute(params![i(*ino)])?;
-                    }
-                    Mutation::PutChunk(c) => {
-                        tx.prepare_cached(
-                            "INSERT OR REPLACE INTO chunks (id, size, last_used) VALUES (?1, ?2, ?3)",
-                        )?
-                        .execute(params![c.id, i(c.size), c.last_used])?;
-                    }
-                    Mutation::RemoveChunk(id) => {
-                        tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?
-                            .execute(params![id])?;
-                    }
-                    Mutation::ClearNamespace => {
-                        tx.execute_batch("DELETE FROM dentries; DELETE FROM complete;")?;
-                    }
-                }
-            }
-            tx.commit()
-        })
+        self.apply_when(batch, |_| true).map(drop)
+    }
+
+    fn apply_if_unchanged(&self, dir: u64, seen: u64, batch: &[Mutation]) -> Result<bool> {
+        self.apply_when(batch, |g| g.get(dir) == seen)
+    }
+
+    fn dir_gen(&self, dir: u64) -> u64 {
+        self.conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .get(dir)
     }
 
     fn entry(&self, ino: u64) -> Result<Option<v1::Entry>> {
@@ -306,4 +229,110 @@ impl MetaStore for SqliteStore {
             rows.collect()
         })
     }
+}
+
+/// One transaction applying `batch`.
+fn apply_tx(c: &mut Connection, batch: &[Mutation]) -> rusqlite::Result<()> {
+    let tx = c.transaction()?;
+
+    for m in batch {
+        match m {
+            Mutation::PutEntry(e) => {
+                tx.prepare_cached("INSERT OR REPLACE INTO entries (ino, rec) VALUES (?1, ?2)")?
+                    .execute(params![i(e.id), encode_entry(e)])?;
+            }
+            Mutation::RemoveEntry(ino) => {
+                tx.prepare_cached("DELETE FROM entries WHERE ino = ?1")?
+                    .execute(params![i(*ino)])?;
+                tx.prepare_cached("DELETE FROM layouts WHERE ino = ?1")?
+                    .execute(params![i(*ino)])?;
+                tx.prepare_cached("DELETE FROM complete WHERE dir = ?1")?
+                    .execute(params![i(*ino)])?;
+                tx.prepare_cached("DELETE FROM dentries WHERE parent = ?1")?
+                    .execute(params![i(*ino)])?;
+            }
+            Mutation::PutDentry { parent, name, ino } => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO dentries (parent, name, ino) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![i(*parent), name, i(*ino)])?;
+            }
+            Mutation::RemoveDentry { parent, name } => {
+                tx.prepare_cached("DELETE FROM dentries WHERE parent = ?1 AND name = ?2")?
+                    .execute(params![i(*parent), name])?;
+            }
+            Mutation::SetComplete { dir, complete } => {
+                if *complete {
+                    tx.prepare_cached("INSERT OR IGNORE INTO complete (dir) VALUES (?1)")?
+                        .execute(params![i(*dir)])?;
+                } else {
+                    tx.prepare_cached("DELETE FROM complete WHERE dir = ?1")?
+                        .execute(params![i(*dir)])?;
+                }
+            }
+            Mutation::ReplaceChildren { dir, children } => {
+                tx.prepare_cached("DELETE FROM dentries WHERE parent = ?1")?
+                    .execute(params![i(*dir)])?;
+                let mut st = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO dentries (parent, name, ino) VALUES (?1, ?2, ?3)",
+                )?;
+                for (n, ino) in children {
+                    st.execute(params![i(*dir), n, i(*ino)])?;
+                }
+                tx.prepare_cached("INSERT OR IGNORE INTO complete (dir) VALUES (?1)")?
+                    .execute(params![i(*dir)])?;
+            }
+            Mutation::PutLayout {
+                ino,
+                version,
+                layout,
+            } => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO layouts (ino, version, rec) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![i(*ino), i(*version), encode_layout(layout)])?;
+            }
+            Mutation::SetKv { key, value } => {
+                tx.prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")?
+                    .execute(params![key, value])?;
+            }
+            Mutation::PutStaged(r) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO staged (ino, path, size, mtime_ns, mode, uid, gid, \
+                     created_ns, pending_parent, pending_name) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?
+                .execute(params![
+                    i(r.ino),
+                    r.path,
+                    i(r.size),
+                    r.mtime_ns,
+                    r.mode,
+                    r.uid,
+                    r.gid,
+                    r.created_ns,
+                    r.pending.as_ref().map(|p| i(p.0)),
+                    r.pending.as_ref().map(|p| p.1.as_str())
+                ])?;
+            }
+            Mutation::RemoveStaged(ino) => {
+                tx.prepare_cached("DELETE FROM staged WHERE ino = ?1")?
+                    .execute(params![i(*ino)])?;
+            }
+            Mutation::PutChunk(c) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO chunks (id, size, last_used) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![c.id, i(c.size), c.last_used])?;
+            }
+            Mutation::RemoveChunk(id) => {
+                tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?
+                    .execute(params![id])?;
+            }
+            Mutation::ClearNamespace => {
+                tx.execute_batch("DELETE FROM dentries; DELETE FROM complete;")?;
+            }
+        }
+    }
+    tx.commit()
 }
