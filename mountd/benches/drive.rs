@@ -254,7 +254,9 @@ fn main() {
     };
     let lc = create_small(&local.path().join("small"), files);
     let t = Instant::now();
+    eprintln!("phase: creates on the drive");
     let cc = create_small(&m.p("bench/small"), files);
+    eprintln!("phase: creates on the drive closed");
     wait_all_durable(&m);
     let cc_durable = t.elapsed();
     let sc = create_small(&s3.p("small"), files);

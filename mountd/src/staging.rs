@@ -238,6 +238,10 @@ pub struct Staging {
     queue: mpsc::Sender<u64>,
     rx: tokio::sync::Mutex<Option<mpsc::Receiver<u64>>>,
     wake: Notify,
+    /// Files that may have become due now (closed, fsynced, retried): the scheduler checks
+    /// these when woken, and scans every staged file only on its periodic tick, so a close
+    /// costs O(1) however many files are staged.
+    nudged: Mutex<Vec<u64>>,
     pub delay: Duration,
     fill_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -271,6 +275,7 @@ impl Staging {
             queue: tx,
             rx: tokio::sync::Mutex::new(Some(rx)),
             wake: Notify::new(),
+            nudged: Mutex::new(Vec::new()),
             delay,
             fill_locks: Mutex::new(HashMap::new()),
         };
@@ -538,18 +543,29 @@ impl Staging {
                 st.due = Some(Instant::now());
             }
         }
-        self.wake.notify_one();
+        self.nudge([sf.ino]);
     }
 
     /// The gateway is back: retry failed uploads now instead of after their backoff.
     pub fn retry_now(&self) {
         let now = Instant::now();
+        let mut retry = Vec::new();
         for sf in self.all() {
             let mut st = sf.lock();
             if st.dirty() && st.error.is_some() {
                 st.due = Some(now);
+                retry.push(sf.ino);
             }
         }
+        self.nudge(retry);
+    }
+
+    /// Has the scheduler look at `inos` now.
+    fn nudge(&self, inos: impl IntoIterator<Item = u64>) {
+        self.nudged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(inos);
         self.wake.notify_one();
     }
 
@@ -566,9 +582,13 @@ impl Staging {
 
     /// Moves due files into the queue, oldest due first, until the queue is full.
     pub async fn schedule_due(&self) {
+        self.schedule(self.all()).await;
+    }
+
+    /// Queues the files of `files` that are due, earliest first.
+    async fn schedule(&self, files: Vec<Arc<StagedFile>>) {
         let now = Instant::now();
-        let mut due: Vec<(Instant, u64)> = self
-            .all()
+        let mut due: Vec<(Instant, u64)> = files
             .iter()
             .filter_map(|sf| {
                 let st = sf.lock();
@@ -589,12 +609,21 @@ impl Staging {
 
     /// The scheduler loop: runs until `stop` is cancelled.
     pub async fn run_scheduler(&self, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.schedule_due().await;
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = self.wake.notified() => {
+                    let mut inos = std::mem::take(
+                        &mut *self.nudged.lock().unwrap_or_else(|e| e.into_inner()),
+                    );
+                    inos.sort_unstable();
+                    inos.dedup();
+                    let files = inos.into_iter().filter_map(|ino| self.get(ino)).collect();
+                    self.schedule(files).await;
+                }
+                _ = tick.tick() => self.schedule_due().await,
             }
         }
     }
@@ -636,7 +665,7 @@ impl Staging {
         if drop_it && let Err(e) = self.remove(sf.ino) {
             tracing::warn!(ino = sf.ino, error = %e, "cannot drop a committed staged file");
         }
-        self.wake.notify_one();
+        self.nudge([sf.ino]);
     }
 
     /// A handle closed: a clean, unused copy goes away; a dirty one is due now.
@@ -657,7 +686,7 @@ impl Staging {
         } else if clean && let Err(e) = self.remove(sf.ino) {
             tracing::warn!(ino = sf.ino, error = %e, "cannot drop a staged file");
         }
-        self.wake.notify_one();
+        self.nudge([sf.ino]);
     }
 
     /// Files created in directory `dir` that the gateway does not have yet: `(name, ino)`.
