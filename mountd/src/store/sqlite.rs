@@ -48,6 +48,10 @@ impl SqliteStore {
     /// Opens (creating and migrating) the cache database at `path`.
     pub fn open(path: &Path) -> Result<SqliteStore> {
         let mut conn = Connection::open(path)?;
+        // One daemon owns the cache directory (`mountd.lock`), so the database lock is taken
+        // once and kept: no fcntl lock and unlock around every transaction, and the WAL
+        // index lives in memory instead of a shared-memory file.
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
