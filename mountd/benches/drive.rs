@@ -22,6 +22,9 @@ use cluster::{Cluster, Mount, data, sh};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The drive's log filter as a user runs it (the tests' mounts log at debug level).
+const USER_LOG: &str = "info";
+
 fn drop_caches() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
@@ -176,7 +179,7 @@ fn main() {
     let c = Cluster::start(7);
     c.create_bucket("bench");
     c.create_bucket("peer");
-    let m = Mount::start(&c, &["--cache-size", "4G"]);
+    let m = Mount::start_logging(&c, &["--cache-size", "4G"], USER_LOG);
     let s3 = S3fs::mount(&c, "peer");
     let mut rows = Vec::new();
     let mbf = mb as f64;
@@ -205,7 +208,7 @@ fn main() {
     drop_caches();
     let (lr, n) = read_seq(&local.path().join("seq"));
     assert_eq!(n, (mb as u64) << 20);
-    let cold = Mount::start(&c, &["--cache-size", "4G"]);
+    let cold = Mount::start_logging(&c, &["--cache-size", "4G"], USER_LOG);
     drop(s3);
     let s3 = S3fs::mount(&c, "peer");
     drop_caches();
@@ -277,7 +280,7 @@ fn main() {
 
     // stat of every entry of the big directory from fresh mounts, before any listing: each
     // name is looked up on its own (the drive asks the gateway, s3fs the S3 API).
-    let cold_stat = Mount::start(&c, &[]);
+    let cold_stat = Mount::start_logging(&c, &[], USER_LOG);
     drop(s3);
     let s3 = S3fs::mount(&c, "peer");
     drop_caches();
@@ -294,7 +297,7 @@ fn main() {
     drop(cold_stat);
 
     // stat and ls -l of the big directory, from fresh mounts (metadata fetched once).
-    let fresh = Mount::start(&c, &[]);
+    let fresh = Mount::start_logging(&c, &[], USER_LOG);
     drop(s3);
     let s3 = S3fs::mount(&c, "peer");
     let ll = ls_l(&local.path().join("small"));

@@ -217,11 +217,17 @@ pub struct Mount {
     env: Vec<(String, String)>,
     _dir: TempDir,
     starts: u32,
+    log: String,
 }
 
 impl Mount {
     /// Mounts all buckets (or pass `--bucket B` etc. in `args`).
     pub fn start(c: &Cluster, args: &[&str]) -> Mount {
+        Mount::start_logging(c, args, "info,cyxcloud_mountd=debug")
+    }
+
+    /// [`Mount::start`] with log filter `log` (`RUST_LOG`).
+    pub fn start_logging(c: &Cluster, args: &[&str], log: &str) -> Mount {
         let dir = tempdir().unwrap();
         let path = dir.path().join("mnt");
         let cache = dir.path().join("cache");
@@ -239,6 +245,7 @@ impl Mount {
             ],
             _dir: dir,
             starts: 0,
+            log: log.to_string(),
         };
         m.launch();
         m
@@ -252,7 +259,7 @@ impl Mount {
             .arg("--cache-dir")
             .arg(&self.cache)
             .args(&self.args)
-            .env("RUST_LOG", "info,cyxcloud_mountd=debug");
+            .env("RUST_LOG", &self.log);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
