@@ -518,13 +518,11 @@ impl Drive {
     /// The entry of `id` as the gateway has it now (GetAttr), not cached.
     pub async fn fetch_entry(&self, id: u64) -> Result<v1::Entry> {
         self.remote
-            .call("getattr", |c| async move {
-                c.control()
-                    .get_attr(v1::GetAttrRequest {
-                        entry: Some(id_ref(id)),
-                    })
-                    .await
-                    .map(|r| r.into_inner())
+            .control("getattr", |mut c| async move {
+                c.get_attr(v1::GetAttrRequest {
+                    entry: Some(id_ref(id)),
+                })
+                .await
             })
             .await
     }
@@ -551,14 +549,12 @@ impl Drive {
         let n = name.to_string();
         let r = self
             .remote
-            .call("lookup", |c| async move {
-                c.control()
-                    .lookup(v1::LookupRequest {
-                        parent_id: parent,
-                        name: n,
-                    })
-                    .await
-                    .map(|r| r.into_inner())
+            .control("lookup", |mut c| async move {
+                c.lookup(v1::LookupRequest {
+                    parent_id: parent,
+                    name: n,
+                })
+                .await
             })
             .await;
         if !matches!(&r, Err(e) if e.is_unavailable()) {
@@ -688,11 +684,8 @@ impl Drive {
         if self.is_bucket_level(dir) {
             let r = self
                 .remote
-                .call("list buckets", |c| async move {
-                    c.control()
-                        .list_buckets(v1::ListBucketsRequest {})
-                        .await
-                        .map(|r| r.into_inner())
+                .control("list buckets", |mut c| async move {
+                    c.list_buckets(v1::ListBucketsRequest {}).await
                 })
                 .await?;
             all = r.buckets;
@@ -702,15 +695,13 @@ impl Drive {
                 let a = after.clone();
                 let r = self
                     .remote
-                    .call("readdir", |c| async move {
-                        c.control()
-                            .read_dir(v1::ReadDirRequest {
-                                directory: Some(id_ref(dir)),
-                                after: a,
-                                limit: 1000,
-                            })
-                            .await
-                            .map(|r| r.into_inner())
+                    .control("readdir", |mut c| async move {
+                        c.read_dir(v1::ReadDirRequest {
+                            directory: Some(id_ref(dir)),
+                            after: a,
+                            limit: 1000,
+                        })
+                        .await
                     })
                     .await?;
                 let more = r.more && !r.entries.is_empty();
@@ -761,11 +752,9 @@ impl Drive {
     pub async fn reserve_ids(&self) -> Result<()> {
         let r = self
             .remote
-            .call("reserve ids", |c| async move {
-                c.control()
-                    .reserve_ids(v1::ReserveIdsRequest { count: ID_BATCH })
+            .control("reserve ids", |mut c| async move {
+                c.reserve_ids(v1::ReserveIdsRequest { count: ID_BATCH })
                     .await
-                    .map(|r| r.into_inner())
             })
             .await?;
         let pool = {
@@ -821,24 +810,22 @@ impl Drive {
             let ino = sf.ino;
             async move {
                 self.remote
-                    .call("create", |c| async move {
-                        c.control()
-                            .write_inline(v1::WriteInlineRequest {
-                                target: Some(path_ref(&bucket, &path)),
-                                etag: hex::encode(<md5::Md5 as md5::Digest>::digest(&data)),
-                                data,
-                                content_type: String::new(),
-                                user_metadata: Default::default(),
-                                mode,
-                                uid,
-                                gid,
-                                if_version: 0,
-                                if_absent: true,
-                                mtime_ns: Some(mtime_ns),
-                                new_id: ino,
-                            })
-                            .await
-                            .map(|r| r.into_inner())
+                    .control("create", |mut c| async move {
+                        c.write_inline(v1::WriteInlineRequest {
+                            target: Some(path_ref(&bucket, &path)),
+                            etag: hex::encode(<md5::Md5 as md5::Digest>::digest(&data)),
+                            data,
+                            content_type: String::new(),
+                            user_metadata: Default::default(),
+                            mode,
+                            uid,
+                            gid,
+                            if_version: 0,
+                            if_absent: true,
+                            mtime_ns: Some(mtime_ns),
+                            new_id: ino,
+                        })
+                        .await
                     })
                     .await
             }
@@ -856,17 +843,15 @@ impl Drive {
                 let e = create(at(&side)).await?;
                 let (s, n) = (side.clone(), name.clone());
                 self.remote
-                    .call("rename", |c| async move {
-                        c.control()
-                            .rename(v1::RenameRequest {
-                                parent_id: parent,
-                                name: s,
-                                new_parent_id: parent,
-                                new_name: n,
-                                ..Default::default()
-                            })
-                            .await
-                            .map(|r| r.into_inner())
+                    .control("rename", |mut c| async move {
+                        c.rename(v1::RenameRequest {
+                            parent_id: parent,
+                            name: s,
+                            new_parent_id: parent,
+                            new_name: n,
+                            ..Default::default()
+                        })
+                        .await
                     })
                     .await?;
                 v1::Entry {
@@ -997,11 +982,8 @@ impl Drive {
     pub async fn statfs(&self) -> Result<v1::StatFsResponse> {
         let r = self
             .remote
-            .call("statfs", |c| async move {
-                c.control()
-                    .stat_fs(v1::StatFsRequest {})
-                    .await
-                    .map(|r| r.into_inner())
+            .control("statfs", |mut c| async move {
+                c.stat_fs(v1::StatFsRequest {}).await
             })
             .await;
         match r {
@@ -1023,13 +1005,11 @@ async fn resolve_bucket(remote: &Remote, store: &dyn MetaStore, bucket: &str) ->
     let key = format!("bucket-id:{bucket}");
     let b = bucket.to_string();
     let r = remote
-        .call("getattr", |c| async move {
-            c.control()
-                .get_attr(v1::GetAttrRequest {
-                    entry: Some(path_ref(&b, "")),
-                })
-                .await
-                .map(|r| r.into_inner())
+        .control("getattr", |mut c| async move {
+            c.get_attr(v1::GetAttrRequest {
+                entry: Some(path_ref(&b, "")),
+            })
+            .await
         })
         .await;
     match r {

@@ -200,17 +200,15 @@ impl Drive {
         let id = e.id;
         let r = self
             .remote
-            .call("get layout", |c| async move {
-                c.control()
-                    .get_layout(v1::GetLayoutRequest {
-                        entry: Some(id_ref(id)),
-                        offset: 0,
-                        // Not 0 ("to the end"): the gateway binds its end offset as a signed
-                        // integer, and u64::MAX wraps (reported).
-                        length: i64::MAX as u64,
-                    })
-                    .await
-                    .map(|r| r.into_inner())
+            .control("get layout", |mut c| async move {
+                c.get_layout(v1::GetLayoutRequest {
+                    entry: Some(id_ref(id)),
+                    offset: 0,
+                    // Not 0 ("to the end"): the gateway binds its end offset as a signed
+                    // integer, and u64::MAX wraps (reported).
+                    length: i64::MAX as u64,
+                })
+                .await
             })
             .await;
         let r = match r {

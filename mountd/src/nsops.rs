@@ -56,31 +56,27 @@ impl Drive {
         let n = name.to_string();
         let e = if self.is_bucket_level(parent) {
             self.remote
-                .call("create bucket", |c| async move {
-                    c.control()
-                        .create_bucket(v1::CreateBucketRequest {
-                            name: n,
-                            public_read: false,
-                        })
-                        .await
-                        .map(|r| r.into_inner())
+                .control("create bucket", |mut c| async move {
+                    c.create_bucket(v1::CreateBucketRequest {
+                        name: n,
+                        public_read: false,
+                    })
+                    .await
                 })
                 .await?
         } else {
             let mode = mode & 0o7777 & !who.umask;
             self.remote
-                .call("mkdir", |c| async move {
-                    c.control()
-                        .mkdir(v1::MkdirRequest {
-                            parent_id: parent,
-                            name: n,
-                            mode,
-                            uid: who.uid,
-                            gid: who.gid,
-                            path: None,
-                        })
-                        .await
-                        .map(|r| r.into_inner())
+                .control("mkdir", |mut c| async move {
+                    c.mkdir(v1::MkdirRequest {
+                        parent_id: parent,
+                        name: n,
+                        mode,
+                        uid: who.uid,
+                        gid: who.gid,
+                        path: None,
+                    })
+                    .await
                 })
                 .await?
         };
@@ -112,24 +108,19 @@ impl Drive {
         let n = name.to_string();
         if self.is_bucket_level(parent) {
             self.remote
-                .call("delete bucket", |c| async move {
-                    c.control()
-                        .delete_bucket(v1::DeleteBucketRequest { name: n })
-                        .await
-                        .map(|r| r.into_inner())
+                .control("delete bucket", |mut c| async move {
+                    c.delete_bucket(v1::DeleteBucketRequest { name: n }).await
                 })
                 .await?;
         } else {
             self.remote
-                .call("rmdir", |c| async move {
-                    c.control()
-                        .rmdir(v1::RemoveRequest {
-                            parent_id: parent,
-                            name: n,
-                            path: None,
-                        })
-                        .await
-                        .map(|r| r.into_inner())
+                .control("rmdir", |mut c| async move {
+                    c.rmdir(v1::RemoveRequest {
+                        parent_id: parent,
+                        name: n,
+                        path: None,
+                    })
+                    .await
                 })
                 .await?;
         }
@@ -170,24 +161,22 @@ impl Drive {
         let mode = mode & 0o7777 & !who.umask;
         let e = self
             .remote
-            .call("create", |c| async move {
-                c.control()
-                    .write_inline(v1::WriteInlineRequest {
-                        target: Some(path_ref(&bucket, &path)),
-                        data: vec![],
-                        etag: "d41d8cd98f00b204e9800998ecf8427e".into(),
-                        content_type: String::new(),
-                        user_metadata: Default::default(),
-                        mode,
-                        uid: who.uid,
-                        gid: who.gid,
-                        if_version: 0,
-                        if_absent: true,
-                        mtime_ns: None,
-                        new_id: 0,
-                    })
-                    .await
-                    .map(|r| r.into_inner())
+            .control("create", |mut c| async move {
+                c.write_inline(v1::WriteInlineRequest {
+                    target: Some(path_ref(&bucket, &path)),
+                    data: vec![],
+                    etag: "d41d8cd98f00b204e9800998ecf8427e".into(),
+                    content_type: String::new(),
+                    user_metadata: Default::default(),
+                    mode,
+                    uid: who.uid,
+                    gid: who.gid,
+                    if_version: 0,
+                    if_absent: true,
+                    mtime_ns: None,
+                    new_id: 0,
+                })
+                .await
             })
             .await?;
         self.link_name(&e, parent, name)?;
@@ -267,15 +256,13 @@ impl Drive {
         }
         let n = name.to_string();
         self.remote
-            .call("unlink", |c| async move {
-                c.control()
-                    .unlink(v1::RemoveRequest {
-                        parent_id: parent,
-                        name: n,
-                        path: None,
-                    })
-                    .await
-                    .map(|r| r.into_inner())
+            .control("unlink", |mut c| async move {
+                c.unlink(v1::RemoveRequest {
+                    parent_id: parent,
+                    name: n,
+                    path: None,
+                })
+                .await
             })
             .await?;
         self.forget_name(parent, name, &child, last_name)?;
@@ -373,17 +360,15 @@ impl Drive {
         };
         let (n, nn) = (name.to_string(), new_name.to_string());
         self.remote
-            .call("rename", |c| async move {
-                c.control()
-                    .rename(v1::RenameRequest {
-                        parent_id: parent,
-                        name: n,
-                        new_parent_id: new_parent,
-                        new_name: nn,
-                        flags: flags as i32,
-                    })
-                    .await
-                    .map(|r| r.into_inner())
+            .control("rename", |mut c| async move {
+                c.rename(v1::RenameRequest {
+                    parent_id: parent,
+                    name: n,
+                    new_parent_id: new_parent,
+                    new_name: nn,
+                    flags: flags as i32,
+                })
+                .await
             })
             .await?;
         let now = crate::staging::now_ns();
@@ -472,17 +457,15 @@ impl Drive {
         let (n, t) = (name.to_string(), target.to_string());
         let e = self
             .remote
-            .call("symlink", |c| async move {
-                c.control()
-                    .symlink(v1::SymlinkRequest {
-                        parent_id: parent,
-                        name: n,
-                        target: t,
-                        uid: who.uid,
-                        gid: who.gid,
-                    })
-                    .await
-                    .map(|r| r.into_inner())
+            .control("symlink", |mut c| async move {
+                c.symlink(v1::SymlinkRequest {
+                    parent_id: parent,
+                    name: n,
+                    target: t,
+                    uid: who.uid,
+                    gid: who.gid,
+                })
+                .await
             })
             .await?;
         self.link_name(&e, parent, name)?;
@@ -499,13 +482,11 @@ impl Drive {
         }
         let r = self
             .remote
-            .call("readlink", |c| async move {
-                c.control()
-                    .readlink(v1::GetAttrRequest {
-                        entry: Some(id_ref(id)),
-                    })
-                    .await
-                    .map(|r| r.into_inner())
+            .control("readlink", |mut c| async move {
+                c.readlink(v1::GetAttrRequest {
+                    entry: Some(id_ref(id)),
+                })
+                .await
             })
             .await?;
         Ok(r.target)
@@ -535,15 +516,13 @@ impl Drive {
         let n = new_name.to_string();
         let e = self
             .remote
-            .call("link", |c| async move {
-                c.control()
-                    .link(v1::LinkRequest {
-                        id,
-                        new_parent_id: new_parent,
-                        new_name: n,
-                    })
-                    .await
-                    .map(|r| r.into_inner())
+            .control("link", |mut c| async move {
+                c.link(v1::LinkRequest {
+                    id,
+                    new_parent_id: new_parent,
+                    new_name: n,
+                })
+                .await
             })
             .await?;
         self.link_name(&e, new_parent, new_name)?;
@@ -666,9 +645,7 @@ impl Drive {
         }
         let e = self
             .remote
-            .call("setattr", |c| async move {
-                c.control().set_attr(req).await.map(|r| r.into_inner())
-            })
+            .control("setattr", |mut c| async move { c.set_attr(req).await })
             .await?;
         self.remember(&e, None)?;
         self.layouts
@@ -712,16 +689,14 @@ impl Drive {
         let (n, v) = (name.to_string(), value.to_vec());
         let r = self
             .remote
-            .call("setxattr", |c| async move {
-                c.control()
-                    .set_xattr(v1::SetXattrRequest {
-                        entry: Some(id_ref(id)),
-                        name: n,
-                        value: v,
-                        flags: f,
-                    })
-                    .await
-                    .map(|r| r.into_inner())
+            .control("setxattr", |mut c| async move {
+                c.set_xattr(v1::SetXattrRequest {
+                    entry: Some(id_ref(id)),
+                    name: n,
+                    value: v,
+                    flags: f,
+                })
+                .await
             })
             .await;
         match r {
@@ -759,14 +734,12 @@ impl Drive {
         let n = name.to_string();
         let r = self
             .remote
-            .call("removexattr", |c| async move {
-                c.control()
-                    .remove_xattr(v1::RemoveXattrRequest {
-                        entry: Some(id_ref(id)),
-                        name: n,
-                    })
-                    .await
-                    .map(|r| r.into_inner())
+            .control("removexattr", |mut c| async move {
+                c.remove_xattr(v1::RemoveXattrRequest {
+                    entry: Some(id_ref(id)),
+                    name: n,
+                })
+                .await
             })
             .await;
         match r {

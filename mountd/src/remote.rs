@@ -124,6 +124,19 @@ impl Remote {
         }
     }
 
+    /// [`Remote::call`] of one Control RPC: `f` gets the Control API client and returns the
+    /// RPC's future; the answer's message comes back.
+    pub async fn control<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        F: FnOnce(cyxcloud_client::session::Control) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call(op, |c| async move {
+            f(c.control()).await.map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
     /// Runs one control call with the timeout; `f` gets a fresh client handle.
     pub async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
     where

@@ -52,11 +52,8 @@ async fn start_seq(d: &Drive) -> Result<u64> {
     // A fresh cache holds nothing to catch up on: start at the journal's head.
     let r = d
         .remote
-        .call("cluster status", |c| async move {
-            c.control()
-                .cluster_status(v1::ClusterStatusRequest {})
-                .await
-                .map(|r| r.into_inner())
+        .control("cluster status", |mut c| async move {
+            c.cluster_status(v1::ClusterStatusRequest {}).await
         })
         .await;
     Ok(match r {
