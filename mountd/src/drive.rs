@@ -82,8 +82,9 @@ pub struct Drive {
     ids: Mutex<IdPool>,
     /// A refill of `ids` is in flight.
     refilling: std::sync::atomic::AtomicBool,
-    /// Lookups the cache could not answer, per directory not listed yet.
-    missed: Mutex<HashMap<u64, u32>>,
+    /// Lookups the cache could not answer, per directory not listed yet, and how many start
+    /// a listing of it.
+    missed: Mutex<HashMap<u64, (u32, u32)>>,
     /// Listings started by those lookups, until they end (then `true` is sent).
     listing: Mutex<HashMap<u64, tokio::sync::watch::Sender<bool>>>,
 }
@@ -579,24 +580,34 @@ impl Drive {
             if m.len() >= 4096 {
                 m.clear();
             }
-            let n = m.entry(dir).or_default();
+            let (n, threshold) = m.entry(dir).or_insert((0, LIST_AFTER_LOOKUPS));
             *n += 1;
-            *n == LIST_AFTER_LOOKUPS
+            *n == *threshold
         };
         if start && let Some(d) = self.this.get().and_then(std::sync::Weak::upgrade) {
             let (done, _) = tokio::sync::watch::channel(false);
             self.listing_lock().insert(dir, done);
             tokio::spawn(async move {
-                if let Err(e) = d.fetch_listing(dir).await {
-                    tracing::debug!(dir, error = %e, "listing ahead of lookups failed");
-                }
+                let cached = match d.fetch_listing(dir).await {
+                    Ok(r) => r.is_none(),
+                    Err(e) => {
+                        tracing::debug!(dir, error = %e, "listing ahead of lookups failed");
+                        false
+                    }
+                };
                 if let Some(done) = d.listing_lock().remove(&dir) {
                     done.send_replace(true);
                 }
-                d.missed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&dir);
+                let mut m = d.missed.lock().unwrap_or_else(|e| e.into_inner());
+                if cached {
+                    m.remove(&dir);
+                } else if let Some((n, threshold)) = m.get_mut(&dir) {
+                    // A directory changing under its listings (or failing to list) is listed
+                    // again only after four times as many misses: never a listing per few
+                    // lookups of a big, busy directory.
+                    *n = 0;
+                    *threshold = threshold.saturating_mul(4).min(1 << 20);
+                }
             });
         }
     }
