@@ -362,6 +362,15 @@ impl Drive {
     }
 
     fn remember_locked(&self, e: &v1::Entry, name: Option<(u64, &str)>) -> Result<()> {
+        let name = match name {
+            Some((parent, n)) if self.store.lookup(parent, n)? != Some(e.id) => Some((parent, n)),
+            _ => None,
+        };
+        self.remember_entry_locked(e, name)
+    }
+
+    /// [`Drive::remember_locked`] with `name` known to be new to the cache (or `None`).
+    fn remember_entry_locked(&self, e: &v1::Entry, name: Option<(u64, &str)>) -> Result<()> {
         let mut batch = Vec::new();
         match self.store.entry(e.id)? {
             Some(c) if c.change_seq > e.change_seq => {}
@@ -374,9 +383,7 @@ impl Drive {
             }
             None => batch.push(Mutation::PutEntry(e.clone())),
         }
-        if let Some((parent, n)) = name
-            && self.store.lookup(parent, n)? != Some(e.id)
-        {
+        if let Some((parent, n)) = name {
             batch.push(Mutation::PutDentry {
                 parent,
                 name: n.to_string(),
@@ -437,7 +444,7 @@ impl Drive {
 
     fn link_name_locked(&self, e: &v1::Entry, parent: u64, name: &str) -> Result<bool> {
         let new = self.store.lookup(parent, name)? != Some(e.id);
-        self.remember_locked(e, Some((parent, name)))?;
+        self.remember_entry_locked(e, new.then_some((parent, name)))?;
         if new {
             self.touch_dir_locked(parent, is_dir(e) as i32)?;
         }
@@ -783,14 +790,10 @@ impl Drive {
     /// no-op for every other file. Every operation the gateway performs by the file's id or
     /// name calls this first.
     pub async fn ensure_created(&self, id: u64) -> Result<()> {
-        let Some(sf) = self.staging.get(id) else {
-            return Ok(());
-        };
-        if sf.lock().pending.is_none() {
-            return Ok(());
+        match self.staging.lock_pending(id).await {
+            Some((sf, _g)) => self.create_pending(&sf, &[]).await.map(drop),
+            None => Ok(()),
         }
-        let _g = sf.create_lock.lock().await;
-        self.create_pending(&sf, &[]).await.map(drop)
     }
 
     /// Creates pending file `sf` at the gateway with `data` as its content (the caller holds

@@ -234,21 +234,16 @@ impl Drive {
         if is_dir(&child) {
             return Err(Error::IsDir(name.to_string()));
         }
-        if let Some(sf) = self.staging.get(child.id)
-            && sf.lock().pending.is_some()
-        {
-            let _g = sf.create_lock.lock().await;
-            if sf.lock().pending.is_some() {
-                // Never reached the gateway: the file goes here only.
-                self.unlink_name(parent, name, child.id, false)?;
-                self.patch(child.id, |e| e.nlink = 0)?;
-                if self.open_count(child.id) > 0 {
-                    self.staging.orphan(child.id)?;
-                } else {
-                    self.staging.remove(child.id)?;
-                }
-                return Ok(());
+        if let Some((_, _g)) = self.staging.lock_pending(child.id).await {
+            // Never reached the gateway: the file goes here only.
+            self.unlink_name(parent, name, child.id, false)?;
+            self.patch(child.id, |e| e.nlink = 0)?;
+            if self.open_count(child.id) > 0 {
+                self.staging.orphan(child.id)?;
+            } else {
+                self.staging.remove(child.id)?;
             }
+            return Ok(());
         }
         let last_name = child.nlink <= 1;
         if last_name {
@@ -597,21 +592,18 @@ impl Drive {
                 }
             }
             self.staging.journal(&sf)?;
-            if sf.lock().pending.is_some() {
-                let _g = sf.create_lock.lock().await;
-                if sf.lock().pending.is_some() {
-                    // Not at the gateway yet: mode, owner and mtime travel with its creation.
-                    let now = crate::staging::now_ns();
-                    self.patch(id, |e| {
-                        e.mode = a.mode.map_or(e.mode, |m| m & 0o7777);
-                        e.uid = a.uid.unwrap_or(e.uid);
-                        e.gid = a.gid.unwrap_or(e.gid);
-                        e.atime_ns = a.atime_ns.unwrap_or(e.atime_ns);
-                        e.mtime_ns = a.mtime_ns.unwrap_or(e.mtime_ns);
-                        e.ctime_ns = now;
-                    })?;
-                    return self.entry(id).await;
-                }
+            if let Some((_, _g)) = self.staging.lock_pending(id).await {
+                // Not at the gateway yet: mode, owner and mtime travel with its creation.
+                let now = crate::staging::now_ns();
+                self.patch(id, |e| {
+                    e.mode = a.mode.map_or(e.mode, |m| m & 0o7777);
+                    e.uid = a.uid.unwrap_or(e.uid);
+                    e.gid = a.gid.unwrap_or(e.gid);
+                    e.atime_ns = a.atime_ns.unwrap_or(e.atime_ns);
+                    e.mtime_ns = a.mtime_ns.unwrap_or(e.mtime_ns);
+                    e.ctime_ns = now;
+                })?;
+                return self.entry(id).await;
             }
         }
         // Times of a staged file travel with its upload (mtime) or stay local (atime): no

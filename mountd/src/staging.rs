@@ -123,7 +123,7 @@ pub struct StagedFile {
     pub st: Mutex<StagedState>,
     progress: watch::Sender<Progress>,
     /// Held while a pending file is being created at the gateway.
-    pub create_lock: tokio::sync::Mutex<()>,
+    pub create_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for StagedFile {
@@ -687,6 +687,19 @@ impl Staging {
             tracing::warn!(ino = sf.ino, error = %e, "cannot drop a staged file");
         }
         self.nudge([sf.ino]);
+    }
+
+    /// The staged copy of `ino` while it is a file the gateway does not have yet, with its
+    /// create lock held: it stays so until the guard is dropped.
+    pub async fn lock_pending(
+        &self,
+        ino: u64,
+    ) -> Option<(Arc<StagedFile>, tokio::sync::OwnedMutexGuard<()>)> {
+        let sf = self.get(ino)?;
+        sf.lock().pending.as_ref()?;
+        let g = sf.create_lock.clone().lock_owned().await;
+        let still = sf.lock().pending.is_some();
+        still.then_some((sf, g))
     }
 
     /// Files created in directory `dir` that the gateway does not have yet: `(name, ino)`.

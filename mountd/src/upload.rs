@@ -133,11 +133,10 @@ async fn upload_bytes(
     sf: &StagedFile,
     (_, size, mtime_ns, mode, uid, gid): (u64, u64, i64, u32, u32, u32),
 ) -> Result<v1::Entry> {
-    if sf.lock().pending.is_some() {
-        let _g = sf.create_lock.lock().await;
-        if let Some(e) = create_with_bytes(d, sf, size).await? {
-            return Ok(e);
-        }
+    if let Some((_, _g)) = d.staging.lock_pending(sf.ino).await
+        && let Some(e) = create_with_bytes(d, sf, size).await?
+    {
+        return Ok(e);
     }
     let client = d.remote.client().await?;
     let f = sf.reopen()?;
