@@ -6,7 +6,9 @@
 //!
 //! Deletes of shards nothing refers to any more (`gc_queue`) become `DeleteCommand`s signed
 //! with a Gateway-role token when the node next heartbeats; each hash is re-checked first
-//! against stored chunks and in-flight writes.
+//! against stored chunks and in-flight writes, and the command is bound to the put position the
+//! heartbeat reported, so the node keeps a shard a later write put again meanwhile. A command
+//! the node refuses as stale (`retry`) has its hashes queued again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -293,6 +295,9 @@ impl Registry {
                     ],
                 )
                 .await?;
+                if !r.ok && r.retry {
+                    requeue_deletes(&mut tx, id, &r.command_id).await?;
+                }
             }
             Ok((true, if state == v1::NodeState::Drained { state } else { v1::NodeState::Unspecified }))
         });
@@ -304,7 +309,7 @@ impl Registry {
             });
         }
         self.invalidate_view();
-        let commands = self.commands_for(id).await?;
+        let commands = self.commands_for(id, req.put_epoch, req.put_seq).await?;
         Ok(v1::HeartbeatResponse {
             commands,
             reregister: false,
@@ -312,12 +317,18 @@ impl Registry {
         })
     }
 
-    /// Pending commands for a node, plus a delete command for its unreferenced shards.
-    async fn commands_for(&self, node: &str) -> Result<Vec<v1::NodeCommand>> {
+    /// Pending commands for a node, plus a delete command for its unreferenced shards, bound
+    /// to the put position `(put_epoch, put_seq)` its heartbeat reported.
+    async fn commands_for(
+        &self,
+        node: &str,
+        put_epoch: u64,
+        put_seq: u64,
+    ) -> Result<Vec<v1::NodeCommand>> {
         let now = now_ns();
         let signer = self.signer.clone();
         let cmds = write_tx!(self.db, tx => {
-            build_deletes(&mut tx, node, now).await?;
+            build_deletes(&mut tx, node, now, put_epoch, put_seq).await?;
             let rows = tx
                 .all(
                     "SELECT id, payload FROM node_commands WHERE node_id = $1 AND \
@@ -584,8 +595,16 @@ async fn holds_anything(tx: &mut Tx, node: &str) -> Result<bool> {
 }
 
 /// Turns queued deletions for `node` into one delete command (hashes still referenced by a
-/// chunk or an in-flight write are dropped from the queue, not deleted).
-async fn build_deletes(tx: &mut Tx, node: &str, now: i64) -> Result<()> {
+/// chunk or an in-flight write are dropped from the queue, not deleted). The command carries
+/// the put position of the heartbeat this runs for: the node spares shards put after it, which
+/// a write begun after this check may have placed there (see the node's `store::recent`).
+async fn build_deletes(
+    tx: &mut Tx,
+    node: &str,
+    now: i64,
+    put_epoch: u64,
+    put_seq: u64,
+) -> Result<()> {
     let rows = tx
         .all(
             "SELECT q.hash, \
@@ -620,6 +639,8 @@ async fn build_deletes(tx: &mut Tx, node: &str, now: i64) -> Result<()> {
         command: Some(v1::node_command::Command::Delete(v1::DeleteCommand {
             hashes,
             token: Vec::new(),
+            put_epoch,
+            put_seq,
         })),
     };
     let id = format!("c-{}", crate::keys::random_id(20)?.to_lowercase());
@@ -629,6 +650,28 @@ async fn build_deletes(tx: &mut Tx, node: &str, now: i64) -> Result<()> {
         args![id.as_str(), node, cmd.encode_to_vec(), CMD_PENDING, now],
     )
     .await?;
+    Ok(())
+}
+
+/// Queues the hashes of a delete command the node refused as stale again, to be checked and
+/// bound afresh at its next heartbeat.
+async fn requeue_deletes(tx: &mut Tx, node: &str, command: &str) -> Result<()> {
+    let Some(row) = tx
+        .opt(
+            "SELECT payload FROM node_commands WHERE id = $1 AND node_id = $2 AND kind = 'delete'",
+            args![command, node],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let cmd = v1::NodeCommand::decode(row.blob(0)?.as_slice())
+        .map_err(|e| Error::Corrupt(format!("node command {command}: {e}")))?;
+    if let Some(v1::node_command::Command::Delete(d)) = cmd.command {
+        for h in d.hashes.iter().filter_map(|h| Hash::from_slice(h)) {
+            crate::layout::queue_gc(tx, node, &h).await?;
+        }
+    }
     Ok(())
 }
 

@@ -375,24 +375,34 @@ async fn identical_chunks_are_stored_once_and_released_at_the_last_reference(b: 
     let mut verifier = TokenVerifier::new();
     verifier.add_key(&f.gw.signer.public_key()).unwrap();
     let mut deleted = 0;
+    let hb = |node: &str, put_seq: u64, results: Vec<v1::CommandResult>| v1::HeartbeatRequest {
+        node_id: node.to_string(),
+        state: v1::NodeState::Online as i32,
+        available_bytes: 1 << 40,
+        put_epoch: 77,
+        put_seq,
+        results,
+        ..Default::default()
+    };
+    let result = |id: &str, ok: bool, retry: bool| v1::CommandResult {
+        command_id: id.to_string(),
+        ok,
+        error: if ok { String::new() } else { "stale".into() },
+        retry,
+    };
+    let mut refused_once = false;
     for n in &nodes {
         let r =
             f.gw.registry
-                .heartbeat(
-                    &v1::HeartbeatRequest {
-                        node_id: n.clone(),
-                        state: v1::NodeState::Online as i32,
-                        available_bytes: 1 << 40,
-                        ..Default::default()
-                    },
-                    None,
-                )
+                .heartbeat(&hb(n, 10, vec![]), None)
                 .await
                 .unwrap();
         for cmd in &r.commands {
             let Some(v1::node_command::Command::Delete(d)) = &cmd.command else {
                 panic!("unexpected command {cmd:?}");
             };
+            // Bound to the put position of the heartbeat it was built for.
+            assert_eq!((d.put_epoch, d.put_seq), (77, 10));
             let cap = verifier
                 .verify(&d.token, cyxcloud_gateway::db::now_secs())
                 .unwrap();
@@ -404,28 +414,43 @@ async fn identical_chunks_are_stored_once_and_released_at_the_last_reference(b: 
                 cap.check(Op::Delete, &h, n).unwrap();
                 deleted += 1;
             }
+            let mut id = cmd.id.clone();
+            if !refused_once {
+                // The node refuses it as stale: the hashes are queued again and the same
+                // heartbeat carries a new command for them, bound to its own position.
+                refused_once = true;
+                let again =
+                    f.gw.registry
+                        .heartbeat(&hb(n, 11, vec![result(&id, false, true)]), None)
+                        .await
+                        .unwrap();
+                assert_eq!(f.gw.registry.command_state(&id).await.unwrap().0, 3);
+                let [retried] = again.commands.as_slice() else {
+                    panic!("expected one new command: {again:?}");
+                };
+                let Some(v1::node_command::Command::Delete(d2)) = &retried.command else {
+                    panic!("unexpected command {retried:?}");
+                };
+                assert_ne!(retried.id, id);
+                assert_eq!((d2.put_epoch, d2.put_seq), (77, 11));
+                let mut a = d.hashes.clone();
+                let mut b = d2.hashes.clone();
+                a.sort();
+                b.sort();
+                assert_eq!(a, b);
+                id = retried.id.clone();
+            }
             // Report success: the command is done and not delivered again.
             let r2 =
                 f.gw.registry
-                    .heartbeat(
-                        &v1::HeartbeatRequest {
-                            node_id: n.clone(),
-                            state: v1::NodeState::Online as i32,
-                            results: vec![v1::CommandResult {
-                                command_id: cmd.id.clone(),
-                                ok: true,
-                                error: String::new(),
-                            }],
-                            ..Default::default()
-                        },
-                        None,
-                    )
+                    .heartbeat(&hb(n, 12, vec![result(&id, true, false)]), None)
                     .await
                     .unwrap();
             assert!(r2.commands.is_empty());
-            assert_eq!(f.gw.registry.command_state(&cmd.id).await.unwrap().0, 2);
+            assert_eq!(f.gw.registry.command_state(&id).await.unwrap().0, 2);
         }
     }
+    assert!(refused_once);
     assert_eq!(deleted, queued);
     assert_eq!(count(&f, "SELECT COUNT(*) FROM gc_queue").await, 0);
     check_consistent(&f.gw.db).await;

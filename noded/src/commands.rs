@@ -28,8 +28,8 @@ use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::p2p::P2pHandle;
-use crate::service::{delete_all, parse_hash};
-use crate::store::Shards;
+use crate::service::parse_hash;
+use crate::store::{Deleted, Shards};
 use crate::tokens::Tokens;
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -155,6 +155,7 @@ impl Executor {
                     command_id: cmd.id,
                     ok: true,
                     error: String::new(),
+                    retry: false,
                 }
             }
             Err(e) => {
@@ -163,6 +164,7 @@ impl Executor {
                     command_id: cmd.id,
                     ok: false,
                     error: e.to_string(),
+                    retry: matches!(e, Error::StaleDelete { .. }),
                 }
             }
         }
@@ -175,13 +177,15 @@ impl Executor {
             .map(|h| parse_hash(h, "delete.hashes[]"))
             .collect::<Result<Vec<_>>>()?;
         self.tokens.check(&c.token, Op::Delete, &hashes)?;
+        let bound = self.shards.delete_bound(c.put_epoch, c.put_seq)?;
         let shards = self.shards.clone();
-        let r = tokio::task::spawn_blocking(move || delete_all(&shards, &hashes))
+        let r = tokio::task::spawn_blocking(move || delete_older(&shards, &hashes, bound))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         tracing::info!(
             deleted = r.deleted,
             missing = r.missing,
+            kept = r.kept,
             freed = r.freed_bytes,
             "delete command"
         );
@@ -341,4 +345,30 @@ impl Executor {
         tracing::info!(chunk = %meta.id, index = target, shard = %want, "shard repaired");
         Ok(())
     }
+}
+
+/// What a delete command did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DeleteCounts {
+    pub deleted: u64,
+    pub missing: u64,
+    /// Put again after the gateway decided the delete (a new write of the same bytes).
+    pub kept: u64,
+    pub freed_bytes: u64,
+}
+
+/// Deletes the listed shards that were not put after `bound` (see `store::recent`).
+pub fn delete_older(shards: &Shards, hashes: &[Hash], bound: u64) -> Result<DeleteCounts> {
+    let mut r = DeleteCounts::default();
+    for h in hashes {
+        match shards.delete_unless_newer(h, bound)? {
+            Deleted::Freed(n) => {
+                r.deleted += 1;
+                r.freed_bytes += n;
+            }
+            Deleted::Missing => r.missing += 1,
+            Deleted::Kept => r.kept += 1,
+        }
+    }
+    Ok(r)
 }

@@ -50,6 +50,10 @@ pub enum Error {
     NoTrustedKeys,
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(
+        "delete command decided before put {bound} of this process, which remembers puts from {floor} on; ask the gateway again"
+    )]
+    StaleDelete { bound: u64, floor: u64 },
 
     // ---- storage engine ----
     #[error("RocksDB at {path}: {source}")]

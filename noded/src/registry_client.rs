@@ -129,6 +129,7 @@ impl Client {
 
     fn heartbeat_request(&self, results: Vec<CommandResult>) -> HeartbeatRequest {
         let u = self.shards.usage();
+        let mark = self.shards.put_mark();
         HeartbeatRequest {
             node_id: self.node_id.clone(),
             used_bytes: u.used_bytes,
@@ -140,6 +141,8 @@ impl Client {
             results,
             bytes_uploaded: self.metrics.bytes_uploaded.get(),
             bytes_downloaded: self.metrics.bytes_downloaded.get(),
+            put_epoch: mark.epoch,
+            put_seq: mark.seq,
         }
     }
 

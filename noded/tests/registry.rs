@@ -151,6 +151,21 @@ fn cmd(id: &str, c: Command) -> NodeCommand {
     }
 }
 
+/// A log line without its colour escapes.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for ch in line.chars() {
+        match (esc, ch) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
 async fn result_of(gw: &FakeGateway, id: &str) -> cyxcloud_proto::v1::CommandResult {
     eventually(Duration::from_secs(30), &format!("result of {id}"), || {
         gw.state().result(id).cloned()
@@ -288,6 +303,7 @@ async fn repair_transfer_and_delete_commands_run_end_to_end() {
                     &[Op::Delete],
                     Scope::Shards(vec![hs[1]]),
                 ),
+                ..Default::default()
             }),
         )],
     );
@@ -298,6 +314,7 @@ async fn repair_transfer_and_delete_commands_run_end_to_end() {
             Command::Delete(DeleteCommand {
                 hashes: vec![hs[0].0.to_vec()],
                 token: gateway_token("cmd-a", &[Op::Delete]),
+                ..Default::default()
             }),
         )],
     );
@@ -307,7 +324,61 @@ async fn repair_transfer_and_delete_commands_run_end_to_end() {
     assert!(!refused.ok);
     assert!(refused.error.contains("may not Delete"), "{refused:?}");
     assert_eq!(has(&mut cb, &[hs[1]]).await, vec![true]);
-    // Any two of the three shards still rebuild the chunk: C holds 0 and 2.
+
+    // A delete is bound to the heartbeat after which the gateway decided it: C holds shards 0
+    // and 2 (transfer, repair); shard 2 is put again after that heartbeat, as a new write of
+    // the same bytes would, and survives the delete; shard 0 goes.
+    let seen = gw.state().heartbeats_of("cmd-c").len();
+    let (epoch, seq) = eventually(Duration::from_secs(30), "a heartbeat of C", || {
+        let st = gw.state();
+        let hb = st.heartbeats_of("cmd-c");
+        // The second heartbeat after `seen` was built after it: it covers every put so far.
+        (hb.len() > seen + 1).then(|| (hb[hb.len() - 1].put_epoch, hb[hb.len() - 1].put_seq))
+    })
+    .await;
+    assert_ne!(epoch, 0);
+    assert!(
+        seq >= 2,
+        "C took at least the repair and the transfer: {seq}"
+    );
+    put(&mut cc, "cmd-c", &enc.shards[2]).await.unwrap();
+    let delete_c = |id: &str, epoch: u64, seq: u64| {
+        cmd(
+            id,
+            Command::Delete(DeleteCommand {
+                hashes: vec![hs[0].0.to_vec(), hs[2].0.to_vec()],
+                token: gateway_token("cmd-c", &[Op::Delete]),
+                put_epoch: epoch,
+                put_seq: seq,
+            }),
+        )
+    };
+    gw.state()
+        .commands
+        .insert("cmd-c".into(), vec![delete_c("delete-bound", epoch, seq)]);
+    let r = result_of(&gw, "delete-bound").await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(has(&mut cc, &[hs[0], hs[2]]).await, vec![false, true]);
+    let log = c.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("delete command") && plain(l).contains("kept=1")),
+        "the node reports what it kept:\n{log}"
+    );
+    // A command bound to another process of the node spares everything this one stored.
+    let other = if epoch == u64::MAX { 1 } else { epoch + 1 };
+    gw.state().commands.insert(
+        "cmd-c".into(),
+        vec![delete_c("delete-other", other, u64::MAX)],
+    );
+    assert!(result_of(&gw, "delete-other").await.ok);
+    assert_eq!(has(&mut cc, &[hs[2]]).await, vec![true]);
+    // Bound to a heartbeat after the put, it goes; then C holds nothing.
+    gw.state()
+        .commands
+        .insert("cmd-c".into(), vec![delete_c("delete-after", 0, 0)]);
+    assert!(result_of(&gw, "delete-after").await.ok);
+    assert_eq!(has(&mut cc, &[hs[0], hs[2]]).await, vec![false, false]);
     let m = c.metrics_text();
     assert!(
         m.contains("cyxcloud_node_commands_total{kind=\"repair\",result=\"ok\"}"),

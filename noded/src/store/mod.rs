@@ -8,6 +8,7 @@
 //! model-based test against a `BTreeMap` with reopen steps for RocksDB.
 
 pub mod memory;
+pub mod recent;
 pub mod rocks;
 
 #[cfg(test)]
@@ -29,9 +30,49 @@ mod tests {
             "small shards just try"
         );
     }
+
+    #[test]
+    fn a_delete_spares_shards_put_after_its_bound() {
+        use super::{Deleted, Shards, memory::MemoryStore};
+        use cyxcloud_core::Hash;
+        let s = Shards::open(Box::new(MemoryStore::new()), false, 1 << 20).unwrap();
+        let (a, b, c) = (b"a".as_slice(), b"b".as_slice(), b"c".as_slice());
+        s.put(&Hash::of(a), a).unwrap();
+        s.put(&Hash::of(b), b).unwrap();
+        let mark = s.put_mark();
+        assert_eq!(mark.seq, 2);
+        // `b` is put again (already present) and `c` is new, both after the mark.
+        s.put(&Hash::of(b), b).unwrap();
+        s.put(&Hash::of(c), c).unwrap();
+        let bound = s.delete_bound(mark.epoch, mark.seq).unwrap();
+        let del = |d: &[u8]| s.delete_unless_newer(&Hash::of(d), bound).unwrap();
+        assert!(matches!(del(a), Deleted::Freed(_)));
+        assert_eq!(del(a), Deleted::Missing);
+        assert_eq!(del(b), Deleted::Kept);
+        assert_eq!(del(c), Deleted::Kept);
+        assert!(s.contains(&Hash::of(b)).unwrap() && s.contains(&Hash::of(c)).unwrap());
+        // Another process's bound grants nothing put here.
+        let other = s
+            .delete_bound(mark.epoch.wrapping_add(1).max(1), u64::MAX)
+            .unwrap();
+        assert_eq!(
+            s.delete_unless_newer(&Hash::of(b), other).unwrap(),
+            Deleted::Kept
+        );
+        // A later mark covers them.
+        let later = s.put_mark();
+        let bound = s.delete_bound(later.epoch, later.seq).unwrap();
+        assert!(matches!(
+            s.delete_unless_newer(&Hash::of(c), bound).unwrap(),
+            Deleted::Freed(_)
+        ));
+        assert_eq!(s.usage().shard_count, 1);
+    }
 }
 
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use bytes::Bytes;
 use cyxcloud_core::Hash;
@@ -115,9 +156,22 @@ pub struct Shards {
     capacity: u64,
     /// Serialises put/delete of one hash (and of the hashes sharing its stripe), so the
     /// exists-check and the write are atomic; different stripes write concurrently and share
-    /// WAL syncs.
-    stripes: Vec<Mutex<()>>,
+    /// WAL syncs. Each stripe holds the number of the last put of its recent hashes
+    /// (see [`recent`]).
+    stripes: Vec<Mutex<HashMap<Hash, u64>>>,
+    recent: recent::Recent,
     acct: Mutex<Accounting>,
+}
+
+/// What [`Shards::delete_unless_newer`] did with one hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// Removed; this many record bytes were freed.
+    Freed(u64),
+    /// Not stored here.
+    Missing,
+    /// Put again after the delete was decided: kept.
+    Kept,
 }
 
 impl std::fmt::Debug for Shards {
@@ -146,7 +200,8 @@ impl Shards {
             backend,
             compress,
             capacity: capacity_bytes,
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+            recent: recent::Recent::new(recent::Recent::random_epoch()),
             acct: Mutex::new(acct),
         })
     }
@@ -164,7 +219,7 @@ impl Shards {
         }
     }
 
-    fn stripe(&self, hash: &Hash) -> std::sync::MutexGuard<'_, ()> {
+    fn stripe(&self, hash: &Hash) -> std::sync::MutexGuard<'_, HashMap<Hash, u64>> {
         lock(&self.stripes[hash.0[0] as usize % STRIPES])
     }
 
@@ -207,7 +262,9 @@ impl Shards {
                 actual,
             });
         }
-        let _g = self.stripe(hash);
+        let mut g = self.stripe(hash);
+        // Numbered even when the shard is already here: a new write may count on it.
+        g.insert(*hash, self.recent.next());
         if let Some(len) = self.backend.record_len(hash)? {
             return Ok(PutOutcome::AlreadyPresent { record_bytes: len });
         }
@@ -288,6 +345,10 @@ impl Shards {
     /// Removes a shard durably; returns the freed record bytes (None when absent).
     pub fn delete(&self, hash: &Hash) -> Result<Option<u64>> {
         let _g = self.stripe(hash);
+        self.delete_locked(hash)
+    }
+
+    fn delete_locked(&self, hash: &Hash) -> Result<Option<u64>> {
         let freed = self.backend.delete(hash)?;
         if let Some(len) = freed {
             let mut a = lock(&self.acct);
@@ -295,6 +356,40 @@ impl Shards {
             a.count = a.count.saturating_sub(1);
         }
         Ok(freed)
+    }
+
+    /// The position to report in a heartbeat (this process, its last put number); forgets
+    /// put numbers older than [`recent::REMEMBER`].
+    pub fn put_mark(&self) -> recent::PutMark {
+        let (mark, floor) = self.recent.mark(Instant::now());
+        if let Some(floor) = floor {
+            for s in &self.stripes {
+                lock(s).retain(|_, n| *n >= floor);
+            }
+        }
+        mark
+    }
+
+    /// The bound a delete command built from the heartbeat at `(epoch, seq)` grants here.
+    pub fn delete_bound(&self, epoch: u64, seq: u64) -> Result<u64> {
+        self.recent
+            .bound(epoch, seq)
+            .map_err(|s| Error::StaleDelete {
+                bound: s.bound,
+                floor: s.floor,
+            })
+    }
+
+    /// Removes a shard unless it was put after `bound` (from [`Shards::delete_bound`]).
+    pub fn delete_unless_newer(&self, hash: &Hash, bound: u64) -> Result<Deleted> {
+        let g = self.stripe(hash);
+        if g.get(hash).is_some_and(|n| *n > bound) {
+            return Ok(Deleted::Kept);
+        }
+        Ok(match self.delete_locked(hash)? {
+            Some(len) => Deleted::Freed(len),
+            None => Deleted::Missing,
+        })
     }
 
     /// Every stored shard hash.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use cyxcloud_proto::v1::node_registry_server::{NodeRegistry, NodeRegistryServer};
 use cyxcloud_proto::v1::{
     CommandResult, HeartbeatRequest, HeartbeatResponse, NodeCommand, NodeState, RegisterRequest,
-    RegisterResponse,
+    RegisterResponse, node_command,
 };
 use cyxcloud_proto::{ErrorCode, status};
 use tokio::sync::oneshot;
@@ -112,8 +112,18 @@ impl NodeRegistry for Svc {
             }));
         }
         st.results.extend(h.results.iter().cloned());
+        let (epoch, seq) = (h.put_epoch, h.put_seq);
         st.heartbeats.push((h, a));
-        let commands = st.commands.remove(&node).unwrap_or_default();
+        let mut commands = st.commands.remove(&node).unwrap_or_default();
+        // Like the real gateway, a delete is bound to the heartbeat that delivers it, unless
+        // the test bound it itself.
+        for c in &mut commands {
+            if let Some(node_command::Command::Delete(d)) = &mut c.command
+                && d.put_epoch == 0
+            {
+                (d.put_epoch, d.put_seq) = (epoch, seq);
+            }
+        }
         let desired = st.desired.get(&node).copied().unwrap_or(NodeState::Online);
         Ok(Response::new(HeartbeatResponse {
             commands,
