@@ -47,7 +47,7 @@ impl Backend {
 
 #[derive(Clone)]
 enum Pool {
-    Sqlite(sqlx::SqlitePool),
+    Sqlite(sqlite::Pools),
     Pg(sqlx::PgPool),
 }
 
@@ -510,7 +510,7 @@ impl Db {
     pub async fn conn(&self) -> Result<Conn> {
         Ok(Conn {
             inner: match &self.pool {
-                Pool::Sqlite(p) => ConnInner::Sqlite(p.acquire().await?),
+                Pool::Sqlite(p) => ConnInner::Sqlite(p.read.acquire().await?),
                 Pool::Pg(p) => ConnInner::Pg(p.acquire().await?),
             },
         })
@@ -532,7 +532,7 @@ impl Db {
     /// A read-only snapshot: every statement sees the same committed state.
     pub async fn read(&self) -> Result<Tx> {
         let inner = match &self.pool {
-            Pool::Sqlite(p) => TxInner::Sqlite(sqlite::begin_read(p).await?),
+            Pool::Sqlite(p) => TxInner::Sqlite(sqlite::begin_read(&p.read).await?),
             Pool::Pg(p) => TxInner::Pg(postgres::begin_read(p).await?),
         };
         Ok(Tx {
@@ -549,7 +549,10 @@ impl Db {
         let (inner, writer) = match &self.pool {
             Pool::Sqlite(p) => {
                 let turn = self.hooks.sqlite_writer.clone().lock_owned().await;
-                (TxInner::Sqlite(sqlite::begin_write(p).await?), Some(turn))
+                (
+                    TxInner::Sqlite(sqlite::begin_write(&p.write).await?),
+                    Some(turn),
+                )
             }
             Pool::Pg(p) => (
                 TxInner::Pg(postgres::begin_write(p, &self.hooks.begin_write_pg).await?),

@@ -9,7 +9,20 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::error::{Error, Result};
 
-pub async fn connect(url: &str, max_connections: u32) -> Result<sqlx::SqlitePool> {
+/// The connections to one SQLite file: readers, and the one connection write transactions
+/// use. Writes on one connection keep its page cache valid from one transaction to the next;
+/// spread over the pool, each connection found the file changed by the others and re-read its
+/// pages.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    pub read: sqlx::SqlitePool,
+    pub write: sqlx::SqlitePool,
+}
+
+/// Page cache of the write connection (KiB; SQLite's default is 2 MiB per connection).
+const WRITER_CACHE_KIB: u32 = 64 << 10;
+
+pub async fn connect(url: &str, max_connections: u32) -> Result<Pools> {
     let opts = if url.starts_with("sqlite:") {
         SqliteConnectOptions::from_str(url)
             .map_err(|e| Error::Config(format!("bad SQLite URL {url:?}: {e}")))?
@@ -22,15 +35,24 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<sqlx::SqlitePool
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(30))
         .foreign_keys(false);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(max_connections.max(2))
-        .acquire_timeout(Duration::from_secs(60))
-        // A connection to a local file does not go stale; the default ping per acquire is a
-        // round trip to the connection's worker thread for nothing.
-        .test_before_acquire(false)
-        .connect_with(opts)
-        .await?;
-    Ok(pool)
+    let pool = |n: u32, opts: SqliteConnectOptions| {
+        SqlitePoolOptions::new()
+            .max_connections(n)
+            .acquire_timeout(Duration::from_secs(60))
+            // A connection to a local file does not go stale; the default ping per acquire is
+            // a round trip to the connection's worker thread for nothing.
+            .test_before_acquire(false)
+            .connect_with(opts)
+    };
+    // The writer first: it creates the file and switches it to WAL.
+    let write = pool(
+        1,
+        opts.clone()
+            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}")),
+    )
+    .await?;
+    let read = pool(max_connections.max(2) - 1, opts).await?;
+    Ok(Pools { read, write })
 }
 
 pub async fn begin_write(
