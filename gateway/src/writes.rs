@@ -1191,17 +1191,11 @@ async fn install_file(
                 marker: false,
                 public_read: false,
             };
-            let installed = if tx.backend() == Backend::Postgres {
-                create_file_pg(tx, dir.id, &name, &n, &v, &s.user_id).await?
-            } else {
-                if attrs.new_id != 0 {
-                    claim_reserved(tx, attrs.new_id, &s.user_id, now).await?;
+            let installed = match tx.backend() {
+                Backend::Postgres => create_file_pg(tx, dir.id, &name, &n, &v, &s.user_id).await?,
+                Backend::Sqlite => {
+                    create_file_sqlite(tx, dir.id, &name, &n, &v, &s.user_id).await?
                 }
-                let seq = journal::next_seq(tx).await?;
-                let id = crate::namespace::insert_inode(tx, &n, now, seq, attrs.new_id).await?;
-                crate::namespace::insert_dentry(tx, dir.id, &name, id, Kind::File).await?;
-                crate::namespace::touch_dir(tx, dir.id, now, 0).await?;
-                install_new_version(tx, id, seq, &v).await?
             };
             tx.touch(dir.id);
             let path = crate::namespace::join(&dir.path, &name);
@@ -1286,25 +1280,93 @@ async fn install_new_version(tx: &mut Tx, id: u64, seq: u64, v: &NewVersion<'_>)
     crate::namespace::inode_from_row(&row, 0)
 }
 
-/// Takes reserved id `id` of `user` (once): an error when it is not reserved for them.
-async fn claim_reserved(tx: &mut Tx, id: u64, user: &str, now: i64) -> Result<()> {
-    let n = tx
-        .exec(
-            "DELETE FROM reserved_ids WHERE id = $1 AND owner_id = $2 AND expires_ns >= $3",
-            args![id, user, now],
-        )
-        .await?;
-    if n == 1 {
-        Ok(())
-    } else {
-        Err(not_reserved(id))
-    }
-}
-
 fn not_reserved(id: u64) -> Error {
     Error::invalid(format!(
         "inode id {id} is not reserved for this caller (never, expired or already used)"
     ))
+}
+
+/// SQLite: a new file in one call, a script of seven statements the connection runs in a row
+/// (SQLite has no data-modifying CTEs; each statement apart was a round trip to the
+/// connection's worker thread). Arguments are numbered (`$N`), so every statement of the
+/// script binds the ones it names. The new id is a reservation claimed or the next of the
+/// inodes' AUTOINCREMENT sequence, drawn first; each later statement inserts only when the one
+/// before it changed a row (`changes()`), so an unclaimable reservation inserts nothing, the
+/// final select finds no inode of this change and the transaction is rolled back.
+async fn create_file_sqlite(
+    tx: &mut Tx,
+    dir: u64,
+    name: &str,
+    n: &crate::namespace::NewInode<'_>,
+    v: &NewVersion<'_>,
+    user: &str,
+) -> Result<Inode> {
+    fn sql(draw: &str, id: &str) -> String {
+        format!(
+            "UPDATE counters SET value = value + 1 WHERE name = 'journal'; \
+             {draw}; \
+             INSERT INTO versions (inode_id, size, inline_data, created_ns) \
+               SELECT {id}, $1, $2, $3 WHERE changes() = 1; \
+             INSERT INTO inodes (id, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, \
+               btime_ns, nlink, version_id, etag, content_type, meta, symlink_target, owner_id, \
+               change_seq, marker, public_read) \
+               SELECT {id}, $7, $8, $9, $10, $1, $3, $11, $3, $3, 1, last_insert_rowid(), $12, \
+                 $13, $14, '', $15, (SELECT value FROM counters WHERE name = 'journal'), $16, \
+                 $17 WHERE changes() = 1; \
+             INSERT INTO dentries (parent_id, name, sort_key, inode_id, kind) \
+               SELECT $4, $5, $6, {id}, $7 WHERE changes() = 1; \
+             UPDATE inodes SET mtime_ns = $3, ctime_ns = $3 WHERE id = $4; \
+             SELECT {} FROM inodes WHERE id = {id} \
+               AND change_seq = (SELECT value FROM counters WHERE name = 'journal')",
+            *RETURNED_INODE_COLS
+        )
+    }
+    static NEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        sql(
+            "UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'inodes'",
+            "(SELECT seq FROM sqlite_sequence WHERE name = 'inodes')",
+        )
+    });
+    static RESERVED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        sql(
+            "DELETE FROM reserved_ids WHERE id = $18 AND owner_id = $19 AND expires_ns >= $3",
+            "$18",
+        )
+    });
+    let mut a = args![
+        v.size,
+        v.inline.map(<[u8]>::to_vec),
+        v.now,
+        dir,
+        name,
+        crate::namespace::sort_key(name, n.kind),
+        n.kind as i64,
+        n.mode,
+        n.uid,
+        n.gid,
+        v.mtime,
+        v.attrs.etag.as_str(),
+        v.attrs.content_type.as_str(),
+        v.meta.clone(),
+        n.owner_id,
+        n.marker,
+        n.public_read
+    ];
+    let sql = if v.attrs.new_id == 0 {
+        NEXT.as_str()
+    } else {
+        a.push(v.attrs.new_id.into());
+        a.push(user.into());
+        RESERVED.as_str()
+    };
+    let row = tx
+        .opt(sql, a)
+        .await?
+        .ok_or_else(|| not_reserved(v.attrs.new_id))?;
+    let inode = crate::namespace::inode_from_row(&row, 0)?;
+    tx.last_seq = tx.last_seq.max(inode.change_seq);
+    crate::layout::link_chunks(tx, inode.version, v.chunks).await?;
+    Ok(inode)
 }
 
 /// PostgreSQL: a new file in one statement, where the portable path takes six round trips:

@@ -56,42 +56,31 @@ pub(crate) struct NewInode<'a> {
     pub public_read: bool,
 }
 
-/// Inserts a new inode with id `id` (a reserved one), or the next of the sequence when 0.
-pub(crate) async fn insert_inode(
-    tx: &mut Tx,
-    n: &NewInode<'_>,
-    now: i64,
-    seq: u64,
-    id: u64,
-) -> Result<u64> {
+/// Inserts a new inode (the next id of the sequence) with change sequence `seq`.
+pub(crate) async fn insert_inode(tx: &mut Tx, n: &NewInode<'_>, now: i64, seq: u64) -> Result<u64> {
     let nlink = if n.kind.is_dir() { 2 } else { 1 };
-    let mut a = args![
-        n.kind as i64,
-        n.mode,
-        n.uid,
-        n.gid,
-        n.size,
-        now,
-        nlink,
-        n.symlink_target,
-        n.owner_id,
-        seq,
-        n.marker,
-        n.public_read
-    ];
-    let sql = if id == 0 {
+    tx.one(
         "INSERT INTO inodes (kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, btime_ns, \
          nlink, version_id, etag, content_type, meta, symlink_target, owner_id, change_seq, \
          marker, public_read) VALUES ($1, $2, $3, $4, $5, $6, $6, $6, $6, $7, 0, '', '', NULL, \
-         $8, $9, $10, $11, $12) RETURNING id"
-    } else {
-        a.push(id.into());
-        "INSERT INTO inodes (id, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, \
-         btime_ns, nlink, version_id, etag, content_type, meta, symlink_target, owner_id, \
-         change_seq, marker, public_read) VALUES ($13, $1, $2, $3, $4, $5, $6, $6, $6, $6, $7, 0, \
-         '', '', NULL, $8, $9, $10, $11, $12) RETURNING id"
-    };
-    tx.one(sql, a).await?.u64(0)
+         $8, $9, $10, $11, $12) RETURNING id",
+        args![
+            n.kind as i64,
+            n.mode,
+            n.uid,
+            n.gid,
+            n.size,
+            now,
+            nlink,
+            n.symlink_target,
+            n.owner_id,
+            seq,
+            n.marker,
+            n.public_read
+        ],
+    )
+    .await?
+    .u64(0)
 }
 
 pub(crate) async fn insert_dentry(
@@ -280,7 +269,7 @@ impl Namespace {
                 marker: false,
                 public_read,
             };
-            let id = insert_inode(&mut tx, &n, now, seq, 0).await?;
+            let id = insert_inode(&mut tx, &n, now, seq).await?;
             insert_dentry(&mut tx, ROOT_ID, name, id, Kind::Bucket).await?;
             touch_dir(&mut tx, ROOT_ID, now, 1).await?;
             let e = at(reload(&mut tx, id).await?, ROOT_ID, name, &Default::default());
@@ -343,7 +332,7 @@ impl Namespace {
                 marker: true,
                 public_read: false,
             };
-            let id = insert_inode(&mut tx, &n, now, seq, 0).await?;
+            let id = insert_inode(&mut tx, &n, now, seq).await?;
             insert_dentry(&mut tx, parent, name, id, Kind::Directory).await?;
             touch_dir(&mut tx, parent, now, 1).await?;
             let e = at(reload(&mut tx, id).await?, parent, name, &dir);
@@ -507,7 +496,7 @@ impl Namespace {
                 marker: false,
                 public_read: false,
             };
-            let id = insert_inode(&mut tx, &n, now, seq, 0).await?;
+            let id = insert_inode(&mut tx, &n, now, seq).await?;
             insert_dentry(&mut tx, parent, name, id, Kind::Symlink).await?;
             touch_dir(&mut tx, parent, now, 0).await?;
             let e = at(reload(&mut tx, id).await?, parent, name, &dir);
@@ -765,7 +754,7 @@ async fn create_dir(
         marker,
         public_read: false,
     };
-    let id = insert_inode(tx, &n, now, seq, 0).await?;
+    let id = insert_inode(tx, &n, now, seq).await?;
     insert_dentry(tx, parent.id, name, id, Kind::Directory).await?;
     touch_dir(tx, parent.id, now, 1).await?;
     let loc = if parent.id == ROOT_ID {

@@ -65,7 +65,7 @@ pub async fn ensure_staging_bucket(gw: &Gateway) -> Result<()> {
             marker: false,
             public_read: false,
         };
-        let id = crate::namespace::insert_inode(&mut tx, &n, now, seq, 0).await?;
+        let id = crate::namespace::insert_inode(&mut tx, &n, now, seq).await?;
         crate::namespace::insert_dentry(&mut tx, ROOT_ID, STAGING_BUCKET, id, Kind::Bucket).await?;
         crate::namespace::touch_dir(&mut tx, ROOT_ID, now, 1).await?;
         let inode = crate::namespace::load_inode(&mut tx, id)
