@@ -6,7 +6,9 @@
 //! Run: `cargo build --release -p cyxcloud-gateway -p cyxcloud-node -p cyxcloud-mountd --bins`
 //! then `cargo bench -p cyxcloud-mountd --bench drive` (as root: FUSE, drop_caches).
 //! `DRIVE_BENCH_MB` (default 1024) sets the size of the sequential file, `DRIVE_BENCH_FILES`
-//! (default 10000) the small-file count.
+//! (default 10000) the small-file count. `DRIVE_BENCH_SMALL_ONLY=1` times only the drive's
+//! small-file creates (until close, until durable) and keeps its log in
+//! `/tmp/drive-bench-small.log`: for profiling that path.
 
 #[path = "../tests/cluster.rs"]
 #[allow(unused_imports)]
@@ -180,6 +182,21 @@ fn main() {
     c.create_bucket("bench");
     c.create_bucket("peer");
     let m = Mount::start_logging(&c, &["--cache-size", "4G"], USER_LOG);
+    if std::env::var("DRIVE_BENCH_SMALL_ONLY").is_ok_and(|v| v == "1") {
+        let t = Instant::now();
+        eprintln!("phase: creates on the drive");
+        let closed = create_small(&m.p("bench/small"), files);
+        eprintln!("phase: creates on the drive closed");
+        wait_all_durable(&m);
+        let durable = t.elapsed();
+        let _ = std::fs::write("/tmp/drive-bench-small.log", m.log());
+        println!(
+            "{files} files of 100 B: {:.2} s until the last close, {:.2} s until durable",
+            closed.as_secs_f64(),
+            durable.as_secs_f64()
+        );
+        return;
+    }
     let s3 = S3fs::mount(&c, "peer");
     let mut rows = Vec::new();
     let mbf = mb as f64;

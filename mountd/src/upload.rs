@@ -15,15 +15,22 @@ use crate::staging::StagedFile;
 /// Bytes read from a staged file per write into the upload pipeline.
 const READ_STEP: usize = 4 << 20;
 
-/// Runs `workers` upload workers until `stop` is cancelled.
+/// A small file goes up in one gateway call and spends most of it waiting: this many small
+/// files per worker are in flight at once. Striped uploads, which hold chunk buffers and use
+/// the nodes' bandwidth, stay limited to the worker count.
+const SMALL_PER_WORKER: usize = 4;
+
+/// Runs upload tasks until `stop` is cancelled: `workers` striped uploads at a time, and
+/// [`SMALL_PER_WORKER`] times as many in all.
 pub async fn run(d: Arc<Drive>, workers: usize, stop: CancellationToken) {
     let Some(rx) = d.staging.take_queue().await else {
         return;
     };
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let striped = Arc::new(tokio::sync::Semaphore::new(workers.max(1)));
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..workers.max(1) {
-        let (d, rx, stop) = (d.clone(), rx.clone(), stop.clone());
+    for _ in 0..workers.max(1) * SMALL_PER_WORKER {
+        let (d, rx, stop, striped) = (d.clone(), rx.clone(), stop.clone(), striped.clone());
         set.spawn(async move {
             loop {
                 let ino = tokio::select! {
@@ -31,14 +38,14 @@ pub async fn run(d: Arc<Drive>, workers: usize, stop: CancellationToken) {
                     ino = async { rx.lock().await.recv().await } => ino,
                 };
                 let Some(ino) = ino else { return };
-                upload_one(&d, ino).await;
+                upload_one(&d, ino, &striped).await;
             }
         });
     }
     while set.join_next().await.is_some() {}
 }
 
-async fn upload_one(d: &Drive, ino: u64) {
+async fn upload_one(d: &Drive, ino: u64, striped: &tokio::sync::Semaphore) {
     let Some(sf) = d.staging.get(ino) else { return };
     let snap = {
         let mut st = sf.lock();
@@ -51,7 +58,7 @@ async fn upload_one(d: &Drive, ino: u64) {
     };
     let generation = snap.0;
     let started = std::time::Instant::now();
-    let r = upload_bytes(d, &sf, snap).await;
+    let r = upload_bytes(d, &sf, snap, striped).await;
     d.remote.observe(&r);
     match r {
         Ok(e) => {
@@ -132,12 +139,17 @@ async fn upload_bytes(
     d: &Drive,
     sf: &StagedFile,
     (_, size, mtime_ns, mode, uid, gid): (u64, u64, i64, u32, u32, u32),
+    striped: &tokio::sync::Semaphore,
 ) -> Result<v1::Entry> {
     if let Some((_, _g)) = d.staging.lock_pending(sf.ino).await
         && let Some(e) = create_with_bytes(d, sf, size).await?
     {
         return Ok(e);
     }
+    let _turn = striped
+        .acquire()
+        .await
+        .map_err(|_| Error::Offline("the drive is stopping".into()))?;
     let client = d.remote.client().await?;
     let f = sf.reopen()?;
     let opts = UploadOptions {
