@@ -122,8 +122,12 @@ pub struct FileAttrs {
     pub new_id: u64,
 }
 
-/// How long reserved inode ids stay claimable.
+/// How long a client may name new files with reserved inode ids (it is told this expiry).
 pub const RESERVATION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long after that expiry a reserved id is still claimed: files a client created offline
+/// under it before the expiry still reach the gateway with it. Only then is the reservation
+/// forgotten (an id never named anything else, so the grace costs one small row per id).
+pub const RESERVATION_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Most ids one [`Writes::reserve_ids`] call hands out.
 pub const MAX_RESERVED_IDS: u32 = 1024;
 
@@ -1017,7 +1021,8 @@ impl Writes {
 
     /// Sets aside `count` inode ids for files `caller` will create with
     /// [`Writes::write_inline`] (`FileAttrs::new_id`). They are taken from the inodes' own
-    /// sequence, so no other file ever gets them; expired reservations are dropped here.
+    /// sequence, so no other file ever gets them; reservations past their expiry and
+    /// [`RESERVATION_GRACE`] are dropped here.
     pub async fn reserve_ids(&self, caller: &Caller, count: u32) -> Result<(Vec<u64>, i64)> {
         if count == 0 || count > MAX_RESERVED_IDS {
             return Err(Error::invalid(format!(
@@ -1027,7 +1032,11 @@ impl Writes {
         let now = now_ns();
         let expires = now + RESERVATION_TTL.as_nanos() as i64;
         let ids = write_tx!(self.db, tx => {
-            tx.exec("DELETE FROM reserved_ids WHERE expires_ns < $1", args![now]).await?;
+            tx.exec(
+                "DELETE FROM reserved_ids WHERE expires_ns < $1",
+                args![now - RESERVATION_GRACE.as_nanos() as i64],
+            )
+            .await?;
             let rows = if tx.backend() == Backend::Postgres {
                 tx.all(
                     "INSERT INTO reserved_ids (id, owner_id, expires_ns) \
@@ -1282,7 +1291,7 @@ async fn install_new_version(tx: &mut Tx, id: u64, seq: u64, v: &NewVersion<'_>)
 
 fn not_reserved(id: u64) -> Error {
     Error::invalid(format!(
-        "inode id {id} is not reserved for this caller (never, expired or already used)"
+        "inode id {id} is not reserved for this caller (never, long expired or already used)"
     ))
 }
 
@@ -1329,7 +1338,7 @@ async fn create_file_sqlite(
     });
     static RESERVED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         sql(
-            "DELETE FROM reserved_ids WHERE id = $18 AND owner_id = $19 AND expires_ns >= $3",
+            "DELETE FROM reserved_ids WHERE id = $18 AND owner_id = $19",
             "$18",
         )
     });
@@ -1406,7 +1415,7 @@ async fn create_file_pg(
     });
     static RESERVED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         sql(
-            "DELETE FROM reserved_ids WHERE id = $18 AND owner_id = $19 AND expires_ns >= $3 \
+            "DELETE FROM reserved_ids WHERE id = $18 AND owner_id = $19 \
              RETURNING id",
         )
     });

@@ -1287,6 +1287,38 @@ async fn reserved_ids_name_new_files_once_and_only_for_their_owner(b: Backend) {
         .await
         .unwrap();
     assert_eq!(e.id, ids[1]);
+    // Past its expiry a reservation is still claimed (a file made offline under it before
+    // then); past the grace as well, the next reservation forgets it.
+    let day = 24 * 3600 * 1_000_000_000i64;
+    let now = cyxcloud_gateway::db::now_ns();
+    f.gw.db
+        .exec(
+            "UPDATE reserved_ids SET expires_ns = $1 WHERE id = $2",
+            args![now - day, ids[2]],
+        )
+        .await
+        .unwrap();
+    let grace = cyxcloud_gateway::writes::RESERVATION_GRACE.as_nanos() as i64;
+    f.gw.db
+        .exec(
+            "UPDATE reserved_ids SET expires_ns = $1 WHERE id = $2",
+            args![now - grace - day, ids[3]],
+        )
+        .await
+        .unwrap();
+    f.gw.writes.reserve_ids(a, 1).await.unwrap();
+    let e =
+        f.gw.writes
+            .write_inline(a, &path("res", "late"), b"", 0, true, &with_id(ids[2]))
+            .await
+            .unwrap();
+    assert_eq!(e.id, ids[2]);
+    let err =
+        f.gw.writes
+            .write_inline(a, &path("res", "too-late"), b"", 0, true, &with_id(ids[3]))
+            .await
+            .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::InvalidArgument, "{err}");
     for bad in [0, cyxcloud_gateway::writes::MAX_RESERVED_IDS + 1] {
         let err = f.gw.writes.reserve_ids(a, bad).await.unwrap_err();
         assert_eq!(code(&err), ErrorCode::InvalidArgument);
