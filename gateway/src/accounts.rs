@@ -545,6 +545,34 @@ pub(crate) async fn add_usage(tx: &mut Tx, user_id: &str, delta: i64) -> Result<
     Ok(())
 }
 
+/// Adds `delta` bytes to a user's usage inside a write transaction, refusing growth past the
+/// user's quota (the caller's transaction is then rolled back): the check and the charge in
+/// one statement.
+pub(crate) async fn charge_usage(tx: &mut Tx, user_id: &str, delta: i64) -> Result<()> {
+    if delta <= 0 {
+        return add_usage(tx, user_id, delta).await;
+    }
+    let Some(r) = tx
+        .opt(
+            "UPDATE users SET used_bytes = used_bytes + $2 WHERE id = $1 \
+             RETURNING quota_bytes, used_bytes",
+            args![user_id, delta],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let (quota, after) = (r.u64(0)?, r.i64(1)?.max(0) as u64);
+    if quota > 0 && after > quota {
+        return Err(Error::QuotaExceeded {
+            used: after.saturating_sub(delta as u64),
+            quota,
+            needed: delta as u64,
+        });
+    }
+    Ok(())
+}
+
 /// `(quota, used)` of a user inside a transaction.
 pub(crate) async fn usage_in(tx: &mut Tx, user_id: &str) -> Result<(u64, u64)> {
     let r = tx

@@ -23,7 +23,7 @@ use cyxcloud_core::{ChunkMeta, Hash};
 use cyxcloud_proto::v1;
 use prost::Message;
 
-use crate::accounts::{Caller, add_usage, usage_in};
+use crate::accounts::{Caller, charge_usage, usage_in};
 use crate::db::{Backend, Db, Tx, args, now_ns, now_secs, write_tx};
 use crate::error::{Error, Result};
 use crate::journal;
@@ -905,7 +905,6 @@ impl Writes {
                     "the file changed since this write began from its base version".into(),
                 ));
             }
-            check_quota(&mut tx, &t.owner_id, t.existing.as_ref().map_or(0, |e| e.size), size).await?;
             let mut version_chunks = Vec::new();
             for (id, off, from_base, idx) in &offsets {
                 if *from_base {
@@ -995,7 +994,6 @@ impl Writes {
         let e = write_tx!(self.db, tx => {
             let t = resolve_target_for_commit(&mut tx, caller, target).await?;
             check_conditions(t.existing.as_ref(), if_version, if_absent)?;
-            check_quota(&mut tx, &t.owner_id, t.existing.as_ref().map_or(0, |e| e.size), data.len() as u64).await?;
             let s = Session {
                 id: String::new(),
                 user_id: caller.user_id.clone(),
@@ -1214,7 +1212,8 @@ async fn install_file(
     let created = old.is_none();
     let seq = installed.change_seq;
     let old_size = old.as_ref().map_or(0, |o| o.size);
-    add_usage(tx, &t.owner_id, size as i64 - old_size as i64).await?;
+    // The quota is checked here, in the statement that charges the growth.
+    charge_usage(tx, &t.owner_id, size as i64 - old_size as i64).await?;
     if !created && parent_id != ROOT_ID {
         crate::namespace::touch_dir(tx, parent_id, now, 0).await?;
     }
