@@ -44,9 +44,13 @@ pub struct Handle {
     pub last_end: u64,
     /// The open file uses a staged copy (counted in its `open`).
     pub staged: Option<Arc<StagedFile>>,
-    /// Directory snapshot for readdir: `(ino, kind, name)`.
-    pub dir: Option<Arc<Vec<(FileAttr, String)>>>,
+    /// An open directory: its snapshot for readdir, taken at the first readdir (a kernel that
+    /// serves the listing from its own cache never asks).
+    pub dir: Option<Arc<DirSnapshot>>,
 }
+
+/// The entries of an open directory, `(attributes, name)`, in readdir order.
+pub type DirSnapshot = tokio::sync::OnceCell<Vec<(FileAttr, String)>>;
 
 pub struct Drive {
     pub cfg: Config,
@@ -61,6 +65,8 @@ pub struct Drive {
     /// Kernel cache invalidations, performed on their own thread: a notification can block
     /// on kernel locks held by requests that wait for this daemon's answers.
     pub inval: OnceLock<std::sync::mpsc::Sender<Inval>>,
+    /// Directories the kernel may hold a listing of (opened with `FOPEN_CACHE_DIR`).
+    cached_dirs: Mutex<std::collections::HashSet<u64>>,
     /// Layouts decoded recently: ino -> (version, layout, fetched).
     pub layouts: Mutex<HashMap<u64, CachedLayout>>,
     /// Versions this mount committed itself (their journal events need no data invalidation).
@@ -176,6 +182,7 @@ impl Drive {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             inval: OnceLock::new(),
+            cached_dirs: Mutex::new(Default::default()),
             layouts: Mutex::new(HashMap::new()),
             own_versions: Mutex::new(HashSet::new()),
             fetching: Mutex::new(HashMap::new()),
@@ -945,6 +952,42 @@ impl Drive {
     pub fn inval_inode(&self, id: u64, attrs_only: bool) {
         if let Some(tx) = self.inval.get() {
             let _ = tx.send(Inval::Inode(self.kino(id), attrs_only));
+        }
+    }
+
+    /// Directory `id` was opened with its listing cacheable by the kernel.
+    pub fn dir_cached(&self, id: u64) {
+        self.cached_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+    }
+
+    /// Someone else changed directory `id`: the kernel drops its cached listing (its page
+    /// cache). The kernel's own entry invalidation does not: it leaves the listing alone when
+    /// it never looked the changed name up.
+    pub fn inval_dir(&self, id: u64) {
+        let cached = self
+            .cached_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id);
+        if cached {
+            self.inval_inode(id, false);
+        }
+    }
+
+    /// Every cached listing goes (the namespace cache was dropped).
+    pub fn inval_all_dirs(&self) {
+        let dirs: Vec<u64> = self
+            .cached_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        for id in dirs {
+            self.inval_inode(id, false);
         }
     }
 

@@ -14,7 +14,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::drive::{Drive, Handle, is_dir, ns_of};
+use crate::drive::{DirSnapshot, Drive, Handle, is_dir, ns_of};
 use crate::errno::errno;
 use crate::error::{Error, Result};
 use crate::nsops::{Caller, RenameMode, SetAttrs};
@@ -100,6 +100,24 @@ async fn dir_snapshot(d: &Drive, dir: u64) -> Result<Vec<(FileAttr, String)>> {
         v.push((d.attr(&e), name));
     }
     Ok(v)
+}
+
+/// The snapshot of open directory `fh`, taken at its first readdir.
+async fn snapshot(
+    d: &Drive,
+    fh: FileHandle,
+) -> std::result::Result<Arc<DirSnapshot>, fuser::Errno> {
+    let (ino, cell) = match d.handle(fh.0) {
+        Ok(Handle {
+            ino, dir: Some(c), ..
+        }) => (ino, c),
+        Ok(_) => return Err(fuser::Errno::ENOTDIR),
+        Err(e) => return Err(errno(&e)),
+    };
+    cell.get_or_try_init(|| dir_snapshot(d, ino))
+        .await
+        .map_err(|e| errno(&e))?;
+    Ok(cell)
 }
 
 impl Filesystem for Fs {
@@ -471,18 +489,26 @@ impl Filesystem for Fs {
         let d = self.d.clone();
         let id = d.gid(ino);
         self.spawn(async move {
-            match dir_snapshot(&d, id).await {
-                Ok(v) => {
+            match d.entry(id).await {
+                Ok(me) if is_dir(&me) => {
                     let fh = d.add_handle(Handle {
                         ino: id,
                         write: false,
                         append: false,
                         last_end: 0,
                         staged: None,
-                        dir: Some(Arc::new(v)),
+                        dir: Some(Arc::new(DirSnapshot::new())),
                     });
-                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                    // The kernel keeps the listing in its page cache across opens. It drops
+                    // it itself when this mount changes the directory, and on
+                    // `Drive::inval_dir` when someone else did.
+                    d.dir_cached(id);
+                    reply.opened(
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                    );
                 }
+                Ok(_) => reply.error(fuser::Errno::ENOTDIR),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -496,17 +522,20 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let items = match self.d.handle(fh.0).map(|h| h.dir) {
-            Ok(Some(v)) => v,
-            Ok(None) => return reply.error(fuser::Errno::ENOTDIR),
-            Err(e) => return reply.error(errno(&e)),
-        };
-        for (i, (attr, name)) in items.iter().enumerate().skip(offset as usize) {
-            if reply.add(attr.ino, i as u64 + 1, attr.kind, name) {
-                break;
+        let d = self.d.clone();
+        self.spawn(async move {
+            let items = match snapshot(&d, fh).await {
+                Ok(v) => v,
+                Err(e) => return reply.error(e),
+            };
+            let items = items.get().map(Vec::as_slice).unwrap_or_default();
+            for (i, (attr, name)) in items.iter().enumerate().skip(offset as usize) {
+                if reply.add(attr.ino, i as u64 + 1, attr.kind, name) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn readdirplus(
@@ -517,18 +546,21 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let items = match self.d.handle(fh.0).map(|h| h.dir) {
-            Ok(Some(v)) => v,
-            Ok(None) => return reply.error(fuser::Errno::ENOTDIR),
-            Err(e) => return reply.error(errno(&e)),
-        };
+        let d = self.d.clone();
         let ttl = self.ttl();
-        for (i, (attr, name)) in items.iter().enumerate().skip(offset as usize) {
-            if reply.add(attr.ino, i as u64 + 1, name, &ttl, attr, Generation(0)) {
-                break;
+        self.spawn(async move {
+            let items = match snapshot(&d, fh).await {
+                Ok(v) => v,
+                Err(e) => return reply.error(e),
+            };
+            let items = items.get().map(Vec::as_slice).unwrap_or_default();
+            for (i, (attr, name)) in items.iter().enumerate().skip(offset as usize) {
+                if reply.add(attr.ino, i as u64 + 1, name, &ttl, attr, Generation(0)) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn releasedir(

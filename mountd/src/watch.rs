@@ -100,6 +100,7 @@ async fn follow(d: &Drive) -> Result<()> {
 fn resync(d: &Drive) -> Result<()> {
     tracing::info!("change journal resync: dropping cached names");
     d.store.apply(&[Mutation::ClearNamespace])?;
+    d.inval_all_dirs();
     d.clear_departures();
     if let Some(b) = &d.cfg.bucket {
         d.store.apply(&[Mutation::PutDentry {
@@ -216,8 +217,13 @@ pub fn apply(d: &Drive, ev: &v1::ChangeEvent) -> Result<()> {
         value: ev.seq.to_string(),
     });
     d.store.apply(&batch)?;
+    let mut dirs: Vec<u64> = inval_entries.iter().map(|(p, _)| *p).collect();
+    dirs.dedup();
     for (p, n) in inval_entries {
         d.inval_entry(p, &n);
+    }
+    for p in dirs {
+        d.inval_dir(p);
     }
     if let Some((id, attrs_only)) = inval_inode {
         d.inval_inode(id, attrs_only);

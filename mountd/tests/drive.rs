@@ -88,6 +88,16 @@ fn within_2s(what: &str, mut f: impl FnMut() -> bool) {
     eprintln!("{what}: {:?}", t.elapsed());
 }
 
+/// The names in directory `p`, sorted.
+fn list(p: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 #[test]
 fn changes_elsewhere_appear_within_two_seconds() {
     let c = Cluster::start(7);
@@ -97,8 +107,12 @@ fn changes_elsewhere_appear_within_two_seconds() {
     // Both mounts have listed the bucket (cached as complete).
     assert_eq!(std::fs::read_dir(a.p("shared")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(b.p("shared")).unwrap().count(), 0);
-    // Another writer (the client library, like the S3 API) adds a file.
+    // Another writer (the client library, like the S3 API) adds a file. The kernel holds the
+    // (empty) listing of both mounts; the new name shows up in a listing too.
     c.put("shared", "from-api.txt", b"hello from the API");
+    within_2s("a file written through the API to be listed", || {
+        list(&b.p("shared")) == ["from-api.txt"]
+    });
     within_2s("a file written through the API to appear", || {
         std::fs::read(a.p("shared/from-api.txt")).ok().as_deref() == Some(b"hello from the API")
     });
@@ -120,8 +134,12 @@ fn changes_elsewhere_appear_within_two_seconds() {
     within_2s("a rename to appear", || {
         a.p("shared/renamed.txt").exists() && !a.p("shared/from-a.txt").exists()
     });
+    assert_eq!(list(&a.p("shared")), ["from-api.txt", "renamed.txt"]);
     std::fs::remove_file(b.p("shared/renamed.txt")).unwrap();
     within_2s("a delete to appear", || !a.p("shared/renamed.txt").exists());
+    within_2s("a delete to leave the listing", || {
+        list(&a.p("shared")) == ["from-api.txt"]
+    });
     let names: Vec<_> = std::fs::read_dir(a.p("shared"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
