@@ -339,6 +339,14 @@ impl Drive {
         self.ensure_created(src.id).await?;
         if let Some(d) = &dst {
             self.ensure_created(d.id).await?;
+            // As for rmdir: a directory replaced by the rename must be empty, counting the
+            // files made in it here and not uploaded yet. Unseen by the gateway, they let the
+            // rename through and then had no parent to upload into.
+            if is_dir(d) {
+                for (_, id) in self.staging.pending_in(d.id) {
+                    self.ensure_created(id).await?;
+                }
+            }
         }
         if let Some(d) = &dst
             && mode == RenameMode::Replace

@@ -242,6 +242,14 @@ fn rename_errors(c: &Ctx) {
     fails(fs::rename(c.p("d"), c.p("f")), libc::ENOTDIR);
     fails(fs::rename(c.p("d"), c.p("d/sub/inside")), libc::EINVAL);
     fails(fs::rename(c.p("missing"), c.p("x")), libc::ENOENT);
+    // A file still open for writing (created here, not uploaded yet) counts too, and keeps
+    // its directory.
+    fs::create_dir(c.p("e2")).unwrap();
+    let mut open = File::create(c.p("e2/g")).unwrap();
+    open.write_all(b"kept").unwrap();
+    fails(fs::rename(c.p("d"), c.p("e2")), libc::ENOTEMPTY);
+    drop(open);
+    assert_eq!(fs::read(c.p("e2/g")).unwrap(), b"kept");
     // Renaming over an empty directory works.
     fs::create_dir(c.p("empty")).unwrap();
     fs::rename(c.p("d/sub"), c.p("empty")).unwrap();
