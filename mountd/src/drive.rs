@@ -49,6 +49,17 @@ pub struct Handle {
     pub dir: Option<Arc<DirSnapshot>>,
 }
 
+/// What [`Drive::rename_seen`] changed in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// The old name still named the entry and was dropped.
+    pub old_dropped: bool,
+    /// The new name was added.
+    pub new_added: bool,
+    /// The cached entry was older than the event's and was replaced.
+    pub refreshed: bool,
+}
+
 /// The entries of an open directory, `(attributes, name)`, in readdir order.
 pub type DirSnapshot = tokio::sync::OnceCell<Vec<(FileAttr, String)>>;
 
@@ -433,6 +444,45 @@ impl Drive {
     pub fn departure_seen(&self, parent: Option<u64>, name: &str, id: u64) {
         self.departed_set()
             .retain(|(p, n, i)| !(*i == id && n == name && parent.is_none_or(|q| q == *p)));
+    }
+
+    /// The journal reported that `e` moved from `old_parent/old_name` to its current name. The
+    /// cache follows, under the same lock as this mount's own name changes, so a local unlink
+    /// or rename of either name made meanwhile is not undone.
+    pub fn rename_seen(&self, old_parent: u64, old_name: &str, e: &v1::Entry) -> Result<Moved> {
+        let _g = self.patch_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = Vec::new();
+        let old_dropped = old_parent != 0 && self.store.lookup(old_parent, old_name)? == Some(e.id);
+        if old_dropped {
+            batch.push(Mutation::RemoveDentry {
+                parent: old_parent,
+                name: old_name.to_string(),
+            });
+        }
+        let new_added = self.store.lookup(e.parent_id, &e.name)? != Some(e.id)
+            && !self
+                .departed_set()
+                .contains(&(e.parent_id, e.name.clone(), e.id));
+        if new_added {
+            batch.push(Mutation::PutDentry {
+                parent: e.parent_id,
+                name: e.name.clone(),
+                ino: e.id,
+            });
+        }
+        let refreshed = self
+            .store
+            .entry(e.id)?
+            .is_none_or(|c| c.change_seq < e.change_seq);
+        if refreshed {
+            batch.push(Mutation::PutEntry(e.clone()));
+        }
+        self.store.apply(&batch)?;
+        Ok(Moved {
+            old_dropped,
+            new_added,
+            refreshed,
+        })
     }
 
     pub fn is_departed(&self, parent: u64, name: &str, id: u64) -> bool {

@@ -181,30 +181,14 @@ pub fn apply(d: &Drive, ev: &v1::ChangeEvent) -> Result<()> {
             if let Some(e) = &ev.entry {
                 let old_name = last_segment(&ev.old_path).to_string();
                 d.departure_seen(Some(ev.old_parent_id), &old_name, e.id);
-                if ev.old_parent_id != 0
-                    && d.store.lookup(ev.old_parent_id, &old_name)? == Some(e.id)
-                {
-                    batch.push(Mutation::RemoveDentry {
-                        parent: ev.old_parent_id,
-                        name: old_name.clone(),
-                    });
+                let moved = d.rename_seen(ev.old_parent_id, &old_name, e)?;
+                if moved.old_dropped {
                     inval_entries.push((ev.old_parent_id, old_name));
                 }
-                if d.store.lookup(e.parent_id, &e.name)? != Some(e.id)
-                    && !d.is_departed(e.parent_id, &e.name, e.id)
-                {
-                    batch.push(Mutation::PutDentry {
-                        parent: e.parent_id,
-                        name: e.name.clone(),
-                        ino: e.id,
-                    });
+                if moved.new_added {
                     inval_entries.push((e.parent_id, e.name.clone()));
                 }
-                if d.store
-                    .entry(e.id)?
-                    .is_none_or(|c| c.change_seq < e.change_seq)
-                {
-                    batch.push(Mutation::PutEntry(e.clone()));
+                if moved.refreshed {
                     inval_inode = Some((e.id, true));
                 }
             }
