@@ -348,6 +348,45 @@ fn main() {
         "entries/s",
     ));
 
+    // A thumbnailer: the first 4 KiB of each of 100 files of 1 MiB, from fresh mounts with
+    // the page cache dropped (the drive's chunk cache empty).
+    drop(fresh);
+    const THUMBS: usize = 100;
+    let thumbs = |dir: &Path| {
+        std::fs::create_dir_all(dir).unwrap();
+        for i in 0..THUMBS {
+            std::fs::write(dir.join(format!("t{i}")), data(i as u64, 1 << 20)).unwrap();
+        }
+    };
+    thumbs(&local.path().join("thumbs"));
+    thumbs(&m.p("bench/thumbs"));
+    thumbs(&s3.p("thumbs"));
+    wait_all_durable(&m);
+    let heads = |dir: &Path| {
+        let t = Instant::now();
+        let mut buf = vec![0u8; 4096];
+        for i in 0..THUMBS {
+            let mut f = std::fs::File::open(dir.join(format!("t{i}"))).unwrap();
+            f.read_exact(&mut buf).unwrap();
+        }
+        t.elapsed()
+    };
+    let cold_heads = Mount::start_logging(&c, &[], USER_LOG);
+    drop(s3);
+    let s3 = S3fs::mount(&c, "peer");
+    drop_caches();
+    let lh = heads(&local.path().join("thumbs"));
+    let ch = heads(&cold_heads.p("bench/thumbs"));
+    let sh = heads(&s3.p("thumbs"));
+    rows.push(Row {
+        what: format!("first 4 KiB of {THUMBS} files of 1 MiB, fresh mount (thumbnailer)"),
+        local: lh,
+        cyx: ch,
+        s3fs: sh,
+        unit: THUMBS as f64,
+        unit_name: "files/s",
+    });
+
     println!(
         "| operation | local dir | CyxCloud drive | drive / local | s3fs (peer) | drive / s3fs |"
     );
