@@ -349,26 +349,44 @@ impl Drive {
             .entry(id.0)
             .or_default()
             .clone();
-        let _g = lock.lock().await;
+        let g = lock.lock_owned().await;
         if let Some(b) = self.chunks.read(&id, offset, len)? {
             return Ok(b);
         }
         let data = self.fetch(e, c).await;
-        if let Ok(data) = &data {
-            let encrypted = c.info.as_ref().is_some_and(|i| i.encrypted);
-            if !encrypted && let Err(err) = self.chunks.insert(&id, data) {
-                tracing::warn!(error = %err, "cannot cache a chunk");
+        // The chunk goes into the cache after this read is answered. The fetch lock is held
+        // until then: another reader of the chunk waits for the cached copy, and only then
+        // may start a fetch of its own.
+        let done = move |d: &Drive| {
+            d.fetching
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id.0);
+            drop(g);
+        };
+        let data = match data {
+            Ok(d) => d,
+            Err(err) => {
+                done(self);
+                return Err(err);
             }
-        }
-        // Only now may another reader start a fetch of this chunk.
-        self.fetching
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id.0);
-        let data = data?;
+        };
         let s = (offset as usize).min(data.len());
         let t = (s + len).min(data.len());
-        Ok(data[s..t].to_vec())
+        let out = data[s..t].to_vec();
+        let encrypted = c.info.as_ref().is_some_and(|i| i.encrypted);
+        match self.me() {
+            Some(me) if !encrypted => {
+                tokio::task::spawn_blocking(move || {
+                    if let Err(err) = me.chunks.insert(&id, &data) {
+                        tracing::warn!(error = %err, "cannot cache a chunk");
+                    }
+                    done(&me);
+                });
+            }
+            _ => done(self),
+        }
+        Ok(out)
     }
 
     async fn fetch(&self, e: &v1::Entry, c: &v1::ChunkLayout) -> Result<bytes::Bytes> {
