@@ -49,6 +49,13 @@ pub struct Handle {
     pub dir: Option<Arc<DirSnapshot>>,
 }
 
+/// `(bucket, directory)` of a pending file from where it was made (`bucket/dir/name`).
+fn split_made_at(made_at: &str, name: &str) -> Option<(String, String)> {
+    let rest = made_at.strip_suffix(name)?.strip_suffix('/')?;
+    let (bucket, dir) = rest.split_once('/').unwrap_or((rest, ""));
+    (!bucket.is_empty()).then(|| (bucket.to_string(), dir.to_string()))
+}
+
 /// What [`Drive::rename_seen`] changed in the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Moved {
@@ -858,7 +865,7 @@ impl Drive {
     /// no longer pending; when `data` is all it holds, the returned entry is its committed
     /// version.
     pub async fn create_pending(&self, sf: &StagedFile, data: &[u8]) -> Result<Option<v1::Entry>> {
-        let (parent, name, mode, uid, gid, mtime_ns) = {
+        let (parent, name, mode, uid, gid, mtime_ns, made_at) = {
             let st = sf.lock();
             let Some((parent, name)) = st.pending.clone() else {
                 return Ok(None);
@@ -866,9 +873,22 @@ impl Drive {
             if st.removed && !st.orphan {
                 return Ok(None);
             }
-            (parent, name, st.mode, st.uid, st.gid, st.mtime_ns)
+            let made_at = st.display.clone();
+            (parent, name, st.mode, st.uid, st.gid, st.mtime_ns, made_at)
         };
-        let (bucket, dir) = self.locate(parent).await?;
+        let (bucket, dir) = match self.locate(parent).await {
+            // Its directory was removed elsewhere (unseen by the gateway, this file did not
+            // keep it from being removed): the file is made where it was made, and the
+            // gateway makes the directories again. Dropping it would lose what was written.
+            Err(e) if e.is_not_found() => match split_made_at(&made_at, &name) {
+                Some(at) => {
+                    tracing::warn!(ino = sf.ino, path = %made_at, "the directory of a new file was removed elsewhere; making it again");
+                    at
+                }
+                None => return Err(e),
+            },
+            r => r?,
+        };
         let at = |n: &str| {
             if dir.is_empty() {
                 n.to_string()
@@ -938,8 +958,9 @@ impl Drive {
         Ok(Some(e))
     }
 
-    /// `(bucket, path)` of a directory, from cached names (or the gateway).
-    pub async fn locate(&self, dir: u64) -> Result<(String, String)> {
+    /// `(bucket, path)` of directory `dir` from the cached names alone (None when a link of
+    /// the chain up to the buckets is not cached).
+    pub fn locate_cached(&self, dir: u64) -> Result<Option<(String, String)>> {
         let mut parts = Vec::new();
         let mut cur = dir;
         let mut hops = 0;
@@ -956,7 +977,15 @@ impl Drive {
         if cur == GATEWAY_ROOT && !parts.is_empty() {
             parts.reverse();
             let bucket = parts.remove(0);
-            return Ok((bucket, parts.join("/")));
+            return Ok(Some((bucket, parts.join("/"))));
+        }
+        Ok(None)
+    }
+
+    /// `(bucket, path)` of a directory, from cached names (or the gateway).
+    pub async fn locate(&self, dir: u64) -> Result<(String, String)> {
+        if let Some(r) = self.locate_cached(dir)? {
+            return Ok(r);
         }
         let e = self.fetch_entry(dir).await?;
         let r = (e.bucket.clone(), e.path.clone());
@@ -1199,4 +1228,22 @@ pub fn current_uid() -> u32 {
 pub fn current_gid() -> u32 {
     // SAFETY: getgid(2) cannot fail and touches no memory.
     unsafe { libc::getgid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_made_at;
+
+    #[test]
+    fn where_a_pending_file_was_made() {
+        let at = |a: &str, n: &str| split_made_at(a, n);
+        assert_eq!(at("b/d/e/f", "f"), Some(("b".into(), "d/e".into())));
+        assert_eq!(at("b/f", "f"), Some(("b".into(), String::new())));
+        // Only a name (made where the chain up to its bucket was not cached) or another name:
+        // nowhere to make it.
+        assert_eq!(at("f", "f"), None);
+        assert_eq!(at("b/d/g", "f"), None);
+        assert_eq!(at("b/d/xf", "f"), None);
+        assert_eq!(at("/f", "f"), None);
+    }
 }

@@ -218,7 +218,13 @@ impl Drive {
                 mode: e.mode,
                 uid: e.uid,
                 gid: e.gid,
-                display: name.to_string(),
+                // Where it was made: also where it is made at the gateway if its directory
+                // is gone by the time it uploads (see `Drive::create_pending`).
+                display: match self.locate_cached(parent)? {
+                    Some((b, d)) if d.is_empty() => format!("{b}/{name}"),
+                    Some((b, d)) => format!("{b}/{d}/{name}"),
+                    None => name.to_string(),
+                },
                 pending: Some((parent, name.to_string())),
             },
             true,

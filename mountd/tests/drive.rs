@@ -4,6 +4,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
+use cyxcloud_proto::v1;
 use cyxcloud_testkit::wait_until;
 
 use crate::cluster::{Cluster, Mount, data, file_hash, sh, state};
@@ -145,6 +146,35 @@ fn changes_elsewhere_appear_within_two_seconds() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, ["from-api.txt"]);
+    // A directory removed elsewhere while this mount is still writing a new file in it (not
+    // at the gateway yet, the file did not keep the directory from being removed): the file
+    // is made again where it was made, with its directory, not dropped.
+    std::fs::create_dir(a.p("shared/gone")).unwrap();
+    let mut kept = std::fs::File::create(a.p("shared/gone/kept.txt")).unwrap();
+    kept.write_all(b"not lost").unwrap();
+    let api = c.client();
+    c.rt.block_on(api.control().rmdir(v1::RemoveRequest {
+        path: Some(v1::BucketPath {
+            bucket: "shared".into(),
+            path: "gone".into(),
+        }),
+        ..Default::default()
+    }))
+    .unwrap();
+    within_2s("a directory removed elsewhere to disappear", || {
+        !b.p("shared/gone").exists()
+    });
+    drop(kept);
+    wait_until(
+        Duration::from_secs(30),
+        "the new file at the gateway",
+        || {
+            c.entry("shared", "gone/kept.txt")
+                .filter(|e| e.size == 8)
+                .map(|_| ())
+        },
+    );
+    assert_eq!(c.get("shared", "gone/kept.txt"), b"not lost");
     // A new bucket appears at the top.
     c.create_bucket("late-bucket");
     within_2s("a new bucket to appear", || a.p("late-bucket").is_dir());
