@@ -1198,12 +1198,7 @@ async fn install_file(
                 marker: false,
                 public_read: false,
             };
-            let installed = match tx.backend() {
-                Backend::Postgres => create_file_pg(tx, dir.id, &name, &n, &v, &s.user_id).await?,
-                Backend::Sqlite => {
-                    create_file_sqlite(tx, dir.id, &name, &n, &v, &s.user_id).await?
-                }
-            };
+            let installed = create_file(tx, dir.id, &name, &n, &v, &s.user_id).await?;
             tx.touch(dir.id);
             let path = crate::namespace::join(&dir.path, &name);
             (installed, dir.id, name, t.bucket, path)
@@ -1294,14 +1289,12 @@ fn not_reserved(id: u64) -> Error {
     ))
 }
 
-/// SQLite: a new file in one call, a script of seven statements the connection runs in a row
-/// (SQLite has no data-modifying CTEs; each statement apart was a round trip to the
-/// connection's worker thread). Arguments are numbered (`$N`), so every statement of the
-/// script binds the ones it names. The new id is a reservation claimed or the next of the
-/// inodes' AUTOINCREMENT sequence, drawn first; each later statement inserts only when the one
-/// before it changed a row (`changes()`), so an unclaimable reservation inserts nothing, the
-/// final select finds no inode of this change and the transaction is rolled back.
-async fn create_file_sqlite(
+/// A new file `name` in `dir` in one call to the database, where the portable path took six
+/// round trips: the journal sequence, the inode (its id drawn first, or a reservation
+/// claimed, so the version can point at it), its version, its name, and the directory's
+/// times. The namespace write lock is held already. An unclaimable reservation yields no row,
+/// and the transaction is rolled back.
+async fn create_file(
     tx: &mut Tx,
     dir: u64,
     name: &str,
@@ -1309,34 +1302,20 @@ async fn create_file_sqlite(
     v: &NewVersion<'_>,
     user: &str,
 ) -> Result<Inode> {
-    fn sql(draw: &str, id: &str) -> String {
-        format!(
-            "UPDATE counters SET value = value + 1 WHERE name = 'journal'; \
-             {draw}; \
-             INSERT INTO versions (inode_id, size, inline_data, created_ns) \
-               SELECT {id}, $1, $2, $3 WHERE changes() = 1; \
-             INSERT INTO inodes (id, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, \
-               btime_ns, nlink, version_id, etag, content_type, meta, symlink_target, owner_id, \
-               change_seq, marker, public_read) \
-               SELECT {id}, $7, $8, $9, $10, $1, $3, $11, $3, $3, 1, last_insert_rowid(), $12, \
-                 $13, $14, '', $15, (SELECT value FROM counters WHERE name = 'journal'), $16, \
-                 $17 WHERE changes() = 1; \
-             INSERT INTO dentries (parent_id, name, sort_key, inode_id, kind) \
-               SELECT $4, $5, $6, {id}, $7 WHERE changes() = 1; \
-             UPDATE inodes SET mtime_ns = $3, ctime_ns = $3 WHERE id = $4; \
-             SELECT {} FROM inodes WHERE id = {id} \
-               AND change_seq = (SELECT value FROM counters WHERE name = 'journal')",
-            *RETURNED_INODE_COLS
-        )
-    }
-    static NEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        sql(
+    type Sql = std::sync::LazyLock<String>;
+    static PG_NEXT: Sql =
+        Sql::new(|| pg_create("SELECT nextval(pg_get_serial_sequence('inodes', 'id')) AS id"));
+    static PG_RESERVED: Sql = Sql::new(|| {
+        pg_create("DELETE FROM reserved_ids WHERE id = $18 AND owner_id = $19 RETURNING id")
+    });
+    static SQLITE_NEXT: Sql = Sql::new(|| {
+        sqlite_create(
             "UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'inodes'",
             "(SELECT seq FROM sqlite_sequence WHERE name = 'inodes')",
         )
     });
-    static RESERVED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        sql(
+    static SQLITE_RESERVED: Sql = Sql::new(|| {
+        sqlite_create(
             "DELETE FROM reserved_ids WHERE id = $18 AND owner_id = $19",
             "$18",
         )
@@ -1360,12 +1339,16 @@ async fn create_file_sqlite(
         n.marker,
         n.public_read
     ];
-    let sql = if v.attrs.new_id == 0 {
-        NEXT.as_str()
-    } else {
+    let reserved = v.attrs.new_id != 0;
+    if reserved {
         a.push(v.attrs.new_id.into());
         a.push(user.into());
-        RESERVED.as_str()
+    }
+    let sql = match (tx.backend(), reserved) {
+        (Backend::Postgres, false) => PG_NEXT.as_str(),
+        (Backend::Postgres, true) => PG_RESERVED.as_str(),
+        (Backend::Sqlite, false) => SQLITE_NEXT.as_str(),
+        (Backend::Sqlite, true) => SQLITE_RESERVED.as_str(),
     };
     let row = tx
         .opt(sql, a)
@@ -1377,79 +1360,50 @@ async fn create_file_sqlite(
     Ok(inode)
 }
 
-/// PostgreSQL: a new file in one statement, where the portable path takes six round trips:
-/// the journal sequence, the inode (its id drawn first so the version can point at it), its
-/// version, its name in `dir`, and the directory's times. Data-modifying CTEs run once each,
-/// whether the outer statement reads them or not; the namespace write lock is held already.
-async fn create_file_pg(
-    tx: &mut Tx,
-    dir: u64,
-    name: &str,
-    n: &crate::namespace::NewInode<'_>,
-    v: &NewVersion<'_>,
-    user: &str,
-) -> Result<Inode> {
-    // Two spellings of `n`, the new id: the next of the sequence, or a reservation claimed
-    // (an unclaimable one yields no row and the transaction is rolled back).
-    fn sql(new_id: &str) -> String {
-        format!(
-            "WITH s AS (UPDATE counters SET value = value + 1 WHERE name = 'journal' RETURNING value), \
-             n AS ({new_id}), \
-             v AS (INSERT INTO versions (inode_id, size, inline_data, created_ns) \
-                   SELECT n.id, $1, $2, $3 FROM n RETURNING id), \
-             d AS (INSERT INTO dentries (parent_id, name, sort_key, inode_id, kind) \
-                   SELECT $4, $5, $6, n.id, $7 FROM n), \
-             p AS (UPDATE inodes SET mtime_ns = $3, ctime_ns = $3 WHERE id = $4) \
-             INSERT INTO inodes (id, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, \
-               btime_ns, nlink, version_id, etag, content_type, meta, symlink_target, owner_id, \
-               change_seq, marker, public_read) \
-             SELECT n.id, $7, $8, $9, $10, $1, $3, $11, $3, $3, 1, v.id, $12, $13, $14, '', $15, \
-               s.value, $16, $17 FROM n, v, s \
-             RETURNING {}",
-            *RETURNED_INODE_COLS
-        )
-    }
-    static NEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        sql("SELECT nextval(pg_get_serial_sequence('inodes', 'id')) AS id")
-    });
-    static RESERVED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        sql(
-            "DELETE FROM reserved_ids WHERE id = $18 AND owner_id = $19 \
-             RETURNING id",
-        )
-    });
-    let mut a = args![
-        v.size,
-        v.inline.map(<[u8]>::to_vec),
-        v.now,
-        dir,
-        name,
-        crate::namespace::sort_key(name, n.kind),
-        n.kind as i64,
-        n.mode,
-        n.uid,
-        n.gid,
-        v.mtime,
-        v.attrs.etag.as_str(),
-        v.attrs.content_type.as_str(),
-        v.meta.clone(),
-        n.owner_id,
-        n.marker,
-        n.public_read
-    ];
-    let sql = if v.attrs.new_id == 0 {
-        NEXT.as_str()
-    } else {
-        a.push(v.attrs.new_id.into());
-        a.push(user.into());
-        RESERVED.as_str()
-    };
-    let row = tx
-        .opt(sql, a)
-        .await?
-        .ok_or_else(|| not_reserved(v.attrs.new_id))?;
-    let inode = crate::namespace::inode_from_row(&row, 0)?;
-    tx.last_seq = tx.last_seq.max(inode.change_seq);
-    crate::layout::link_chunks(tx, inode.version, v.chunks).await?;
-    Ok(inode)
+/// PostgreSQL: [`create_file`] as one statement of data-modifying CTEs (each runs once,
+/// whether the outer statement reads it or not); `new_id` yields the id as `n.id`.
+fn pg_create(new_id: &str) -> String {
+    format!(
+        "WITH s AS (UPDATE counters SET value = value + 1 WHERE name = 'journal' RETURNING value), \
+         n AS ({new_id}), \
+         v AS (INSERT INTO versions (inode_id, size, inline_data, created_ns) \
+               SELECT n.id, $1, $2, $3 FROM n RETURNING id), \
+         d AS (INSERT INTO dentries (parent_id, name, sort_key, inode_id, kind) \
+               SELECT $4, $5, $6, n.id, $7 FROM n), \
+         p AS (UPDATE inodes SET mtime_ns = $3, ctime_ns = $3 WHERE id = $4) \
+         INSERT INTO inodes (id, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, \
+           btime_ns, nlink, version_id, etag, content_type, meta, symlink_target, owner_id, \
+           change_seq, marker, public_read) \
+         SELECT n.id, $7, $8, $9, $10, $1, $3, $11, $3, $3, 1, v.id, $12, $13, $14, '', $15, \
+           s.value, $16, $17 FROM n, v, s \
+         RETURNING {}",
+        *RETURNED_INODE_COLS
+    )
+}
+
+/// SQLite: [`create_file`] as a script of seven statements the connection runs in one call
+/// (SQLite has no data-modifying CTEs). Arguments are numbered (`$N`), so each statement
+/// binds the ones it names. `draw` takes the id (the next of the inodes' AUTOINCREMENT
+/// sequence, or a reservation claimed), `id` names it; each later insert runs only when the
+/// statement before it changed a row (`changes()`), and the final select returns only an
+/// inode of this change.
+fn sqlite_create(draw: &str, id: &str) -> String {
+    format!(
+        "UPDATE counters SET value = value + 1 WHERE name = 'journal'; \
+         {draw}; \
+         INSERT INTO versions (inode_id, size, inline_data, created_ns) \
+           SELECT {id}, $1, $2, $3 WHERE changes() = 1; \
+         INSERT INTO inodes (id, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, \
+           btime_ns, nlink, version_id, etag, content_type, meta, symlink_target, owner_id, \
+           change_seq, marker, public_read) \
+           SELECT {id}, $7, $8, $9, $10, $1, $3, $11, $3, $3, 1, last_insert_rowid(), $12, \
+             $13, $14, '', $15, (SELECT value FROM counters WHERE name = 'journal'), $16, \
+             $17 WHERE changes() = 1; \
+         INSERT INTO dentries (parent_id, name, sort_key, inode_id, kind) \
+           SELECT $4, $5, $6, {id}, $7 WHERE changes() = 1; \
+         UPDATE inodes SET mtime_ns = $3, ctime_ns = $3 WHERE id = $4; \
+         SELECT {} FROM inodes WHERE id = {id} \
+           AND change_seq = (SELECT value FROM counters WHERE name = 'journal')",
+        *RETURNED_INODE_COLS
+    )
 }
