@@ -267,6 +267,18 @@ impl Drive {
             })
             .await?;
         self.forget_name(parent, name, &child, last_name)?;
+        if !last_name {
+            // The file keeps other names. Journal events from before this unlink (an upload's
+            // Update, say) still count the removed name, and the Delete that follows them
+            // finds it gone here already: the inode as the gateway has it now, with its
+            // change sequence, makes those events older than what is cached.
+            match self.fetch_entry(child.id).await {
+                Ok(e) => self.remember(&e, None)?,
+                Err(e) => {
+                    tracing::debug!(id = child.id, error = %e, "cannot refresh a linked file")
+                }
+            }
+        }
         Ok(())
     }
 
