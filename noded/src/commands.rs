@@ -28,8 +28,8 @@ use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::p2p::P2pHandle;
-use crate::service::parse_hash;
-use crate::store::{Deleted, Shards};
+use crate::service::{delete_older, parse_hash};
+use crate::store::Shards;
 use crate::tokens::Tokens;
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -345,30 +345,4 @@ impl Executor {
         tracing::info!(chunk = %meta.id, index = target, shard = %want, "shard repaired");
         Ok(())
     }
-}
-
-/// What a delete command did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct DeleteCounts {
-    pub deleted: u64,
-    pub missing: u64,
-    /// Put again after the gateway decided the delete (a new write of the same bytes).
-    pub kept: u64,
-    pub freed_bytes: u64,
-}
-
-/// Deletes the listed shards that were not put after `bound` (see `store::recent`).
-pub fn delete_older(shards: &Shards, hashes: &[Hash], bound: u64) -> Result<DeleteCounts> {
-    let mut r = DeleteCounts::default();
-    for h in hashes {
-        match shards.delete_unless_newer(h, bound)? {
-            Deleted::Freed(n) => {
-                r.deleted += 1;
-                r.freed_bytes += n;
-            }
-            Deleted::Missing => r.missing += 1,
-            Deleted::Kept => r.kept += 1,
-        }
-    }
-    Ok(r)
 }

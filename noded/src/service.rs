@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::store::{PutOutcome, Shards};
+use crate::store::{Deleted, PutOutcome, Shards};
 use crate::tokens::Tokens;
 
 /// Most hashes one Has/Delete request may name.
@@ -222,9 +222,14 @@ impl ChunkSvc {
         let hashes = parse_hashes(&req.hashes)?;
         self.tokens.check(&req.token, Op::Delete, &hashes)?;
         let shards = self.shards.clone();
-        let resp = blocking(move || delete_all(&shards, &hashes)).await?;
+        // A client's delete, with its own token: no put is newer than it.
+        let r = blocking(move || delete_older(&shards, &hashes, u64::MAX)).await?;
         self.metrics.observe_usage(self.shards.usage());
-        Ok(resp)
+        Ok(DeleteShardsResponse {
+            deleted: r.deleted,
+            missing: r.missing,
+            freed_bytes: r.freed_bytes,
+        })
     }
 
     async fn challenge(&self, req: ChallengeRequest) -> Result<ChallengeResponse> {
@@ -256,19 +261,31 @@ impl ChunkSvc {
     }
 }
 
-/// Deletes every listed shard (the caller checked the token for all of them first).
-pub fn delete_all(shards: &Shards, hashes: &[Hash]) -> Result<DeleteShardsResponse> {
-    let mut resp = DeleteShardsResponse::default();
+/// What a delete did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DeleteCounts {
+    pub deleted: u32,
+    pub missing: u32,
+    /// Put again after the gateway decided the delete (a new write of the same bytes).
+    pub kept: u32,
+    pub freed_bytes: u64,
+}
+
+/// Deletes the listed shards that were not put after `bound` (see `store::recent`;
+/// `u64::MAX` deletes them all). The caller checked the token for all of them first.
+pub fn delete_older(shards: &Shards, hashes: &[Hash], bound: u64) -> Result<DeleteCounts> {
+    let mut r = DeleteCounts::default();
     for h in hashes {
-        match shards.delete(h)? {
-            Some(freed) => {
-                resp.deleted += 1;
-                resp.freed_bytes += freed;
+        match shards.delete_unless_newer(h, bound)? {
+            Deleted::Freed(n) => {
+                r.deleted += 1;
+                r.freed_bytes += n;
             }
-            None => resp.missing += 1,
+            Deleted::Missing => r.missing += 1,
+            Deleted::Kept => r.kept += 1,
         }
     }
-    Ok(resp)
+    Ok(r)
 }
 
 /// Proof of storage: blake3(nonce || shard bytes).

@@ -123,7 +123,8 @@ impl Recent {
         Ok(bound)
     }
 
-    pub fn floor(&self) -> u64 {
+    #[cfg(test)]
+    fn floor(&self) -> u64 {
         self.floor.load(Ordering::SeqCst)
     }
 }
