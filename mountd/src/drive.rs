@@ -467,9 +467,7 @@ impl Drive {
             });
         }
         let new_added = self.store.lookup(e.parent_id, &e.name)? != Some(e.id)
-            && !self
-                .departed_set()
-                .contains(&(e.parent_id, e.name.clone(), e.id));
+            && !self.is_departed(e.parent_id, &e.name, e.id);
         if new_added {
             batch.push(Mutation::PutDentry {
                 parent: e.parent_id,
@@ -932,18 +930,7 @@ impl Drive {
                 // mount's file replaces it, as a later writer's would.
                 let side = format!(".{name}.cyxcloud-{}", sf.ino);
                 let e = create(at(&side)).await?;
-                let (s, n) = (side.clone(), name.clone());
-                self.remote
-                    .control("rename", |mut c| async move {
-                        c.rename(v1::RenameRequest {
-                            parent_id: parent,
-                            name: s,
-                            new_parent_id: parent,
-                            new_name: n,
-                            ..Default::default()
-                        })
-                        .await
-                    })
+                self.rename_at_gateway(parent, &side, parent, &name, v1::RenameFlags::None)
                     .await?;
                 v1::Entry {
                     path: at(&name),

@@ -120,6 +120,18 @@ async fn snapshot(
     Ok(cell)
 }
 
+/// The entries of a snapshot from readdir offset `offset` on, each with the offset of the
+/// entry after it.
+fn from_offset(
+    items: &DirSnapshot,
+    offset: u64,
+) -> impl Iterator<Item = (u64, &(FileAttr, String))> {
+    let items = items.get().map(Vec::as_slice).unwrap_or_default();
+    (offset..)
+        .zip(items.iter().skip(offset as usize))
+        .map(|(i, e)| (i + 1, e))
+}
+
 impl Filesystem for Fs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(
@@ -528,9 +540,8 @@ impl Filesystem for Fs {
                 Ok(v) => v,
                 Err(e) => return reply.error(e),
             };
-            let items = items.get().map(Vec::as_slice).unwrap_or_default();
-            for (i, (attr, name)) in items.iter().enumerate().skip(offset as usize) {
-                if reply.add(attr.ino, i as u64 + 1, attr.kind, name) {
+            for (next, (attr, name)) in from_offset(&items, offset) {
+                if reply.add(attr.ino, next, attr.kind, name) {
                     break;
                 }
             }
@@ -553,9 +564,8 @@ impl Filesystem for Fs {
                 Ok(v) => v,
                 Err(e) => return reply.error(e),
             };
-            let items = items.get().map(Vec::as_slice).unwrap_or_default();
-            for (i, (attr, name)) in items.iter().enumerate().skip(offset as usize) {
-                if reply.add(attr.ino, i as u64 + 1, name, &ttl, attr, Generation(0)) {
+            for (next, (attr, name)) in from_offset(&items, offset) {
+                if reply.add(attr.ino, next, name, &ttl, attr, Generation(0)) {
                     break;
                 }
             }

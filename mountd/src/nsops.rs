@@ -325,6 +325,31 @@ impl Drive {
         Ok(())
     }
 
+    /// One Rename call at the gateway, by parent ids and names.
+    pub(crate) async fn rename_at_gateway(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        flags: v1::RenameFlags,
+    ) -> Result<()> {
+        let (n, nn) = (name.to_string(), new_name.to_string());
+        self.remote
+            .control("rename", |mut c| async move {
+                c.rename(v1::RenameRequest {
+                    parent_id: parent,
+                    name: n,
+                    new_parent_id: new_parent,
+                    new_name: nn,
+                    flags: flags as i32,
+                })
+                .await
+            })
+            .await?;
+        Ok(())
+    }
+
     pub async fn rename(
         &self,
         parent: u64,
@@ -379,18 +404,7 @@ impl Drive {
             RenameMode::NoReplace => v1::RenameFlags::Noreplace,
             RenameMode::Exchange => v1::RenameFlags::Exchange,
         };
-        let (n, nn) = (name.to_string(), new_name.to_string());
-        self.remote
-            .control("rename", |mut c| async move {
-                c.rename(v1::RenameRequest {
-                    parent_id: parent,
-                    name: n,
-                    new_parent_id: new_parent,
-                    new_name: nn,
-                    flags: flags as i32,
-                })
-                .await
-            })
+        self.rename_at_gateway(parent, name, new_parent, new_name, flags)
             .await?;
         let now = crate::staging::now_ns();
         let mut batch = Vec::new();

@@ -202,6 +202,7 @@ pub fn apply(d: &Drive, ev: &v1::ChangeEvent) -> Result<()> {
     });
     d.store.apply(&batch)?;
     let mut dirs: Vec<u64> = inval_entries.iter().map(|(p, _)| *p).collect();
+    dirs.sort_unstable();
     dirs.dedup();
     for (p, n) in inval_entries {
         d.inval_entry(p, &n);
