@@ -89,6 +89,65 @@ where
     }
 }
 
+/// The database's own round trip, measured in the same run beside the gRPC floor: `SELECT 1`
+/// and the inode + name join GetAttr by id runs, on one connection of this process, without
+/// gRPC. So a GetAttr row reads as gRPC floor + this + the gateway's own work.
+async fn pg_floor(url: &str, n: usize, ids: &[u64]) -> Vec<(String, Stats)> {
+    use sqlx::Connection;
+    let conn = std::sync::Arc::new(tokio::sync::Mutex::new(
+        sqlx::PgConnection::connect(url).await.unwrap(),
+    ));
+    let select1 = timed(n, |_| {
+        let c = conn.clone();
+        async move {
+            let mut c = c.lock().await;
+            let _: (i32,) = sqlx::query_as("SELECT 1").fetch_one(&mut *c).await.unwrap();
+        }
+    })
+    .await;
+    let by_id = timed(n, |i| {
+        let c = conn.clone();
+        let e = ids[i % ids.len()] as i64;
+        async move {
+            let mut c = c.lock().await;
+            sqlx::query(
+                "SELECT i.*, d.parent_id, d.name FROM inodes i \
+                 JOIN dentries d ON d.inode_id = i.id WHERE i.id = $1",
+            )
+            .bind(e)
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        }
+    })
+    .await;
+    vec![
+        ("baseline: PostgreSQL round trip (SELECT 1)".into(), select1),
+        ("baseline: GetAttr's query alone".into(), by_id),
+    ]
+}
+
+/// The gateway's own count and total seconds of GetAttr calls, from its `/metrics`.
+fn server_getattr(addr: std::net::SocketAddr) -> (f64, f64) {
+    use std::io::{Read, Write};
+    let mut t = std::net::TcpStream::connect(addr).unwrap();
+    t.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    t.read_to_string(&mut body).unwrap();
+    let mut sum = 0.0;
+    let mut count = 0.0;
+    for l in body.lines() {
+        if l.contains("request_duration_seconds_sum") && l.contains("GetAttr") {
+            sum = l.rsplit(' ').next().unwrap().parse().unwrap();
+        }
+        if l.contains("request_duration_seconds_count") && l.contains("GetAttr") {
+            count = l.rsplit(' ').next().unwrap().parse().unwrap();
+        }
+    }
+    (sum, count)
+}
+
 async fn bench(backend: &str, database_url: Option<String>, n: usize) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config {
@@ -96,7 +155,7 @@ async fn bench(backend: &str, database_url: Option<String>, n: usize) -> Vec<Str
         port: 0,
         grpc_port: 0,
         data_dir: dir.path().join("gw").display().to_string(),
-        database_url: database_url.unwrap_or_default(),
+        database_url: database_url.clone().unwrap_or_default(),
         db_max_connections: 32,
         ..Default::default()
     };
@@ -191,6 +250,12 @@ async fn bench(backend: &str, database_url: Option<String>, n: usize) -> Vec<Str
         }
         out
     };
+    if let Some(url) = &database_url {
+        for (op, s) in pg_floor(url, n, &ids).await {
+            rows.push(s.row(backend, &op));
+        }
+    }
+    let before = server_getattr(running.http_addr);
     let stat = timed(n * 2, |i| {
         let mut c = ctl.clone();
         let e = ids[i % ids.len()];
@@ -202,6 +267,44 @@ async fn bench(backend: &str, database_url: Option<String>, n: usize) -> Vec<Str
     })
     .await;
     rows.push(stat.row(backend, "stat (GetAttr by id)"));
+    let after = server_getattr(running.http_addr);
+    // The same calls as the gateway timed them, from its handler's start to its reply: the
+    // rest of the row above is transport.
+    rows.push(format!(
+        "| {backend} | stat (GetAttr by id): inside the gateway (its /metrics) | {} | | | {:.0} | |",
+        after.1 - before.1,
+        (after.0 - before.0) / (after.1 - before.1) * 1e6,
+    ));
+    // stat from 16 concurrent clients: throughput, where every round trip to the database
+    // costs CPU that two cores share with the gateway and the clients.
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let mut c = ctl.clone();
+        let ids = ids.clone();
+        let per = n * 2 / 16;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let t = Instant::now();
+                let e = ids[(w * per + i) % ids.len()];
+                c.get_attr(v1::GetAttrRequest { entry: Some(id(e)) })
+                    .await
+                    .unwrap();
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await.unwrap());
+    }
+    let conc = Stats {
+        samples,
+        wall: t.elapsed(),
+    };
+    rows.push(conc.row(backend, "stat (GetAttr by id), 16 concurrent clients"));
     let stat_p = timed(n, |i| {
         let mut c = ctl.clone();
         async move {
@@ -366,10 +469,24 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = match std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(0) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        Some(w) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(w)
+            .enable_all()
+            .build()
+            .unwrap(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+    };
     println!("| backend | operation | ops | median µs | p99 µs | mean µs | ops/s |");
     println!("|---|---|---|---|---|---|---|");
     for r in rt.block_on(bench("sqlite", None, n)) {

@@ -1428,3 +1428,115 @@ async fn accounts_tokens_and_machines(b: Backend) {
         .unwrap();
     assert!(t.caller.admin);
 }
+
+/// PostgreSQL runs single statements on connections kept beside sqlx's pool
+/// (`db::postgres::Hot`), handed back without sqlx's ping. A connection is reused after its
+/// statement finished or was refused; it is closed when its statement was cancelled midway or
+/// the server ended it; statements never hold more connections than their share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_statement_connections_are_reused_closed_and_bounded() {
+    use futures::FutureExt;
+    use sqlx::Connection;
+
+    let pg = cyxcloud_testkit::services::postgres_db();
+    // 4 connections: 2 for transactions, 2 for single statements.
+    let db = Db::open(&pg.url, 4).await.unwrap();
+    async fn backend(db: &Db) -> cyxcloud_gateway::Result<i64> {
+        db.one("SELECT pg_backend_pid()::bigint", args![])
+            .await?
+            .i64(0)
+    }
+    let mut other = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    let alive = |pid: i64| format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
+
+    // Reused statement after statement, and after the server refused one.
+    let first = backend(&db).await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(backend(&db).await.unwrap(), first);
+    }
+    let Err(refused) = db.one("SELECT 1 / 0", args![]).await else {
+        panic!("1 / 0 answered");
+    };
+    assert!(
+        refused.to_string().contains("division by zero"),
+        "{refused}"
+    );
+    assert_eq!(backend(&db).await.unwrap(), first);
+
+    // Bounded: with both statement connections out, a third waits until one comes back.
+    let c1 = db.conn().await.unwrap();
+    let c2 = db.conn().await.unwrap();
+    assert!(Box::pin(db.conn()).now_or_never().is_none());
+    drop(c1);
+    let c3 = db.conn().await.unwrap();
+    drop((c2, c3));
+
+    // Cancelled midway (the statement waits on a lock another session holds): that connection
+    // is closed, not handed to the next statement.
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let waiting = {
+        let db = db.clone();
+        tokio::spawn(async move { db.exec("SELECT pg_advisory_lock(4242)", args![]).await })
+    };
+    let stuck: i64 = crate::common::eventually("the statement to wait on the lock", || {
+        let url = pg.url.clone();
+        async move {
+            let mut c = sqlx::PgConnection::connect(&url).await.ok()?;
+            sqlx::query_scalar(
+                "SELECT pid::bigint FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%4242%'",
+            )
+            .fetch_optional(&mut c)
+            .await
+            .ok()?
+        }
+    })
+    .await;
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    assert_ne!(backend(&db).await.unwrap(), stuck);
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    crate::common::eventually("the cancelled statement's backend to exit", || {
+        let url = pg.url.clone();
+        let q = alive(stuck);
+        async move {
+            let mut c = sqlx::PgConnection::connect(&url).await.ok()?;
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q))
+                .fetch_one(&mut c)
+                .await
+                .ok()?;
+            (n == 0).then_some(())
+        }
+    })
+    .await;
+
+    // The server ends every idle connection: each dead one fails at most one statement and is
+    // then closed; new connections serve the rest.
+    let ended: Vec<i64> = sqlx::query_scalar(
+        "SELECT pid::bigint FROM pg_stat_activity \
+         WHERE datname = current_database() \
+         AND CASE WHEN pid <> pg_backend_pid() THEN pg_terminate_backend(pid) END",
+    )
+    .fetch_all(&mut other)
+    .await
+    .unwrap();
+    assert!(!ended.is_empty());
+    let mut results = Vec::new();
+    for _ in 0..6 {
+        results.push(backend(&db).await);
+    }
+    let failed = results.iter().take_while(|r| r.is_err()).count();
+    assert!(failed <= 2, "{results:?}");
+    for r in &results[failed..] {
+        let pid = r
+            .as_ref()
+            .expect("served after the dead connections are gone");
+        assert!(!ended.contains(pid));
+    }
+}

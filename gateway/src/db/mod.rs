@@ -48,7 +48,7 @@ impl Backend {
 #[derive(Clone)]
 enum Pool {
     Sqlite(sqlite::Pools),
-    Pg(sqlx::PgPool),
+    Pg(postgres::Pools),
 }
 
 /// Shared state the store keeps beside the pool: the last journal sequence this process
@@ -277,12 +277,14 @@ pub struct Tx {
 }
 
 macro_rules! run {
-    ($target:expr, $sql:expr, $args:expr, $method:ident, $wrap:expr) => {
-        match $target {
+    ($self:ident, $sql:expr, $args:expr, $method:ident, $wrap:expr) => {{
+        let r = match $self.target() {
             Target::Sqlite(e) => q_sqlite($sql, $args).$method(e).await.map($wrap.0),
             Target::Pg(e) => q_pg($sql, $args).$method(e).await.map($wrap.1),
-        }
-    };
+        };
+        $self.finished(&r);
+        r
+    }};
 }
 
 enum Target<'a> {
@@ -296,7 +298,7 @@ macro_rules! query_methods {
         /// Runs a statement; returns the number of rows it changed.
         pub async fn exec(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<u64> {
             let r = run!(
-                self.target(),
+                self,
                 sql.into(),
                 args,
                 execute,
@@ -310,7 +312,7 @@ macro_rules! query_methods {
 
         pub async fn opt(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Option<Row>> {
             let r = run!(
-                self.target(),
+                self,
                 sql.into(),
                 args,
                 fetch_optional,
@@ -324,7 +326,7 @@ macro_rules! query_methods {
 
         pub async fn all(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Vec<Row>> {
             let r = run!(
-                self.target(),
+                self,
                 sql.into(),
                 args,
                 fetch_all,
@@ -337,13 +339,7 @@ macro_rules! query_methods {
         }
 
         pub async fn one(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Row> {
-            let r = run!(
-                self.target(),
-                sql.into(),
-                args,
-                fetch_one,
-                (Row::Sqlite, Row::Pg)
-            )?;
+            let r = run!(self, sql.into(), args, fetch_one, (Row::Sqlite, Row::Pg))?;
             Ok(r)
         }
     };
@@ -356,6 +352,10 @@ impl Tx {
             TxInner::Pg(t) => Target::Pg(&mut *t),
         }
     }
+
+    /// A transaction's connection goes back through its pool (which finishes it): nothing to
+    /// record per statement.
+    fn finished<T>(&mut self, _: &std::result::Result<T, sqlx::Error>) {}
 
     query_methods!();
 
@@ -388,21 +388,28 @@ impl Tx {
     }
 }
 
-/// A pooled connection for single statements outside a transaction.
+/// A connection for single statements outside a transaction (SQLite: from the read pool;
+/// PostgreSQL: from [`postgres::Hot`]).
 pub struct Conn {
     inner: ConnInner,
 }
 
 enum ConnInner {
     Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
-    Pg(sqlx::pool::PoolConnection<sqlx::Postgres>),
+    Pg(postgres::HotConn),
 }
 
 impl Conn {
     fn target(&mut self) -> Target<'_> {
         match &mut self.inner {
             ConnInner::Sqlite(c) => Target::Sqlite(&mut *c),
-            ConnInner::Pg(c) => Target::Pg(&mut *c),
+            ConnInner::Pg(c) => Target::Pg(c.start()),
+        }
+    }
+
+    fn finished<T>(&mut self, r: &std::result::Result<T, sqlx::Error>) {
+        if let ConnInner::Pg(c) = &mut self.inner {
+            c.finished(r);
         }
     }
 
@@ -511,7 +518,7 @@ impl Db {
         Ok(Conn {
             inner: match &self.pool {
                 Pool::Sqlite(p) => ConnInner::Sqlite(p.read.acquire().await?),
-                Pool::Pg(p) => ConnInner::Pg(p.acquire().await?),
+                Pool::Pg(p) => ConnInner::Pg(p.hot.acquire().await?),
             },
         })
     }
@@ -533,7 +540,7 @@ impl Db {
     pub async fn read(&self) -> Result<Tx> {
         let inner = match &self.pool {
             Pool::Sqlite(p) => TxInner::Sqlite(sqlite::begin_read(&p.read).await?),
-            Pool::Pg(p) => TxInner::Pg(postgres::begin_read(p).await?),
+            Pool::Pg(p) => TxInner::Pg(postgres::begin_read(&p.tx).await?),
         };
         Ok(Tx {
             inner,
@@ -555,7 +562,7 @@ impl Db {
                 )
             }
             Pool::Pg(p) => (
-                TxInner::Pg(postgres::begin_write(p, &self.hooks.begin_write_pg).await?),
+                TxInner::Pg(postgres::begin_write(&p.tx, &self.hooks.begin_write_pg).await?),
                 None,
             ),
         };
@@ -628,9 +635,10 @@ impl Db {
     /// plans. Doubling keeps the total work linear in the database's size. SQLite plans from
     /// its indexes alone, so it needs nothing.
     pub async fn analyze_as_it_grows(self, stop: tokio_util::sync::CancellationToken) {
-        let Pool::Pg(pool) = &self.pool else {
+        let Pool::Pg(pools) = &self.pool else {
             return;
         };
+        let pool = &pools.tx;
         let mut head = self.journal_head();
         let mut next = FIRST_ANALYZE_AT.max((*head.borrow()).saturating_mul(2));
         loop {
