@@ -6,7 +6,8 @@
 //! `cargo bench -p cyxcloud-gateway --bench metadata` starts a gateway in this process on
 //! loopback ports (SQLite in a temp dir, then PostgreSQL: a private server from cyxcloud-testkit,
 //! or `CYXCLOUD_BENCH_DATABASE_URL`), and prints one markdown table row per operation.
-//! `BENCH_N` scales the operation counts (default 2000).
+//! `BENCH_N` scales the operation counts (default 2000); `BENCH_BACKENDS=postgres` (or
+//! `sqlite`) runs one backend.
 
 use std::time::{Duration, Instant};
 
@@ -489,8 +490,15 @@ fn main() {
     };
     println!("| backend | operation | ops | median µs | p99 µs | mean µs | ops/s |");
     println!("|---|---|---|---|---|---|---|");
-    for r in rt.block_on(bench("sqlite", None, n)) {
-        println!("{r}");
+    // `BENCH_BACKENDS=postgres` (or `sqlite`) runs one backend.
+    let only = std::env::var("BENCH_BACKENDS").unwrap_or_default();
+    if only.is_empty() || only.contains("sqlite") {
+        for r in rt.block_on(bench("sqlite", None, n)) {
+            println!("{r}");
+        }
+    }
+    if !(only.is_empty() || only.contains("postgres")) {
+        return;
     }
     let pg_url = std::env::var("CYXCLOUD_BENCH_DATABASE_URL").ok();
     let (url, _db) = match pg_url {
