@@ -1,7 +1,7 @@
 //! Token parsing and verification never panics on arbitrary bytes, and nothing verifies
 //! without a valid signature.
 //!
-//! Run: `cd core/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run token_verify -- -max_total_time=60`
+//! Run: `scripts/fuzz [seconds]`.
 #![no_main]
 
 use cyxcloud_core::token::{TokenSigner, TokenVerifier};
