@@ -11,5 +11,8 @@ fuzz_target!(|data: &[u8]| {
     let signer = TokenSigner::from_seed([7; 32]);
     let mut v = TokenVerifier::new();
     v.add_key(&signer.public_key()).unwrap();
-    assert!(v.verify(data, 0).is_err(), "random bytes verified as a token");
+    assert!(
+        v.verify(data, 0).is_err(),
+        "random bytes verified as a token"
+    );
 });
