@@ -1540,3 +1540,51 @@ async fn postgres_statement_connections_are_reused_closed_and_bounded() {
         assert!(!ended.contains(pid));
     }
 }
+
+/// SQLite runs single statements on connections kept beside sqlx's pools too: reused after a
+/// statement finished or was refused, and never more than their share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_statement_connections_are_reused_and_bounded() {
+    use futures::FutureExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    // 4 connections: the writer, 1 for read transactions, 2 for single statements.
+    let db = Db::open(&dir.path().join("meta.db").display().to_string(), 4)
+        .await
+        .unwrap();
+    // A TEMP table exists on the connection that made it and no other.
+    db.exec("CREATE TEMP TABLE here (x)", args![])
+        .await
+        .unwrap();
+    let on_first = || async {
+        db.one(
+            "SELECT count(*) FROM temp.sqlite_master WHERE name = 'here'",
+            args![],
+        )
+        .await
+        .unwrap()
+        .i64(0)
+        .unwrap()
+            == 1
+    };
+    for _ in 0..20 {
+        assert!(on_first().await);
+    }
+    assert!(
+        db.one("SELECT * FROM no_such_table", args![])
+            .await
+            .is_err()
+    );
+    assert!(on_first().await);
+
+    let mut c1 = db.conn().await.unwrap();
+    let mut c2 = db.conn().await.unwrap();
+    assert!(Box::pin(db.conn()).now_or_never().is_none());
+    let marks = "SELECT count(*) FROM temp.sqlite_master WHERE name = 'here'";
+    let a = c1.one(marks, args![]).await.unwrap().i64(0).unwrap();
+    let b = c2.one(marks, args![]).await.unwrap().i64(0).unwrap();
+    assert_eq!(a + b, 1, "two different connections");
+    drop(c1);
+    let c3 = db.conn().await.unwrap();
+    drop((c2, c3));
+}

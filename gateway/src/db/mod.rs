@@ -15,6 +15,7 @@
 //! all earlier commits. Serialization and lock failures (`SQLITE_BUSY`, SQLSTATE 40001/40P01) are
 //! retried with backoff by [`write_tx!`]. See `docs/adr/0001-namespace-paths.md`.
 
+pub mod hot;
 pub mod migrations;
 pub mod postgres;
 pub mod sqlite;
@@ -388,28 +389,28 @@ impl Tx {
     }
 }
 
-/// A connection for single statements outside a transaction (SQLite: from the read pool;
-/// PostgreSQL: from [`postgres::Hot`]).
+/// A connection for single statements outside a transaction (from [`hot::Hot`]).
 pub struct Conn {
     inner: ConnInner,
 }
 
 enum ConnInner {
-    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
-    Pg(postgres::HotConn),
+    Sqlite(hot::HotConn<sqlx::SqliteConnection>),
+    Pg(hot::HotConn<sqlx::PgConnection>),
 }
 
 impl Conn {
     fn target(&mut self) -> Target<'_> {
         match &mut self.inner {
-            ConnInner::Sqlite(c) => Target::Sqlite(&mut *c),
+            ConnInner::Sqlite(c) => Target::Sqlite(c.start()),
             ConnInner::Pg(c) => Target::Pg(c.start()),
         }
     }
 
     fn finished<T>(&mut self, r: &std::result::Result<T, sqlx::Error>) {
-        if let ConnInner::Pg(c) = &mut self.inner {
-            c.finished(r);
+        match &mut self.inner {
+            ConnInner::Sqlite(c) => c.finished(r),
+            ConnInner::Pg(c) => c.finished(r),
         }
     }
 
@@ -517,7 +518,7 @@ impl Db {
     pub async fn conn(&self) -> Result<Conn> {
         Ok(Conn {
             inner: match &self.pool {
-                Pool::Sqlite(p) => ConnInner::Sqlite(p.read.acquire().await?),
+                Pool::Sqlite(p) => ConnInner::Sqlite(p.hot.acquire().await?),
                 Pool::Pg(p) => ConnInner::Pg(p.hot.acquire().await?),
             },
         })

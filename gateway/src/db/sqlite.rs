@@ -3,18 +3,21 @@
 //! never deadlock upgrading a read lock), and a busy timeout instead of instant failures.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+use super::hot::Hot;
 use crate::error::{Error, Result};
 
-/// The connections to one SQLite file: readers, and the one connection write transactions
-/// use. Writes on one connection keep its page cache valid from one transaction to the next;
-/// spread over the pool, each connection found the file changed by the others and re-read its
-/// pages.
-#[derive(Debug, Clone)]
+/// The connections to one SQLite file: single statements ([`Hot`]), read transactions, and
+/// the one connection write transactions use. Writes on one connection keep its page cache
+/// valid from one transaction to the next; spread over the pool, each connection found the
+/// file changed by the others and re-read its pages.
+#[derive(Clone)]
 pub struct Pools {
+    pub hot: Arc<Hot<sqlx::SqliteConnection>>,
     pub read: sqlx::SqlitePool,
     pub write: sqlx::SqlitePool,
 }
@@ -51,8 +54,11 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Pools> {
             .pragma("cache_size", format!("-{WRITER_CACHE_KIB}")),
     )
     .await?;
-    let read = pool(max_connections.max(2) - 1, opts).await?;
-    Ok(Pools { read, write })
+    // The rest read: half in read transactions, half in single statements.
+    let readers = max_connections.max(3) - 1;
+    let read = pool(readers / 2, opts.clone()).await?;
+    let hot = Hot::new(opts, readers - readers / 2, Duration::from_secs(60));
+    Ok(Pools { hot, read, write })
 }
 
 pub async fn begin_write(
