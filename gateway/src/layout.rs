@@ -155,7 +155,20 @@ pub async fn get_layout(
     length: u64,
 ) -> Result<Layout> {
     let mut tx = db.read().await?;
-    let entry = resolve_ref(&mut tx, r).await?;
+    let layout = layout_in(&mut tx, caller, r, offset, length).await;
+    // Ended either way, so its connection is reused rather than closed.
+    tx.rollback().await?;
+    layout
+}
+
+async fn layout_in(
+    tx: &mut crate::db::Tx,
+    caller: &Caller,
+    r: &Ref,
+    offset: u64,
+    length: u64,
+) -> Result<Layout> {
+    let entry = resolve_ref(tx, r).await?;
     check_owner(caller, &entry)?;
     if entry.kind != Kind::File {
         return Err(match entry.kind {
@@ -189,10 +202,9 @@ pub async fn get_layout(
             })?;
         inline = v.opt_blob(0)?;
         if inline.is_none() {
-            chunks = version_chunks(&mut tx, entry.version, offset, end).await?;
+            chunks = version_chunks(tx, entry.version, offset, end).await?;
         }
     }
-    tx.rollback().await?;
     Ok(Layout {
         entry,
         inline,

@@ -800,12 +800,17 @@ impl Writes {
         write_id: &str,
     ) -> Result<(Session, BTreeMap<u32, Placed>)> {
         let mut tx = self.db.read().await?;
-        let s = load_session(&mut tx, write_id).await?;
-        check_session_owner(caller, &s)?;
-        check_live(&s)?;
-        let placed = load_placed(&mut tx, write_id).await?;
+        let snapshot = async {
+            let s = load_session(&mut tx, write_id).await?;
+            check_session_owner(caller, &s)?;
+            check_live(&s)?;
+            let placed = load_placed(&mut tx, write_id).await?;
+            Ok((s, placed))
+        }
+        .await;
+        // Ended either way, so its connection is reused rather than closed.
         tx.rollback().await?;
-        Ok((s, placed))
+        snapshot
     }
 
     /// Installs the written version atomically.

@@ -1429,10 +1429,11 @@ async fn accounts_tokens_and_machines(b: Backend) {
     assert!(t.caller.admin);
 }
 
-/// PostgreSQL runs single statements on connections kept beside sqlx's pool
-/// (`db::postgres::Hot`), handed back without sqlx's ping. A connection is reused after its
-/// statement finished or was refused; it is closed when its statement was cancelled midway or
-/// the server ended it; statements never hold more connections than their share.
+/// PostgreSQL connections are kept without sqlx's pool (`db::hot::Hot`) and handed back
+/// without its ping. A connection is reused after its statement finished or was refused, or
+/// its transaction ended; it is closed when its statement was cancelled midway, its
+/// transaction was dropped open, or the server ended it; statements never hold more
+/// connections than their share.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_statement_connections_are_reused_closed_and_bounded() {
     use futures::FutureExt;
@@ -1516,6 +1517,38 @@ async fn postgres_statement_connections_are_reused_closed_and_bounded() {
     })
     .await;
 
+    // Transactions: a connection comes back after COMMIT or ROLLBACK; one dropped inside a
+    // transaction (a cancelled request) is closed, which ends the transaction on the server,
+    // releasing the write lock, and its changes are gone.
+    db.exec("CREATE TABLE t (x BIGINT)", args![]).await.unwrap();
+    async fn tx_backend(tx: &mut cyxcloud_gateway::db::Tx) -> i64 {
+        tx.one("SELECT pg_backend_pid()::bigint", args![])
+            .await
+            .unwrap()
+            .i64(0)
+            .unwrap()
+    }
+    let mut tx = db.begin_write().await.unwrap();
+    let writer = tx_backend(&mut tx).await;
+    tx.exec("INSERT INTO t VALUES (1)", args![]).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = db.begin_write().await.unwrap();
+    assert_eq!(tx_backend(&mut tx).await, writer);
+    tx.rollback().await.unwrap();
+    let mut tx = db.begin_write().await.unwrap();
+    assert_eq!(tx_backend(&mut tx).await, writer);
+    tx.exec("INSERT INTO t VALUES (2)", args![]).await.unwrap();
+    drop(tx);
+    let mut tx = tokio::time::timeout(std::time::Duration::from_secs(20), db.begin_write())
+        .await
+        .expect("the dropped transaction's write lock is released")
+        .unwrap();
+    assert_ne!(tx_backend(&mut tx).await, writer);
+    tx.rollback().await.unwrap();
+    let rows = db.all("SELECT x FROM t", args![]).await.unwrap();
+    let xs: Vec<i64> = rows.iter().map(|r| r.i64(0).unwrap()).collect();
+    assert_eq!(xs, [1]);
+
     // The server ends every idle connection: each dead one fails at most one statement and is
     // then closed; new connections serve the rest.
     let ended: Vec<i64> = sqlx::query_scalar(
@@ -1541,8 +1574,9 @@ async fn postgres_statement_connections_are_reused_closed_and_bounded() {
     }
 }
 
-/// SQLite runs single statements on connections kept beside sqlx's pools too: reused after a
-/// statement finished or was refused, and never more than their share.
+/// SQLite keeps its connections without sqlx's pool too: reused after a statement finished or
+/// was refused, never more than their share, and a write transaction dropped before its
+/// commit leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_statement_connections_are_reused_and_bounded() {
     use futures::FutureExt;
@@ -1587,4 +1621,23 @@ async fn sqlite_statement_connections_are_reused_and_bounded() {
     drop(c1);
     let c3 = db.conn().await.unwrap();
     drop((c2, c3));
+
+    // A write transaction dropped before its commit (a cancelled request) leaves no change
+    // and no open transaction behind: the next writer gets the file.
+    db.exec("CREATE TABLE t (x)", args![]).await.unwrap();
+    let mut tx = db.begin_write().await.unwrap();
+    tx.exec("INSERT INTO t VALUES (1)", args![]).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = db.begin_write().await.unwrap();
+    tx.exec("INSERT INTO t VALUES (2)", args![]).await.unwrap();
+    drop(tx);
+    let mut tx = tokio::time::timeout(std::time::Duration::from_secs(20), db.begin_write())
+        .await
+        .expect("the dropped transaction ended")
+        .unwrap();
+    tx.exec("INSERT INTO t VALUES (3)", args![]).await.unwrap();
+    tx.commit().await.unwrap();
+    let rows = db.all("SELECT x FROM t ORDER BY x", args![]).await.unwrap();
+    let xs: Vec<i64> = rows.iter().map(|r| r.i64(0).unwrap()).collect();
+    assert_eq!(xs, [1, 3]);
 }

@@ -1,15 +1,18 @@
-//! Connections for single statements outside a transaction, kept apart from sqlx's pool.
+//! The gateway's database connections, kept without sqlx's pool.
 //!
 //! sqlx's pool pings every connection it takes back, in a task it spawns: for PostgreSQL a
-//! second round trip to the server for every statement, for SQLite a second round trip to the
-//! connection's worker thread. On two cores that competes with the next request for the CPU
-//! (measured on PostgreSQL: +29 % GetAttr/s from 16 clients without it). A statement that ran
-//! to completion outside a transaction leaves its connection ready for the next one (sqlx
-//! reads any outstanding `ReadyForQuery` before its next statement), so these connections go
-//! back without a ping. One that did not finish (its request was cancelled mid-statement), or
-//! failed for another reason than the database refusing the statement, is closed instead of
-//! reused. As in the pool, a connection idle for [`IDLE_BEFORE_PING`] is pinged before it is
-//! used again.
+//! second round trip to the server for every statement or transaction, for SQLite a second
+//! round trip to the connection's worker thread (and SQLite's one write connection was not
+//! free for the next writer until that ping came back). On two cores that competes with the
+//! next request for the CPU (measured on both backends: +29 % GetAttr/s from 16 clients
+//! without it). A statement that ran to completion leaves its connection ready for the next
+//! one (sqlx reads any outstanding `ReadyForQuery` before its next statement), and a
+//! transaction that was committed or rolled back leaves none open, so these connections go
+//! back without a ping. One whose statement did not finish (its request was cancelled
+//! midway), that failed for another reason than the database refusing a statement, or that
+//! is still inside a transaction is closed instead of reused: closing ends the transaction on
+//! the server. As in the pool, a connection idle for [`IDLE_BEFORE_PING`] is pinged before it
+//! is used again.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,6 +61,7 @@ impl<C: sqlx::Connection> Hot<C> {
             conn: Some(conn),
             home: self.clone(),
             usable: true,
+            in_tx: false,
             _slot: slot,
         })
     }
@@ -68,6 +72,8 @@ pub struct HotConn<C: sqlx::Connection> {
     conn: Option<C>,
     home: Arc<Hot<C>>,
     usable: bool,
+    /// Between the statement that opens a transaction and the one that ends it.
+    in_tx: bool,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -93,11 +99,18 @@ impl<C: sqlx::Connection> HotConn<C> {
             Err(_) => false,
         };
     }
+
+    /// Marks the connection inside a transaction (before the statement that opens it: one
+    /// that fails halfway may still leave it open) or out of it (after the statement that
+    /// ended it succeeded).
+    pub fn set_in_tx(&mut self, in_tx: bool) {
+        self.in_tx = in_tx;
+    }
 }
 
 impl<C: sqlx::Connection> Drop for HotConn<C> {
     fn drop(&mut self) {
-        if let (true, Some(conn)) = (self.usable, self.conn.take()) {
+        if let (true, false, Some(conn)) = (self.usable, self.in_tx, self.conn.take()) {
             self.home
                 .idle
                 .lock()

@@ -261,8 +261,8 @@ impl Row {
 }
 
 enum TxInner {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
-    Pg(sqlx::Transaction<'static, sqlx::Postgres>),
+    Sqlite(hot::HotConn<sqlx::SqliteConnection>),
+    Pg(hot::HotConn<sqlx::PgConnection>),
 }
 
 /// A transaction (a snapshot read, or a serialized write).
@@ -339,6 +339,18 @@ macro_rules! query_methods {
             Ok(r)
         }
 
+        /// Runs plain SQL outside the prepared-statement path: no arguments, several
+        /// statements allowed (transaction control, ANALYZE).
+        pub(crate) async fn raw(&mut self, sql: &str) -> Result<()> {
+            let sql = sqlx::AssertSqlSafe(sql.to_owned());
+            let r = match self.target() {
+                Target::Sqlite(c) => sqlx::raw_sql(sql).execute(c).await.map(|_| ()),
+                Target::Pg(c) => sqlx::raw_sql(sql).execute(c).await.map(|_| ()),
+            };
+            self.finished(&r);
+            Ok(r?)
+        }
+
         pub async fn one(&mut self, sql: impl Into<Sql>, args: Vec<Arg>) -> Result<Row> {
             let r = run!(self, sql.into(), args, fetch_one, (Row::Sqlite, Row::Pg))?;
             Ok(r)
@@ -349,14 +361,42 @@ macro_rules! query_methods {
 impl Tx {
     fn target(&mut self) -> Target<'_> {
         match &mut self.inner {
-            TxInner::Sqlite(t) => Target::Sqlite(&mut *t),
-            TxInner::Pg(t) => Target::Pg(&mut *t),
+            TxInner::Sqlite(c) => Target::Sqlite(c.start()),
+            TxInner::Pg(c) => Target::Pg(c.start()),
         }
     }
 
-    /// A transaction's connection goes back through its pool (which finishes it): nothing to
-    /// record per statement.
-    fn finished<T>(&mut self, _: &std::result::Result<T, sqlx::Error>) {}
+    fn finished<T>(&mut self, r: &std::result::Result<T, sqlx::Error>) {
+        match &mut self.inner {
+            TxInner::Sqlite(c) => c.finished(r),
+            TxInner::Pg(c) => c.finished(r),
+        }
+    }
+
+    fn set_in_tx(&mut self, in_tx: bool) {
+        match &mut self.inner {
+            TxInner::Sqlite(c) => c.set_in_tx(in_tx),
+            TxInner::Pg(c) => c.set_in_tx(in_tx),
+        }
+    }
+
+    /// Opens the transaction on `inner`'s connection with `begin` (plain SQL, no arguments).
+    async fn begin(
+        inner: TxInner,
+        begin: &str,
+        writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Result<Tx> {
+        let mut tx = Tx {
+            inner,
+            last_seq: 0,
+            touched: Vec::new(),
+            _writer: writer,
+        };
+        // Inside from here on: a `begin` that fails halfway may have opened it.
+        tx.set_in_tx(true);
+        tx.raw(begin).await?;
+        Ok(tx)
+    }
 
     query_methods!();
 
@@ -372,19 +412,24 @@ impl Tx {
         self.touched.push(inode);
     }
 
-    pub async fn commit(self) -> Result<()> {
-        match self.inner {
-            TxInner::Sqlite(t) => t.commit().await?,
-            TxInner::Pg(t) => t.commit().await?,
+    /// Commits. When the commit fails, the transaction is rolled back (SQLite keeps it open
+    /// after a failed COMMIT); a connection left inside one is closed, not reused.
+    pub async fn commit(mut self) -> Result<()> {
+        match self.raw("COMMIT").await {
+            Ok(()) => {
+                self.set_in_tx(false);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.rollback().await;
+                Err(e)
+            }
         }
-        Ok(())
     }
 
-    pub async fn rollback(self) -> Result<()> {
-        match self.inner {
-            TxInner::Sqlite(t) => t.rollback().await?,
-            TxInner::Pg(t) => t.rollback().await?,
-        }
+    pub async fn rollback(mut self) -> Result<()> {
+        self.raw("ROLLBACK").await?;
+        self.set_in_tx(false);
         Ok(())
     }
 }
@@ -444,7 +489,7 @@ impl Db {
         let (pool, backend) = if url.starts_with("postgres://") || url.starts_with("postgresql://")
         {
             (
-                Pool::Pg(postgres::connect(url, max_connections).await?),
+                Pool::Pg(postgres::connect(url, max_connections)?),
                 Backend::Postgres,
             )
         } else {
@@ -539,40 +584,32 @@ impl Db {
 
     /// A read-only snapshot: every statement sees the same committed state.
     pub async fn read(&self) -> Result<Tx> {
-        let inner = match &self.pool {
-            Pool::Sqlite(p) => TxInner::Sqlite(sqlite::begin_read(&p.read).await?),
-            Pool::Pg(p) => TxInner::Pg(postgres::begin_read(&p.tx).await?),
-        };
-        Ok(Tx {
-            inner,
-            last_seq: 0,
-            touched: Vec::new(),
-            _writer: None,
-        })
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                let c = TxInner::Sqlite(p.read.acquire().await?);
+                Tx::begin(c, sqlite::BEGIN_READ, None).await
+            }
+            Pool::Pg(p) => {
+                let c = TxInner::Pg(p.tx.acquire().await?);
+                Tx::begin(c, postgres::BEGIN_READ, None).await
+            }
+        }
     }
 
     /// A serialized write transaction (see the module docs). Prefer [`write_tx!`], which
     /// retries conflicts.
     pub async fn begin_write(&self) -> Result<Tx> {
-        let (inner, writer) = match &self.pool {
+        match &self.pool {
             Pool::Sqlite(p) => {
                 let turn = self.hooks.sqlite_writer.clone().lock_owned().await;
-                (
-                    TxInner::Sqlite(sqlite::begin_write(&p.write).await?),
-                    Some(turn),
-                )
+                let c = TxInner::Sqlite(p.write.acquire().await?);
+                Tx::begin(c, sqlite::BEGIN_WRITE, Some(turn)).await
             }
-            Pool::Pg(p) => (
-                TxInner::Pg(postgres::begin_write(&p.tx, &self.hooks.begin_write_pg).await?),
-                None,
-            ),
-        };
-        Ok(Tx {
-            inner,
-            last_seq: 0,
-            touched: Vec::new(),
-            _writer: writer,
-        })
+            Pool::Pg(p) => {
+                let c = TxInner::Pg(p.tx.acquire().await?);
+                Tx::begin(c, &self.hooks.begin_write_pg, None).await
+            }
+        }
     }
 
     /// Ends one attempt of [`write_tx!`]: commits on success and runs the after-commit hooks,
@@ -636,10 +673,9 @@ impl Db {
     /// plans. Doubling keeps the total work linear in the database's size. SQLite plans from
     /// its indexes alone, so it needs nothing.
     pub async fn analyze_as_it_grows(self, stop: tokio_util::sync::CancellationToken) {
-        let Pool::Pg(pools) = &self.pool else {
+        if self.backend != Backend::Postgres {
             return;
-        };
-        let pool = &pools.tx;
+        }
         let mut head = self.journal_head();
         let mut next = FIRST_ANALYZE_AT.max((*head.borrow()).saturating_mul(2));
         loop {
@@ -652,7 +688,11 @@ impl Db {
                 continue;
             }
             let started = std::time::Instant::now();
-            match sqlx::raw_sql(ANALYZE_TABLES).execute(pool).await {
+            let analyzed = match self.conn().await {
+                Ok(mut c) => c.raw(ANALYZE_TABLES).await,
+                Err(e) => Err(e),
+            };
+            match analyzed {
                 Ok(_) => tracing::debug!(
                     journal = h,
                     secs = started.elapsed().as_secs_f64(),

@@ -6,52 +6,33 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::AssertSqlSafe;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 
+use super::hot::Hot;
 use crate::error::{Error, Result};
 
 /// Advisory lock key of the namespace write lock ("cyxns" in ASCII).
 pub const WRITE_LOCK_KEY: i64 = 0x0063_7978_6e73;
 
-use super::hot::{Hot, IDLE_BEFORE_PING};
-
 /// Channel the journal NOTIFY goes to.
 pub const JOURNAL_CHANNEL: &str = "cyxcloud_journal";
 
-/// The gateway's PostgreSQL connections: sqlx's pool for transactions, and [`Hot`] for
-/// single statements outside them (every stat, lookup and listing page).
+/// The gateway's PostgreSQL connections: for transactions, and for single statements outside
+/// them (every stat, lookup and listing page).
 #[derive(Clone)]
 pub struct Pools {
-    pub tx: sqlx::PgPool,
+    pub tx: Arc<Hot<sqlx::PgConnection>>,
     pub hot: Arc<Hot<sqlx::PgConnection>>,
 }
 
-/// Opens the connections, `max_connections` in all: half (at least 2) for transactions, the
-/// rest (at least 1) for single statements.
-pub async fn connect(url: &str, max_connections: u32) -> Result<Pools> {
+/// The connections, `max_connections` in all: half (at least 2) for transactions, the rest
+/// (at least 1) for single statements. Each opens when first needed.
+pub fn connect(url: &str, max_connections: u32) -> Result<Pools> {
     let opts = options(url)?;
     let for_tx = (max_connections / 2).max(2);
     let for_hot = max_connections.saturating_sub(for_tx).max(1);
-    let tx = PgPoolOptions::new()
-        .max_connections(for_tx)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        // sqlx pings every connection it hands out by default: one more round trip per
-        // operation. Only a connection that sat idle (the server may have restarted or a proxy
-        // dropped it meanwhile) is checked; one in steady use proves itself by being used.
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= IDLE_BEFORE_PING {
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        })
-        .connect_with(opts.clone())
-        .await?;
     Ok(Pools {
-        tx,
+        tx: Hot::new(opts.clone(), for_tx, ACQUIRE_TIMEOUT),
         hot: Hot::new(opts, for_hot, ACQUIRE_TIMEOUT),
     })
 }
@@ -81,18 +62,8 @@ pub fn begin_write_sql(tag: &str) -> String {
     )
 }
 
-pub async fn begin_write(
-    pool: &sqlx::PgPool,
-    sql: &Arc<str>,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    Ok(pool.begin_with(AssertSqlSafe(sql.clone())).await?)
-}
-
-pub async fn begin_read(pool: &sqlx::PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    Ok(pool
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await?)
-}
+/// The statement that opens a snapshot read.
+pub const BEGIN_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
 /// serialization_failure, deadlock_detected, lock_not_available.
 pub fn is_retryable_code(code: &str) -> bool {

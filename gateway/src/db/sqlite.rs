@@ -6,25 +6,30 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use super::hot::Hot;
 use crate::error::{Error, Result};
 
-/// The connections to one SQLite file: single statements ([`Hot`]), read transactions, and
-/// the one connection write transactions use. Writes on one connection keep its page cache
-/// valid from one transaction to the next; spread over the pool, each connection found the
-/// file changed by the others and re-read its pages.
+/// The connections to one SQLite file: single statements, read transactions, and the one
+/// connection write transactions use. Writes on one connection keep its page cache valid from
+/// one transaction to the next; spread over several, each connection found the file changed
+/// by the others and re-read its pages.
 #[derive(Clone)]
 pub struct Pools {
     pub hot: Arc<Hot<sqlx::SqliteConnection>>,
-    pub read: sqlx::SqlitePool,
-    pub write: sqlx::SqlitePool,
+    pub read: Arc<Hot<sqlx::SqliteConnection>>,
+    pub write: Arc<Hot<sqlx::SqliteConnection>>,
 }
 
 /// Page cache of the write connection (KiB; SQLite's default is 2 MiB per connection).
 const WRITER_CACHE_KIB: u32 = 64 << 10;
 
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Opens the file (creating it, in WAL mode) on the write connection. Of the other
+/// `max_connections - 1` (at least 2), half serve read transactions and half single
+/// statements; each opens when first needed.
 pub async fn connect(url: &str, max_connections: u32) -> Result<Pools> {
     let opts = if url.starts_with("sqlite:") {
         SqliteConnectOptions::from_str(url)
@@ -38,41 +43,27 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Pools> {
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(30))
         .foreign_keys(false);
-    let pool = |n: u32, opts: SqliteConnectOptions| {
-        SqlitePoolOptions::new()
-            .max_connections(n)
-            .acquire_timeout(Duration::from_secs(60))
-            // A connection to a local file does not go stale; the default ping per acquire is
-            // a round trip to the connection's worker thread for nothing.
-            .test_before_acquire(false)
-            .connect_with(opts)
-    };
-    // The writer first: it creates the file and switches it to WAL.
-    let write = pool(
-        1,
+    let write = Hot::new(
         opts.clone()
             .pragma("cache_size", format!("-{WRITER_CACHE_KIB}")),
-    )
-    .await?;
-    // The rest read: half in read transactions, half in single statements.
+        1,
+        ACQUIRE_TIMEOUT,
+    );
+    // The writer first: it creates the file and switches it to WAL before any reader opens.
+    drop(write.acquire().await?);
     let readers = max_connections.max(3) - 1;
-    let read = pool(readers / 2, opts.clone()).await?;
-    let hot = Hot::new(opts, readers - readers / 2, Duration::from_secs(60));
-    Ok(Pools { hot, read, write })
+    Ok(Pools {
+        hot: Hot::new(opts.clone(), readers - readers / 2, ACQUIRE_TIMEOUT),
+        read: Hot::new(opts, readers / 2, ACQUIRE_TIMEOUT),
+        write,
+    })
 }
 
-pub async fn begin_write(
-    pool: &sqlx::SqlitePool,
-) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
-}
+/// Write transactions take the write lock up front.
+pub const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
-pub async fn begin_read(
-    pool: &sqlx::SqlitePool,
-) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-    // A deferred transaction in WAL mode reads one snapshot from its first read on.
-    Ok(pool.begin_with("BEGIN DEFERRED").await?)
-}
+/// A deferred transaction in WAL mode reads one snapshot from its first read on.
+pub const BEGIN_READ: &str = "BEGIN DEFERRED";
 
 /// SQLITE_BUSY (5) and SQLITE_LOCKED (6) with their extended codes.
 pub fn is_retryable_code(code: &str) -> bool {
