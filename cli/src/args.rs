@@ -107,6 +107,10 @@ pub struct UploadArgs {
     /// Start over instead of resuming an interrupted upload of the same file.
     #[arg(long)]
     pub no_resume: bool,
+    /// Return only when every shard of every chunk is stored: the file survives M lost
+    /// nodes at once, instead of after the slowest shards are repaired.
+    #[arg(long)]
+    pub all_shards: bool,
 }
 
 #[derive(Debug, Args)]

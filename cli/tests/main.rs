@@ -318,7 +318,16 @@ fn encrypted_upload_needs_the_key_and_big_files_survive_four_dead_nodes() {
     // 1 GiB up and down with equal checksums, then again with 4 of the 14 nodes dead.
     let big = work.path().join("big.bin");
     write_file(&big, 1 << 30, 11);
-    e.ok(&["upload", big.to_str().unwrap(), "-b", "vault"]);
+    // Every shard stored (no long-tail cut-off), so any 4 nodes may die right away.
+    e.ok(&[
+        "upload",
+        big.to_str().unwrap(),
+        "-b",
+        "vault",
+        "--all-shards",
+    ]);
+    let status: serde_json::Value = serde_json::from_str(&e.ok(&["--json", "status"])).unwrap();
+    assert_eq!(status["pending_repairs"], 0, "{status}");
     let back = work.path().join("big.back");
     e.ok(&[
         "download",

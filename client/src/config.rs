@@ -20,6 +20,10 @@ pub struct ClientConfig {
     /// far (and at least `tail_min`) for the remaining shards, then leave them to repair.
     pub tail_factor: f64,
     pub tail_min: Duration,
+    /// Wait for every shard of every chunk (no long-tail cut-off): a file then survives the
+    /// loss of m nodes from the moment its upload returns, not only after repair. Shards whose
+    /// node fails are still left to repair once the success threshold is met.
+    pub wait_all_shards: bool,
     /// Connect timeout for gateway and nodes.
     pub connect_timeout: Duration,
 }
@@ -41,6 +45,7 @@ impl ClientConfig {
             shard_timeout: Duration::from_secs(60),
             tail_factor: 0.5,
             tail_min: Duration::from_millis(200),
+            wait_all_shards: false,
             connect_timeout: Duration::from_secs(5),
         }
     }

@@ -534,7 +534,7 @@ async fn store_chunk(
             if stored.len() == total {
                 break;
             }
-            if stored.len() >= s.threshold && tail.is_none() {
+            if stored.len() >= s.threshold && tail.is_none() && !cfg.wait_all_shards {
                 let grace = started.elapsed().mul_f64(cfg.tail_factor).max(cfg.tail_min);
                 tail = Some(tokio::time::Instant::now() + grace);
             }

@@ -33,9 +33,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Connects to the gateway named by flags, environment or config file.
 pub async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    connect_with(cli, |_| {}).await
+}
+
+/// [`connect`] with a client setting changed by `tweak`.
+pub async fn connect_with(
+    cli: &Cli,
+    tweak: impl FnOnce(&mut ClientConfig),
+) -> anyhow::Result<Client> {
     let s = settings::resolve(cli)?;
     let grpc = discover::grpc_address(&s.gateway).await?;
-    let client = Client::connect(ClientConfig::new(grpc, s.access_key, s.secret_key))
+    let mut config = ClientConfig::new(grpc, s.access_key, s.secret_key);
+    tweak(&mut config);
+    let client = Client::connect(config)
         .await
         .with_context(|| format!("cannot connect to gateway {}", s.gateway))?;
     Ok(client)

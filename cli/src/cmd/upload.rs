@@ -28,7 +28,7 @@ pub async fn run(cli: &Cli, a: &UploadArgs) -> anyhow::Result<ExitCode> {
     } else {
         vec![(a.path.clone(), file_name(&a.path)?)]
     };
-    let client = super::connect(cli).await?;
+    let client = super::connect_with(cli, |c| c.wait_all_shards = a.all_shards).await?;
     let key = if a.encrypt {
         Some(master_key(
             &client,
