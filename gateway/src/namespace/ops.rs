@@ -2,12 +2,14 @@
 //! first (so a refused operation changes nothing), applies the change, and appends its journal
 //! events.
 
+use std::sync::LazyLock;
+
 use cyxcloud_proto::v1;
 
 use super::{
-    Entry, Inode, Kind, Namespace, ROOT_ID, Ref, check_bucket_name, check_name, check_owner, child,
-    describe, dir_path, encode_meta, join, load_inode, locate, resolve_ref, sort_key, split_path,
-    walk,
+    Entry, INODE_COLS, Inode, Kind, N_INODE_COLS, Namespace, ROOT_ID, Ref, check_bucket_name,
+    check_name, check_owner, child, describe, dir_path, encode_meta, inode_from_row, join,
+    load_inode, locate, resolve_ref, sort_key, split_path, walk,
 };
 use crate::accounts::Caller;
 use crate::db::{Tx, args, now_ns, write_tx};
@@ -837,7 +839,9 @@ async fn rename_in(
     flags: Rename,
 ) -> Result<()> {
     load_dir(tx, caller, parent).await?;
-    load_dir(tx, caller, new_parent).await?;
+    if new_parent != parent {
+        load_dir(tx, caller, new_parent).await?;
+    }
     let src_dir = dir_path(tx, parent).await?;
     let dst_dir = if new_parent == parent {
         src_dir.clone()
@@ -850,13 +854,11 @@ async fn rename_in(
             src_dir.0, dst_dir.0
         )));
     }
-    let src = child(tx, parent, name)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("{}/{}", src_dir.0, join(&src_dir.1, name))))?;
+    let (src, dst) = two_children(tx, (parent, name), (new_parent, new_name)).await?;
+    let src =
+        src.ok_or_else(|| Error::not_found(format!("{}/{}", src_dir.0, join(&src_dir.1, name))))?;
     let src = at(src, parent, name, &src_dir);
-    let dst = child(tx, new_parent, new_name)
-        .await?
-        .map(|d| at(d, new_parent, new_name, &dst_dir));
+    let dst = dst.map(|d| at(d, new_parent, new_name, &dst_dir));
     if parent == new_parent && name == new_name {
         return if flags == Rename::NoReplace {
             Err(Error::exists(describe(&src)))
@@ -902,10 +904,18 @@ async fn rename_in(
             } else {
                 touch_dir(tx, parent, now, 0).await?;
             }
-            bump(tx, src.id, now, seq1).await?;
-            bump(tx, d.id, now, seq2).await?;
-            let moved_src = at(reload(tx, src.id).await?, new_parent, new_name, &dst_dir);
-            let moved_dst = at(reload(tx, d.id).await?, parent, name, &src_dir);
+            let moved_src = at(
+                bump_reload(tx, src.id, now, seq1).await?,
+                new_parent,
+                new_name,
+                &dst_dir,
+            );
+            let moved_dst = at(
+                bump_reload(tx, d.id, now, seq2).await?,
+                parent,
+                name,
+                &src_dir,
+            );
             emit(
                 tx,
                 seq1,
@@ -964,15 +974,23 @@ async fn rename_in(
             if src.kind.is_dir() {
                 count_dir_move(tx).await?;
             }
-            if src.kind.is_dir() && parent != new_parent {
-                touch_dir(tx, parent, now, -1).await?;
-                nlink_new_parent += 1;
+            if parent == new_parent {
+                touch_dir(tx, parent, now, nlink_new_parent).await?;
             } else {
-                touch_dir(tx, parent, now, 0).await?;
+                if src.kind.is_dir() {
+                    touch_dir(tx, parent, now, -1).await?;
+                    nlink_new_parent += 1;
+                } else {
+                    touch_dir(tx, parent, now, 0).await?;
+                }
+                touch_dir(tx, new_parent, now, nlink_new_parent).await?;
             }
-            touch_dir(tx, new_parent, now, nlink_new_parent).await?;
-            bump(tx, src.id, now, seq).await?;
-            let moved = at(reload(tx, src.id).await?, new_parent, new_name, &dst_dir);
+            let moved = at(
+                bump_reload(tx, src.id, now, seq).await?,
+                new_parent,
+                new_name,
+                &dst_dir,
+            );
             emit(
                 tx,
                 seq,
@@ -1005,12 +1023,46 @@ async fn set_dentry(tx: &mut Tx, parent: u64, name: &str, inode: u64, kind: Kind
     Ok(())
 }
 
-async fn bump(tx: &mut Tx, id: u64, now: i64, seq: u64) -> Result<()> {
-    tx.exec(
-        "UPDATE inodes SET ctime_ns = $2, change_seq = $3 WHERE id = $1",
-        args![id, now, seq],
-    )
-    .await?;
+/// Marks inode `id` changed by journal event `seq` (ctime, change sequence) and returns it as
+/// it is now, in one statement.
+async fn bump_reload(tx: &mut Tx, id: u64, now: i64, seq: u64) -> Result<Inode> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "UPDATE inodes SET ctime_ns = $2, change_seq = $3 WHERE id = $1 RETURNING {}",
+            INODE_COLS.replace("i.", "")
+        )
+    });
+    let row = tx
+        .opt(SQL.as_str(), args![id, now, seq])
+        .await?
+        .ok_or_else(|| Error::Internal(format!("inode {id} vanished inside its transaction")))?;
     tx.touch(id);
-    Ok(())
+    inode_from_row(&row, 0)
+}
+
+/// The children at two names (one query): `(a, b)`.
+async fn two_children(
+    tx: &mut Tx,
+    a: (u64, &str),
+    b: (u64, &str),
+) -> Result<(Option<Inode>, Option<Inode>)> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {INODE_COLS}, d.parent_id, d.name FROM dentries d \
+             JOIN inodes i ON i.id = d.inode_id \
+             WHERE (d.parent_id = $1 AND d.name = $2) OR (d.parent_id = $3 AND d.name = $4)"
+        )
+    });
+    let rows = tx.all(SQL.as_str(), args![a.0, a.1, b.0, b.1]).await?;
+    let (mut first, mut second) = (None, None);
+    for r in &rows {
+        let at = (r.u64(N_INODE_COLS)?, r.text(N_INODE_COLS + 1)?);
+        if (at.0, at.1.as_str()) == a {
+            first = Some(inode_from_row(r, 0)?);
+        }
+        if (at.0, at.1.as_str()) == b {
+            second = Some(inode_from_row(r, 0)?);
+        }
+    }
+    Ok((first, second))
 }
