@@ -128,6 +128,37 @@ async fn pg_floor(url: &str, n: usize, ids: &[u64]) -> Vec<(String, Stats)> {
     ]
 }
 
+/// `clients` tasks at once, each timing `per` calls of `f(client, call)`.
+async fn concurrent<F, Fut>(clients: usize, per: usize, f: F) -> Stats
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|w| {
+            let f = f.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per);
+                for i in 0..per {
+                    let t = Instant::now();
+                    f(w, i).await;
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await.unwrap());
+    }
+    Stats {
+        samples,
+        wall: start.elapsed(),
+    }
+}
+
 /// The gateway's own count and total seconds of GetAttr calls, from its `/metrics`.
 fn server_getattr(addr: std::net::SocketAddr) -> (f64, f64) {
     use std::io::{Read, Write};
@@ -278,33 +309,21 @@ async fn bench(backend: &str, database_url: Option<String>, n: usize) -> Vec<Str
     ));
     // stat from 16 concurrent clients: throughput, where every round trip to the database
     // costs CPU that two cores share with the gateway and the clients.
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..16 {
-        let mut c = ctl.clone();
-        let ids = ids.clone();
-        let per = n * 2 / 16;
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per);
-            for i in 0..per {
-                let t = Instant::now();
-                let e = ids[(w * per + i) % ids.len()];
+    let per = n * 2 / 16;
+    let shared = std::sync::Arc::new(ids.clone());
+    let conc = concurrent(16, per, {
+        let ctl = ctl.clone();
+        move |w, i| {
+            let mut c = ctl.clone();
+            let e = shared[(w * per + i) % shared.len()];
+            async move {
                 c.get_attr(v1::GetAttrRequest { entry: Some(id(e)) })
                     .await
                     .unwrap();
-                lat.push(t.elapsed());
             }
-            lat
-        }));
-    }
-    let mut samples = Vec::new();
-    for t in tasks {
-        samples.extend(t.await.unwrap());
-    }
-    let conc = Stats {
-        samples,
-        wall: t.elapsed(),
-    };
+        }
+    })
+    .await;
     rows.push(conc.row(backend, "stat (GetAttr by id), 16 concurrent clients"));
     let stat_p = timed(n, |i| {
         let mut c = ctl.clone();
@@ -361,38 +380,22 @@ async fn bench(backend: &str, database_url: Option<String>, n: usize) -> Vec<Str
         .await
         .unwrap()
         .into_inner();
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    let per = 10_000 / 16 + 1;
-    for w in 0..16 {
-        let mut c = ctl.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            for i in 0..per {
-                let k = w * per + i;
-                if k >= 10_000 {
-                    break;
-                }
-                let t = Instant::now();
+    let conc = concurrent(16, 10_000 / 16, {
+        let ctl = ctl.clone();
+        move |w, i| {
+            let mut c = ctl.clone();
+            let k = w * (10_000 / 16) + i;
+            async move {
                 c.write_inline(v1::WriteInlineRequest {
                     target: Some(path("bench", &format!("big/e{k:05}"))),
                     ..Default::default()
                 })
                 .await
                 .unwrap();
-                lat.push(t.elapsed());
             }
-            lat
-        }));
-    }
-    let mut samples = Vec::new();
-    for t in tasks {
-        samples.extend(t.await.unwrap());
-    }
-    let conc = Stats {
-        samples,
-        wall: t.elapsed(),
-    };
+        }
+    })
+    .await;
     rows.push(conc.row(backend, "create, 16 concurrent clients"));
     let readdir = timed(10, |_| {
         let mut c = ctl.clone();

@@ -260,14 +260,9 @@ impl Row {
     }
 }
 
-enum TxInner {
-    Sqlite(hot::HotConn<sqlx::SqliteConnection>),
-    Pg(hot::HotConn<sqlx::PgConnection>),
-}
-
-/// A transaction (a snapshot read, or a serialized write).
+/// A transaction (a snapshot read, or a serialized write) on its connection.
 pub struct Tx {
-    inner: TxInner,
+    conn: Conn,
     /// Highest journal sequence appended in this transaction.
     pub(crate) last_seq: u64,
     /// Inodes whose cached layouts or listings the commit makes stale.
@@ -360,34 +355,28 @@ macro_rules! query_methods {
 
 impl Tx {
     fn target(&mut self) -> Target<'_> {
-        match &mut self.inner {
-            TxInner::Sqlite(c) => Target::Sqlite(c.start()),
-            TxInner::Pg(c) => Target::Pg(c.start()),
-        }
+        self.conn.target()
     }
 
     fn finished<T>(&mut self, r: &std::result::Result<T, sqlx::Error>) {
-        match &mut self.inner {
-            TxInner::Sqlite(c) => c.finished(r),
-            TxInner::Pg(c) => c.finished(r),
-        }
+        self.conn.finished(r)
     }
 
     fn set_in_tx(&mut self, in_tx: bool) {
-        match &mut self.inner {
-            TxInner::Sqlite(c) => c.set_in_tx(in_tx),
-            TxInner::Pg(c) => c.set_in_tx(in_tx),
+        match &mut self.conn.inner {
+            ConnInner::Sqlite(c) => c.set_in_tx(in_tx),
+            ConnInner::Pg(c) => c.set_in_tx(in_tx),
         }
     }
 
-    /// Opens the transaction on `inner`'s connection with `begin` (plain SQL, no arguments).
+    /// Opens the transaction on `conn` with `begin` (plain SQL, no arguments).
     async fn begin(
-        inner: TxInner,
+        conn: Conn,
         begin: &str,
         writer: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<Tx> {
         let mut tx = Tx {
-            inner,
+            conn,
             last_seq: 0,
             touched: Vec::new(),
             _writer: writer,
@@ -401,9 +390,9 @@ impl Tx {
     query_methods!();
 
     pub fn backend(&self) -> Backend {
-        match self.inner {
-            TxInner::Sqlite(_) => Backend::Sqlite,
-            TxInner::Pg(_) => Backend::Postgres,
+        match self.conn.inner {
+            ConnInner::Sqlite(_) => Backend::Sqlite,
+            ConnInner::Pg(_) => Backend::Postgres,
         }
     }
 
@@ -434,7 +423,8 @@ impl Tx {
     }
 }
 
-/// A connection for single statements outside a transaction (from [`hot::Hot`]).
+/// A connection from [`hot::Hot`], for single statements outside a transaction (or under a
+/// [`Tx`]).
 pub struct Conn {
     inner: ConnInner,
 }
@@ -442,6 +432,12 @@ pub struct Conn {
 enum ConnInner {
     Sqlite(hot::HotConn<sqlx::SqliteConnection>),
     Pg(hot::HotConn<sqlx::PgConnection>),
+}
+
+impl From<ConnInner> for Conn {
+    fn from(inner: ConnInner) -> Conn {
+        Conn { inner }
+    }
 }
 
 impl Conn {
@@ -586,11 +582,11 @@ impl Db {
     pub async fn read(&self) -> Result<Tx> {
         match &self.pool {
             Pool::Sqlite(p) => {
-                let c = TxInner::Sqlite(p.read.acquire().await?);
+                let c = Conn::from(ConnInner::Sqlite(p.read.acquire().await?));
                 Tx::begin(c, sqlite::BEGIN_READ, None).await
             }
             Pool::Pg(p) => {
-                let c = TxInner::Pg(p.tx.acquire().await?);
+                let c = Conn::from(ConnInner::Pg(p.tx.acquire().await?));
                 Tx::begin(c, postgres::BEGIN_READ, None).await
             }
         }
@@ -602,11 +598,11 @@ impl Db {
         match &self.pool {
             Pool::Sqlite(p) => {
                 let turn = self.hooks.sqlite_writer.clone().lock_owned().await;
-                let c = TxInner::Sqlite(p.write.acquire().await?);
+                let c = Conn::from(ConnInner::Sqlite(p.write.acquire().await?));
                 Tx::begin(c, sqlite::BEGIN_WRITE, Some(turn)).await
             }
             Pool::Pg(p) => {
-                let c = TxInner::Pg(p.tx.acquire().await?);
+                let c = Conn::from(ConnInner::Pg(p.tx.acquire().await?));
                 Tx::begin(c, &self.hooks.begin_write_pg, None).await
             }
         }
