@@ -525,10 +525,13 @@ async fn symlinks_and_hard_links(b: Backend) {
     assert_eq!(code(&err), ErrorCode::PermissionDenied);
     let err = ns.link(a, file.id, d.id, "copy").await.unwrap_err();
     assert_eq!(code(&err), ErrorCode::AlreadyExists);
-    // Unlinking one name keeps the data under the other.
+    // Unlinking one name keeps the data under the other. The inode's change sequence moves
+    // with its link count: a client caching by change sequence must be able to tell this
+    // state from the one before the unlink.
     ns.unlink(a, bk.id, "orig").await.unwrap();
     let left = ns.getattr(a, &path("links", "d/copy")).await.unwrap();
     assert_eq!((left.id, left.nlink, left.size), (file.id, 1, 5));
+    assert!(left.change_seq > l.change_seq, "{left:?} after {l:?}");
     let lay =
         f.gw.layout_with_tokens(a, &Ref::Id(file.id), 0, 0)
             .await

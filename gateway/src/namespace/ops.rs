@@ -185,7 +185,17 @@ async fn reload(tx: &mut Tx, id: u64) -> Result<Inode> {
 }
 
 /// Removes one name of an inode; frees the inode (and releases its data) at the last name.
-async fn drop_name(tx: &mut Tx, parent: u64, name: &str, inode: &Inode, now: i64) -> Result<()> {
+/// `seq` is the journal event of the removal: an inode that keeps other names records it as
+/// its change sequence, so a client that caches by change sequence can tell the state after
+/// the removal from the one before (same attributes but the link count).
+async fn drop_name(
+    tx: &mut Tx,
+    parent: u64,
+    name: &str,
+    inode: &Inode,
+    now: i64,
+    seq: u64,
+) -> Result<()> {
     tx.exec(
         "DELETE FROM dentries WHERE parent_id = $1 AND name = $2",
         args![parent, name],
@@ -196,8 +206,8 @@ async fn drop_name(tx: &mut Tx, parent: u64, name: &str, inode: &Inode, now: i64
         free_inode(tx, inode).await
     } else {
         tx.exec(
-            "UPDATE inodes SET nlink = nlink - 1, ctime_ns = $2 WHERE id = $1",
-            args![inode.id, now],
+            "UPDATE inodes SET nlink = nlink - 1, ctime_ns = $2, change_seq = $3 WHERE id = $1",
+            args![inode.id, now, seq],
         )
         .await?;
         Ok(())
@@ -293,7 +303,7 @@ impl Namespace {
             let now = now_ns();
             let seq = journal::next_seq(&mut tx).await?;
             let e = at(b.clone(), ROOT_ID, name, &Default::default());
-            drop_name(&mut tx, ROOT_ID, name, &b, now).await?;
+            drop_name(&mut tx, ROOT_ID, name, &b, now, seq).await?;
             touch_dir(&mut tx, ROOT_ID, now, -1).await?;
             emit(&mut tx, seq, v1::ChangeKind::Delete, &e, None).await?;
             Ok(())
@@ -787,7 +797,7 @@ async fn remove_dir(tx: &mut Tx, parent: u64, name: &str, d: Inode) -> Result<()
     }
     let now = now_ns();
     let seq = journal::next_seq(tx).await?;
-    drop_name(tx, parent, name, &e.inode, now).await?;
+    drop_name(tx, parent, name, &e.inode, now, seq).await?;
     touch_dir(tx, parent, now, -1).await?;
     emit(tx, seq, v1::ChangeKind::Delete, &e, None).await
 }
@@ -798,7 +808,7 @@ async fn remove_file(tx: &mut Tx, e: Entry, prune: bool) -> Result<()> {
     }
     let now = now_ns();
     let seq = journal::next_seq(tx).await?;
-    drop_name(tx, e.parent_id, &e.name, &e.inode, now).await?;
+    drop_name(tx, e.parent_id, &e.name, &e.inode, now, seq).await?;
     touch_dir(tx, e.parent_id, now, 0).await?;
     emit(tx, seq, v1::ChangeKind::Delete, &e, None).await?;
     if prune {
@@ -820,7 +830,7 @@ async fn remove_file(tx: &mut Tx, e: Entry, prune: bool) -> Result<()> {
                 path,
             };
             let seq = journal::next_seq(tx).await?;
-            drop_name(tx, parent, &name, &de.inode, now).await?;
+            drop_name(tx, parent, &name, &de.inode, now, seq).await?;
             touch_dir(tx, parent, now, -1).await?;
             emit(tx, seq, v1::ChangeKind::Delete, &de, None).await?;
             dir_id = parent;
@@ -955,7 +965,7 @@ async fn rename_in(
                     return Err(Error::IsDirectory { what: describe(&d) });
                 }
                 let seq = journal::next_seq(tx).await?;
-                drop_name(tx, new_parent, new_name, &d.inode, now).await?;
+                drop_name(tx, new_parent, new_name, &d.inode, now, seq).await?;
                 emit(tx, seq, v1::ChangeKind::Delete, &d, None).await?;
             }
             let seq = journal::next_seq(tx).await?;
