@@ -128,6 +128,13 @@ async fn pg_floor(url: &str, n: usize, ids: &[u64]) -> Vec<(String, Stats)> {
     ]
 }
 
+/// One GetAttr by id that must succeed.
+async fn stat_by_id(mut c: Ctl, e: u64) {
+    c.get_attr(v1::GetAttrRequest { entry: Some(id(e)) })
+        .await
+        .unwrap();
+}
+
 /// `clients` tasks at once, each timing `per` calls of `f(client, call)`.
 async fn concurrent<F, Fut>(clients: usize, per: usize, f: F) -> Stats
 where
@@ -288,16 +295,7 @@ async fn bench(backend: &str, database_url: Option<String>, n: usize) -> Vec<Str
         }
     }
     let before = server_getattr(running.http_addr);
-    let stat = timed(n * 2, |i| {
-        let mut c = ctl.clone();
-        let e = ids[i % ids.len()];
-        async move {
-            c.get_attr(v1::GetAttrRequest { entry: Some(id(e)) })
-                .await
-                .unwrap();
-        }
-    })
-    .await;
+    let stat = timed(n * 2, |i| stat_by_id(ctl.clone(), ids[i % ids.len()])).await;
     rows.push(stat.row(backend, "stat (GetAttr by id)"));
     let after = server_getattr(running.http_addr);
     // The same calls as the gateway timed them, from its handler's start to its reply: the
@@ -313,15 +311,7 @@ async fn bench(backend: &str, database_url: Option<String>, n: usize) -> Vec<Str
     let shared = std::sync::Arc::new(ids.clone());
     let conc = concurrent(16, per, {
         let ctl = ctl.clone();
-        move |w, i| {
-            let mut c = ctl.clone();
-            let e = shared[(w * per + i) % shared.len()];
-            async move {
-                c.get_attr(v1::GetAttrRequest { entry: Some(id(e)) })
-                    .await
-                    .unwrap();
-            }
-        }
+        move |w, i| stat_by_id(ctl.clone(), shared[(w * per + i) % shared.len()])
     })
     .await;
     rows.push(conc.row(backend, "stat (GetAttr by id), 16 concurrent clients"));

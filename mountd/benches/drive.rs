@@ -149,6 +149,16 @@ impl Drop for S3fs {
 }
 
 /// Waits until the drive reports no file waiting for upload.
+/// Small-file creates on the drive: (until the last close, until every upload is durable).
+fn drive_creates(m: &Mount, files: usize) -> (Duration, Duration) {
+    let t = Instant::now();
+    eprintln!("phase: creates on the drive");
+    let closed = create_small(&m.p("bench/small"), files);
+    eprintln!("phase: creates on the drive closed");
+    wait_all_durable(m);
+    (closed, t.elapsed())
+}
+
 fn wait_all_durable(m: &Mount) {
     cyxcloud_testkit::wait_until(Duration::from_secs(3600), "all uploads", || {
         let s = m.status();
@@ -183,12 +193,7 @@ fn main() {
     c.create_bucket("peer");
     let m = Mount::start_logging(&c, &["--cache-size", "4G"], USER_LOG);
     if std::env::var("DRIVE_BENCH_SMALL_ONLY").is_ok_and(|v| v == "1") {
-        let t = Instant::now();
-        eprintln!("phase: creates on the drive");
-        let closed = create_small(&m.p("bench/small"), files);
-        eprintln!("phase: creates on the drive closed");
-        wait_all_durable(&m);
-        let durable = t.elapsed();
+        let (closed, durable) = drive_creates(&m, files);
         let _ = std::fs::write("/tmp/drive-bench-small.log", m.log());
         println!(
             "{files} files of 100 B: {:.2} s until the last close, {:.2} s until durable",
@@ -273,12 +278,7 @@ fn main() {
         unit_name,
     };
     let lc = create_small(&local.path().join("small"), files);
-    let t = Instant::now();
-    eprintln!("phase: creates on the drive");
-    let cc = create_small(&m.p("bench/small"), files);
-    eprintln!("phase: creates on the drive closed");
-    wait_all_durable(&m);
-    let cc_durable = t.elapsed();
+    let (cc, cc_durable) = drive_creates(&m, files);
     let sc = create_small(&s3.p("small"), files);
     rows.push(count(
         format!("create {files} files of 100 B (until the last close returns)"),
