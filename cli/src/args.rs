@@ -229,4 +229,8 @@ pub struct UpArgs {
     /// Do not mount the drive.
     #[arg(long)]
     pub no_mount: bool,
+    /// Run from a source checkout (`cargo run ... -- up`), do not install system packages or
+    /// build the daemons first: start the binaries already next to `cyxcloud`.
+    #[arg(long)]
+    pub no_build: bool,
 }

@@ -1,6 +1,7 @@
 //! `cyxcloud`: the CyxCloud command line. See `cyxcloud --help` and the README.
 
 mod args;
+mod checkout;
 mod cmd;
 mod discover;
 mod output;

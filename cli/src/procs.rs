@@ -27,7 +27,9 @@ pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
         }
     }
     bail!(
-        "cannot find the {name} binary next to cyxcloud or on PATH (build it with `cargo build --release --workspace`)"
+        "cannot find the {name} binary next to cyxcloud or on PATH: install the Debian packages \
+         (installers/README.md), or run from a source checkout with \
+         `cargo run --release -p cyxcloud-cli -- up`, which builds it"
     )
 }
 

@@ -448,6 +448,9 @@ fn up_starts_everything_and_finds_its_data_again() {
             "--nodes",
             "7",
             "--no-mount",
+            // cargo test sets CARGO and CARGO_MANIFEST_DIR as `cargo run` does: start the
+            // binaries it built instead of building the daemons again.
+            "--no-build",
         ])
         .env("HOME", home.path())
         .env_remove("CYXCLOUD_ACCESS_KEY")
@@ -526,6 +529,93 @@ fn up_starts_everything_and_finds_its_data_again() {
     assert_eq!(sha(&back), sha(&f));
     up.term();
     up.wait_exit(Duration::from_secs(60));
+}
+
+/// A fake source checkout for `cyxcloud up`: a workspace root whose `scripts/deps` and cargo
+/// record how they were called and exit as told (`DEPS_EXIT`, `CARGO_EXIT`).
+fn fake_checkout(root: &Path) -> PathBuf {
+    std::fs::create_dir_all(root.join("scripts")).unwrap();
+    std::fs::create_dir_all(root.join("cli")).unwrap();
+    std::fs::write(
+        root.join("Cargo.toml"),
+        "[workspace]\nmembers = [\"cli\"]\n",
+    )
+    .unwrap();
+    let calls = root.join("calls.log");
+    std::fs::write(
+        root.join("scripts/deps"),
+        format!(
+            "echo \"deps $*\" >> {c}\n\
+             [ \"$DEPS_EXIT\" = 0 ] || echo 'install them with:  sudo apt-get install -y clang' >&2\n\
+             exit $DEPS_EXIT\n",
+            c = calls.display()
+        ),
+    )
+    .unwrap();
+    let cargo = root.join("fake-cargo");
+    std::fs::write(
+        &cargo,
+        format!(
+            "#!/bin/sh\necho \"cargo $*\" >> {c}\nexit $CARGO_EXIT\n",
+            c = calls.display()
+        ),
+    )
+    .unwrap();
+    let exec = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+    std::fs::set_permissions(&cargo, exec).unwrap();
+    cargo
+}
+
+#[test]
+fn up_from_a_checkout_installs_packages_and_builds_the_daemons_first() {
+    let root = tempdir().unwrap();
+    let cargo = fake_checkout(root.path());
+    let data = root.path().join("data");
+    let calls = || std::fs::read_to_string(root.path().join("calls.log")).unwrap_or_default();
+    let up = |deps: i32, build: i32| -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cyxcloud"))
+            .args(["up", "--no-mount", "--nodes", "1", "--data-dir"])
+            .arg(&data)
+            .args(["--port", &cyxcloud_testkit::free_port().to_string()])
+            .env("CARGO", &cargo)
+            .env("CARGO_MANIFEST_DIR", root.path().join("cli"))
+            .env("DEPS_EXIT", deps.to_string())
+            .env("CARGO_EXIT", build.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+
+    // Packages missing and not installable: the install command is shown, nothing is built
+    // and nothing started.
+    let out = up(1, 0);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("sudo apt-get install -y clang"), "{err}");
+    assert!(err.contains("system packages"), "{err}");
+    assert_eq!(calls(), "deps build run\n");
+    assert!(!data.exists(), "nothing is started before the build");
+
+    // The build fails: its error is the command's error, and nothing starts.
+    std::fs::remove_file(root.path().join("calls.log")).unwrap();
+    let out = up(0, 101);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("building the daemons failed"),
+        "{}",
+        text(&out.stderr)
+    );
+    // This test binary's cyxcloud is a debug build: the daemons are built with the same
+    // profile, from the checkout's root manifest.
+    let manifest = root.path().join("Cargo.toml");
+    assert_eq!(
+        calls(),
+        format!(
+            "deps build run\ncargo build --manifest-path {} -p cyxcloud-gateway -p cyxcloud-node -p cyxcloud-mountd\n",
+            manifest.display()
+        )
+    );
+    assert!(!data.exists(), "nothing is started when the build fails");
 }
 
 #[test]

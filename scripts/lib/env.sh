@@ -1,20 +1,33 @@
 # Shared by scripts/test and .ci/run: system packages, build environment, test services.
 # shellcheck shell=bash
 
-# Debian packages the build and the tests need, with a command or file that proves each.
-CYX_PACKAGES=(
+# Debian packages, in groups, each with a command or file that proves it is installed:
+# - build: what compiling the daemons needs beyond Rust and a C compiler (the storage node
+#   links Debian's RocksDB; bindgen needs libclang);
+# - run: what `cyxcloud up` needs at run time (the drive mounts through fusermount3);
+# - test: what the test command needs on top (database and cache servers, the S3 clients,
+#   systemd-analyze for the installers' unit files).
+CYX_PACKAGES_BUILD=(
   "clang:clang"
   "libclang-dev:/usr/lib/llvm-14/lib/libclang.so"
   "librocksdb-dev:/usr/include/rocksdb/db.h"
   "pkg-config:pkg-config"
+)
+CYX_PACKAGES_RUN=(
   "fuse3:fusermount3"
+)
+CYX_PACKAGES_TEST=(
   "postgresql:/usr/lib/postgresql"
   "redis-server:redis-server"
+  "python3:python3"
+  "procps:/usr/bin/kill"
   # S3 API tests (gateway): real clients, and a venv for the PyPI ones.
   "rclone:rclone"
   "s3cmd:s3cmd"
   "s3fs:s3fs"
   "python3-venv:/usr/share/doc/python3-venv"
+  # installers/check: unit files are verified with systemd-analyze.
+  "systemd:systemd-analyze"
 )
 
 # PyPI clients of the S3 tests, in a venv the tests find through CYXCLOUD_S3_VENV.
@@ -23,32 +36,52 @@ CYX_PIP_PACKAGES=("boto3" "awscli")
 
 cyx_log() { printf '\033[1m[cyxcloud]\033[0m %s\n' "$*" >&2; }
 
-cyx_ensure_packages() {
-  local missing=() spec pkg probe
-  for spec in "${CYX_PACKAGES[@]}"; do
-    pkg=${spec%%:*}
-    probe=${spec#*:}
-    if [[ $probe == /* ]]; then
-      [[ -e $probe ]] || missing+=("$pkg")
-    else
-      command -v "$probe" >/dev/null 2>&1 || missing+=("$pkg")
-    fi
+# Names of the packages of the given groups (build, run, test) that are not installed.
+cyx_missing_packages() {
+  local group list spec pkg probe
+  for group in "$@"; do
+    case $group in
+      build | run | test) list="CYX_PACKAGES_${group^^}[@]" ;;
+      *) cyx_log "unknown package group $group"; return 2 ;;
+    esac
+    for spec in "${!list}"; do
+      pkg=${spec%%:*}
+      probe=${spec#*:}
+      if [[ $probe == /* ]]; then
+        [[ -e $probe ]] || echo "$pkg"
+      else
+        command -v "$probe" >/dev/null 2>&1 || echo "$pkg"
+      fi
+    done
   done
-  if ((${#missing[@]} == 0)); then
+}
+
+# Installs the missing packages of the given groups (default: all) with apt-get when root;
+# otherwise prints the exact command to run and fails.
+cyx_ensure_packages() {
+  local groups=("$@") missing=()
+  ((${#groups[@]})) || groups=(build run test)
+  mapfile -t missing < <(cyx_missing_packages "${groups[@]}" | sort -u)
+  if ((${#missing[@]})); then
+    if ! command -v apt-get >/dev/null; then
+      cyx_log "missing system packages (Debian names): ${missing[*]}; install their equivalents and run again"
+      return 1
+    fi
+    if [[ $(id -u) != 0 ]]; then
+      cyx_log "missing system packages: ${missing[*]}"
+      cyx_log "install them with:  sudo apt-get install -y ${missing[*]}"
+      return 1
+    fi
+    cyx_log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
+      apt-get update -q >/dev/null
+      apt-get install -y -q "${missing[@]}" >/dev/null
+    }
+  fi
+  if [[ " ${groups[*]} " == *" test "* ]]; then
     cyx_ensure_pip_clients
-    return
   fi
-  if [[ $(id -u) != 0 ]]; then
-    cyx_log "missing packages: ${missing[*]} (run as root or install them: apt-get install ${missing[*]})"
-    return 1
-  fi
-  cyx_log "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
-    apt-get update -q >/dev/null
-    apt-get install -y -q "${missing[@]}" >/dev/null
-  }
-  cyx_ensure_pip_clients
 }
 
 # boto3 and aws-cli (PyPI) in $CYX_S3_VENV; nothing to do when they already import.

@@ -18,6 +18,7 @@ use cyxcloud_proto::v1;
 use serde::{Deserialize, Serialize};
 
 use crate::args::{Cli, UpArgs};
+use crate::checkout::Checkout;
 use crate::output::human;
 use crate::procs::{self, Daemon};
 
@@ -114,6 +115,18 @@ impl Supervised {
     }
 }
 
+/// Why this machine cannot mount the drive, if it cannot: FUSE needs the kernel's
+/// `/dev/fuse` and the `fusermount3` helper (Debian package fuse3).
+fn fuse_missing() -> Option<String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("this machine has no /dev/fuse".to_string());
+    }
+    if !procs::exists("fusermount3") {
+        return Some("fusermount3 is missing: apt-get install fuse3".to_string());
+    }
+    None
+}
+
 fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
@@ -138,17 +151,22 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
     if a.nodes == 0 {
         bail!("--nodes must be at least 1 (7 hold the default 10+4 profile at 2 shards per node)");
     }
-    std::fs::create_dir_all(&a.data_dir)
-        .with_context(|| format!("cannot create {}", a.data_dir.display()))?;
-    let data = std::fs::canonicalize(&a.data_dir)?;
-    let creds = credentials(&data)?;
-    let logs = data.join("logs");
     if !port_free(a.port) {
         bail!(
             "port {} is in use; pass --port to choose another for the gateway",
             a.port
         );
     }
+    if !a.no_build
+        && let Some(checkout) = Checkout::detect()
+    {
+        checkout.prepare()?;
+    }
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("cannot create {}", a.data_dir.display()))?;
+    let data = std::fs::canonicalize(&a.data_dir)?;
+    let creds = credentials(&data)?;
+    let logs = data.join("logs");
     let gateway_bin = procs::sibling("cyxcloud-gateway")?;
     let node_bin = procs::sibling("cyxcloud-node")?;
     let grpc_port = procs::free_port()?;
@@ -258,6 +276,8 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
         "not mounted (--no-mount)".to_string()
     } else if !procs::exists("cyxcloud-mountd") {
         "not mounted (cyxcloud-mountd is not built yet)".to_string()
+    } else if let Some(why) = fuse_missing() {
+        format!("not mounted ({why})")
     } else {
         let point = a.mount.clone().unwrap_or_else(|| data.join("drive"));
         std::fs::create_dir_all(&point)?;
@@ -351,10 +371,12 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
     if let Some((mut m, point)) = mount {
         m.daemon.stop(1, Duration::from_secs(10));
         // A mount left behind by a killed daemon would block the next `up`.
+        // Quietly: normally the drive has unmounted itself and there is nothing to do.
         let _ = Command::new("fusermount3")
             .arg("-u")
             .arg("-z")
             .arg(&point)
+            .stderr(std::process::Stdio::null())
             .status();
     }
     // Nodes: the second SIGTERM means "exit now" (the first one alone would start draining).
