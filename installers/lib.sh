@@ -88,3 +88,15 @@ cyx_base_image() {
     tar -C "$root" -c . | podman import -q - "localhost/cyxcloud/debian:$CYX_SUITE" >/dev/null
   fi
 }
+
+# podman-compose from PyPI in a venv: Debian 12's 1.0.3 adds a bridge network to services with
+# `network_mode: host` and podman refuses them.
+cyx_podman_compose() {
+  local venv=$CYX_ROOTS/compose-venv
+  if [[ ! -x $venv/bin/podman-compose ]]; then
+    mkdir -p "$CYX_ROOTS"
+    /usr/bin/python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check "podman-compose>=1.1" >&2
+  fi
+  echo "$venv/bin/podman-compose"
+}
