@@ -21,6 +21,8 @@ CYX_PACKAGES_TEST=(
   "redis-server:redis-server"
   "python3:python3"
   "procps:/usr/bin/kill"
+  # The drive tests run real tools on the mount.
+  "git:git"
   # S3 API tests (gateway): real clients, and a venv for the PyPI ones.
   "rclone:rclone"
   "s3cmd:s3cmd"
