@@ -241,6 +241,31 @@ fn every_command_of_the_guide_with_its_output() {
         out.contains("Gateway Status: ● Online") && out.contains("7 online of 7"),
         "{out}"
     );
+    // -v: every node, and (for an admin) the gateway's background workers and their state.
+    let out = e.ok(&["status", "-v"]);
+    for want in [
+        "WORKER",
+        "journal-tailer",
+        "node-sweep",
+        "write-expiry",
+        "metrics-refresh",
+    ] {
+        assert!(out.contains(want), "status -v lacks {want}:\n{out}");
+    }
+    let sweep = out.lines().find(|l| l.contains("node-sweep")).unwrap();
+    assert!(
+        sweep.contains("idle") || sweep.contains("busy"),
+        "the sweep is working: {sweep}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&e.ok(&["--json", "status"])).unwrap();
+    let steps = v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "node-sweep")
+        .map(|w| w["steps"].as_u64().unwrap())
+        .unwrap();
+    assert!(steps >= 1, "{v}");
     let out = e.ok(&["status", "-b", "mybucket", "-v"]);
     assert!(
         out.contains("Bucket: mybucket")

@@ -146,6 +146,138 @@ pub fn place(
     Ok(Placement { nodes, limits })
 }
 
+/// Chooses nodes for the shards of a chunk that must be rebuilt (repair, drain), leaving the
+/// healthy ones where they are. `current[i]` names the node of healthy shard `i`, `None` a
+/// shard to place. `nodes` lists every node whose topology is known; only those with room
+/// for a shard are chosen, so a caller excludes unusable targets (offline, draining, full) by
+/// giving them `free_bytes = 0`. A holder missing from `nodes` counts as its own rack and
+/// datacenter.
+///
+/// The rules are those of [`place`], counted over healthy and new shards together: never more
+/// than `m` shards on one node; the requested limits relaxed only as far as needed
+/// (datacenter, then rack, then node). Returns `(shard index, node)` for every `None`, in
+/// index order, and the limits applied.
+pub fn place_replacements(
+    nodes: &[NodeInfo],
+    profile: Profile,
+    shard_size: u64,
+    seed: &Hash,
+    requested: Limits,
+    current: &[Option<String>],
+) -> Result<(Vec<(usize, String)>, Limits), PlacementError> {
+    if requested.per_node == 0 || requested.per_rack == 0 || requested.per_datacenter == 0 {
+        return Err(PlacementError::InvalidLimits(requested));
+    }
+    let mut seen = BTreeSet::new();
+    for n in nodes {
+        if !seen.insert(n.id.as_str()) {
+            return Err(PlacementError::DuplicateNode(n.id.clone()));
+        }
+    }
+    let missing: Vec<usize> = (0..profile.total())
+        .filter(|&i| current.get(i).is_none_or(Option::is_none))
+        .collect();
+    if missing.is_empty() {
+        return Ok((Vec::new(), requested));
+    }
+    let by_id: BTreeMap<&str, &NodeInfo> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    let domains = |id: &str| -> (String, String) {
+        match by_id.get(id) {
+            Some(n) => domain_keys(n),
+            None => (format!("\0node:{id}"), format!("\0node:{id}")),
+        }
+    };
+    // Healthy shards, counted per node, rack and datacenter.
+    let mut held_node: BTreeMap<String, usize> = BTreeMap::new();
+    let mut held_rack: BTreeMap<String, usize> = BTreeMap::new();
+    let mut held_dc: BTreeMap<String, usize> = BTreeMap::new();
+    for id in current.iter().take(profile.total()).flatten() {
+        let (dc, rack) = domains(id);
+        *held_node.entry(id.clone()).or_default() += 1;
+        *held_rack.entry(rack).or_default() += 1;
+        *held_dc.entry(dc).or_default() += 1;
+    }
+    let candidates = Candidates::new(nodes, shard_size, seed);
+    if candidates.nodes.is_empty() {
+        return Err(PlacementError::NoNodes { shard_size });
+    }
+    let m = profile.parity();
+    let n_total = profile.total();
+    // Relax datacenter, then rack, then node (never past m), as `place` does.
+    let mut tries = Vec::new();
+    for per_node in requested.per_node.min(m).max(1)..=m.max(1) {
+        for per_rack in requested.per_rack..=n_total.max(requested.per_rack) {
+            for per_datacenter in requested.per_datacenter..=n_total.max(requested.per_datacenter) {
+                tries.push(Limits {
+                    per_node,
+                    per_rack,
+                    per_datacenter,
+                });
+                if per_datacenter >= n_total {
+                    break;
+                }
+            }
+            if per_rack >= n_total {
+                break;
+            }
+        }
+    }
+    // Least relaxation first: node limit, then rack, then datacenter.
+    tries.sort_by_key(|l| (l.per_node, l.per_rack, l.per_datacenter));
+    for limits in tries {
+        let mut on_node = held_node.clone();
+        let mut on_rack = held_rack.clone();
+        let mut on_dc = held_dc.clone();
+        let mut used = vec![0usize; candidates.nodes.len()];
+        let mut chosen = Vec::with_capacity(missing.len());
+        'shards: for round in 1..=limits.per_node {
+            for (i, n) in candidates.nodes.iter().enumerate() {
+                if chosen.len() == missing.len() {
+                    break 'shards;
+                }
+                let (dc, rack) = domain_keys(n);
+                let here = on_node.get(&n.id).copied().unwrap_or(0);
+                let ok = here < round
+                    && used[i] < candidates.room[i]
+                    && on_rack.get(&rack).copied().unwrap_or(0) < limits.per_rack
+                    && on_dc.get(&dc).copied().unwrap_or(0) < limits.per_datacenter;
+                if ok {
+                    used[i] += 1;
+                    *on_node.entry(n.id.clone()).or_default() += 1;
+                    *on_rack.entry(rack).or_default() += 1;
+                    *on_dc.entry(dc).or_default() += 1;
+                    chosen.push(n.id.clone());
+                }
+            }
+        }
+        if chosen.len() == missing.len() {
+            return Ok((missing.into_iter().zip(chosen).collect(), limits));
+        }
+    }
+    Err(PlacementError::NotEnoughNodes {
+        shards: missing.len(),
+        profile,
+        parity: m,
+        nodes: candidates.nodes.len(),
+        max_placeable: candidates.max_placeable(m, usize::MAX, usize::MAX),
+    })
+}
+
+/// The (datacenter, rack) keys of a node's failure domains, as [`Candidates`] counts them.
+fn domain_keys(n: &NodeInfo) -> (String, String) {
+    let dc = if n.datacenter.is_empty() {
+        format!("{}\0node:{}", n.region, n.id)
+    } else {
+        format!("{}\0{}", n.region, n.datacenter)
+    };
+    let rack = if n.rack.is_empty() {
+        format!("{dc}\0node:{}", n.id)
+    } else {
+        format!("{dc}\0{}", n.rack)
+    };
+    (dc, rack)
+}
+
 /// Finds the least relaxation of `req` under which `n` shards fit with at most `m` per node.
 fn relax(c: &Candidates<'_>, n: usize, m: usize, req: Limits) -> Option<Limits> {
     let first_node = req.per_node.min(m);
@@ -310,6 +442,86 @@ mod tests {
             free_bytes: free,
             latency_us: lat,
         }
+    }
+
+    #[test]
+    fn replacements_go_to_unused_nodes_and_keep_the_rest() {
+        let nodes: Vec<_> = (0..18)
+            .map(|i| node(&format!("n{i:02}"), "", "", 1 << 40, 100))
+            .collect();
+        let seed = Hash::of(b"chunk");
+        let p = place(&nodes, Profile::DEFAULT, 1 << 20, &seed, Limits::default()).unwrap();
+        // Four holders die: their shards are lost and they take nothing new.
+        let holders: BTreeSet<&String> = p.nodes.iter().collect();
+        let dead: Vec<String> = holders.iter().take(4).map(|s| s.to_string()).collect();
+        let current: Vec<Option<String>> = p
+            .nodes
+            .iter()
+            .map(|n| (!dead.contains(n)).then(|| n.clone()))
+            .collect();
+        let live: Vec<NodeInfo> = nodes
+            .iter()
+            .map(|n| NodeInfo {
+                free_bytes: if dead.contains(&n.id) {
+                    0
+                } else {
+                    n.free_bytes
+                },
+                ..n.clone()
+            })
+            .collect();
+        let (chosen, limits) = place_replacements(
+            &live,
+            Profile::DEFAULT,
+            1 << 20,
+            &seed,
+            Limits::default(),
+            &current,
+        )
+        .unwrap();
+        let lost: Vec<usize> = (0..14).filter(|&i| current[i].is_none()).collect();
+        assert_eq!(chosen.iter().map(|c| c.0).collect::<Vec<_>>(), lost);
+        assert_eq!(limits, Limits::default());
+        let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+        for n in current.iter().flatten().chain(chosen.iter().map(|c| &c.1)) {
+            *per_node.entry(n.as_str()).or_default() += 1;
+        }
+        assert!(per_node.values().all(|&c| c <= 2), "{per_node:?}");
+        assert!(chosen.iter().all(|(_, n)| !dead.contains(n)));
+        // Nothing lost, nothing to place.
+        let full: Vec<Option<String>> = p.nodes.iter().cloned().map(Some).collect();
+        assert_eq!(
+            place_replacements(
+                &live,
+                Profile::DEFAULT,
+                1 << 20,
+                &seed,
+                Limits::default(),
+                &full
+            )
+            .unwrap()
+            .0,
+            Vec::new()
+        );
+        // Only the 14 holders left alive and full: nowhere to rebuild.
+        let none: Vec<NodeInfo> = nodes
+            .iter()
+            .map(|n| NodeInfo {
+                free_bytes: 0,
+                ..n.clone()
+            })
+            .collect();
+        assert!(matches!(
+            place_replacements(
+                &none,
+                Profile::DEFAULT,
+                1 << 20,
+                &seed,
+                Limits::default(),
+                &current
+            ),
+            Err(PlacementError::NoNodes { .. })
+        ));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Property tests of the data path: erasure codes, integrity, encryption, records, placement.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{Bytes, BytesMut};
 use cyxcloud_core::codec::{self, CodecId, Profile};
@@ -315,6 +315,66 @@ proptest! {
             Err(PlacementError::NotEnoughNodes { .. }) | Err(PlacementError::NoNodes { .. }) => {
                 prop_assert!(!fits(&nodes, shard_size, profile.parity(), profile.total()),
                     "refused although {} shards fit with at most {} per node", profile.total(), profile.parity());
+            }
+            Err(e) => prop_assert!(false, "unexpected {e}"),
+        }
+    }
+
+    /// Repair placement: every lost shard gets exactly one new node, healthy shards stay, no
+    /// dead node is chosen, no node ends with more than m shards or more than it has room for;
+    /// and it refuses only when no such placement exists.
+    #[test]
+    fn replacements_fill_every_hole_within_the_rules(
+        nodes in clusters(),
+        profile in profiles(),
+        seed in any::<u64>(),
+        kill in proptest::collection::vec(any::<bool>(), 8),
+    ) {
+        let shard_size = 1u64 << 20;
+        let seed = Hash::of(&seed.to_le_bytes());
+        let Ok(p) = placement::place(&nodes, profile, shard_size, &seed, Limits::default()) else {
+            return Ok(());
+        };
+        // Some of the nodes holding shards die: their shards are lost, they take no new ones.
+        let holders: Vec<String> = p.nodes.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        let dead: BTreeSet<String> = holders.iter().enumerate().filter(|(i, _)| kill[i % kill.len()]).map(|(_, h)| h.clone()).collect();
+        let current: Vec<Option<String>> = p.nodes.iter().map(|n| (!dead.contains(n)).then(|| n.clone())).collect();
+        let live: Vec<NodeInfo> = nodes.iter().map(|n| NodeInfo {
+            free_bytes: if dead.contains(&n.id) { 0 } else { n.free_bytes },
+            ..n.clone()
+        }).collect();
+        let holes: Vec<usize> = (0..profile.total()).filter(|&i| current[i].is_none()).collect();
+        match placement::place_replacements(&live, profile, shard_size, &seed, Limits::default(), &current) {
+            Ok((chosen, limits)) => {
+                prop_assert_eq!(chosen.iter().map(|c| c.0).collect::<Vec<_>>(), holes.clone());
+                prop_assert!(chosen.iter().all(|(_, n)| !dead.contains(n)), "a dead node was chosen");
+                let mut all = current.clone();
+                for (i, n) in &chosen { all[*i] = Some(n.clone()); }
+                let all: Vec<String> = all.into_iter().map(Option::unwrap).collect();
+                let per_node = domain_counts(&all, &nodes, |n| n.id.clone());
+                prop_assert!(per_node.values().all(|&c| c <= profile.parity()), "more than m on a node: {per_node:?}");
+                let new_per_node = domain_counts(&chosen.iter().map(|c| c.1.clone()).collect::<Vec<_>>(), &nodes, |n| n.id.clone());
+                for (id, c) in &new_per_node {
+                    let n = live.iter().find(|n| &n.id == id).unwrap();
+                    prop_assert!(n.free_bytes >= *c as u64 * shard_size, "capacity exceeded on {}", id);
+                    prop_assert!(per_node[id] <= limits.per_node, "node limit {limits:?} on {id}");
+                }
+                prop_assert!(limits.per_node <= profile.parity().max(1));
+                // Deterministic, and independent of the order nodes are listed in.
+                let mut rev = live.clone();
+                rev.reverse();
+                let again = placement::place_replacements(&rev, profile, shard_size, &seed, Limits::default(), &current).unwrap();
+                prop_assert_eq!(again, (chosen, limits));
+            }
+            Err(PlacementError::NotEnoughNodes { .. }) | Err(PlacementError::NoNodes { .. }) => {
+                // Independent check: with rack and datacenter limits relaxed to the whole chunk,
+                // the holes fit iff live nodes have room below m shards each.
+                let mut held: BTreeMap<&str, usize> = BTreeMap::new();
+                for n in current.iter().flatten() { *held.entry(n.as_str()).or_default() += 1; }
+                let room: usize = live.iter().map(|n| {
+                    ((n.free_bytes / shard_size) as usize).min(profile.parity().saturating_sub(held.get(n.id.as_str()).copied().unwrap_or(0)))
+                }).sum();
+                prop_assert!(room < holes.len(), "refused although {} holes fit in room for {}", holes.len(), room);
             }
             Err(e) => prop_assert!(false, "unexpected {e}"),
         }

@@ -1,12 +1,15 @@
 //! `cyxcloud-daemon`: the process plumbing every CyxCloud daemon shares, and nothing else (no
 //! domain types): layered configuration ([`config`]), tracing setup ([`logging`]), the
-//! `/metrics` + `/health` HTTP server ([`ops`]) and signal-driven shutdown ([`shutdown`]).
+//! `/metrics` + `/health` HTTP server ([`ops`]), signal-driven shutdown ([`shutdown`]) and
+//! background workers with state, backoff, leases and rate limits ([`worker`]).
 
 pub mod config;
 pub mod logging;
 pub mod ops;
 pub mod shutdown;
+pub mod worker;
 
 pub use config::{ConfigError, Layers};
 pub use ops::{Health, OpsServer};
 pub use shutdown::Shutdown;
+pub use worker::{Periodic, RateLimit, Step, Worker, WorkerOptions, Workers};

@@ -602,10 +602,13 @@ impl v1::control_server::Control for ControlService {
         &self,
         request: Request<v1::ClusterStatusRequest>,
     ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
-        rpc!(self, "ClusterStatus", request, |_caller, _r| self
-            .gw
-            .cluster_status()
-            .await)
+        rpc!(self, "ClusterStatus", request, |caller, _r| {
+            let mut status = self.gw.cluster_status().await?;
+            if caller.admin {
+                status.workers = self.gw.worker_status();
+            }
+            Ok::<_, crate::error::Error>(status)
+        })
     }
 
     async fn create_user(
@@ -750,6 +753,26 @@ impl Gateway {
         })
     }
 
+    /// This process's background workers, for admins.
+    pub fn worker_status(&self) -> Vec<v1::WorkerStatus> {
+        self.workers
+            .list()
+            .into_iter()
+            .map(|w| v1::WorkerStatus {
+                name: w.name,
+                state: w.state.as_str().to_string(),
+                steps: w.steps,
+                errors: w.errors,
+                consecutive_errors: w.consecutive_errors,
+                last_error: w.last_error.unwrap_or_default(),
+                last_error_ms: w.last_error_ms.unwrap_or_default(),
+                progress: w.progress.unwrap_or_default(),
+                has_lease: w.lease_held.is_some(),
+                lease_held: w.lease_held.unwrap_or(false),
+            })
+            .collect()
+    }
+
     pub async fn cluster_status(&self) -> Result<v1::ClusterStatusResponse> {
         let nodes = self.registry.nodes().await?;
         let c = self
@@ -789,6 +812,7 @@ impl Gateway {
             pending_repairs: c.u64(4)?,
             version: env!("CARGO_PKG_VERSION").to_string(),
             journal_seq: crate::journal::head(&self.db).await?,
+            workers: Vec::new(),
         })
     }
 }

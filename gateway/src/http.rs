@@ -64,6 +64,7 @@ pub fn router(gw: Gateway) -> Router {
         .route("/ws", get(ws))
         .route("/api/auth/login", post(login))
         .route("/api/machines/register", post(register_machine))
+        .route("/api/workers", get(workers))
         .with_state(gw)
         .merge(ops)
 }
@@ -120,6 +121,24 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     v.strip_prefix("Bearer ")
         .or_else(|| v.strip_prefix("bearer "))
         .map(str::trim)
+}
+
+/// `GET /api/workers`: this gateway's background workers, for an admin (the bearer token of
+/// the control API's `Authenticate`).
+async fn workers(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let token =
+        bearer(&headers).ok_or_else(|| Error::Unauthenticated("missing bearer token".into()))?;
+    let caller = gw.accounts.verify(token)?;
+    if !caller.admin {
+        return Err(ApiError(Error::PermissionDenied(
+            "only an admin may list the gateway's workers".into(),
+        )));
+    }
+    Ok(axum::Json(json!({
+        "gateway_id": gw.gateway_id,
+        "workers": gw.workers.list(),
+    }))
+    .into_response())
 }
 
 async fn register_machine(

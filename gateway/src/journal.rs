@@ -225,65 +225,88 @@ async fn watch_loop(
 
 /// Keeps this process's view of the journal head current with commits made by other
 /// processes (LISTEN/NOTIFY on PostgreSQL, plus a poll every `poll`), invalidates the local
-/// cache for their changes, and prunes the journal to its retention.
-pub async fn tailer(
+/// cache for their changes, and prunes the journal to its retention. A background worker
+/// (`journal-tailer`).
+pub struct Tailer {
     db: Db,
     poll: Duration,
     retention_events: u64,
     retention_secs: u64,
-    stop: CancellationToken,
-) {
-    let mut listener = None;
-    if db.backend() == Backend::Postgres {
-        match sqlx::postgres::PgListener::connect(db.url()).await {
-            Ok(mut l) => match l.listen(crate::db::postgres::JOURNAL_CHANNEL).await {
-                Ok(()) => listener = Some(l),
-                Err(e) => tracing::warn!(error = %e, "journal LISTEN failed; polling only"),
-            },
-            Err(e) => tracing::warn!(error = %e, "journal listener connect failed; polling only"),
-        }
-    }
-    let mut seen = *db.journal_head().borrow();
-    let mut last_prune = std::time::Instant::now();
-    loop {
-        match head(&db).await {
-            Ok(h) if h > seen => {
-                invalidate_remote(&db, seen, h).await;
-                db.observe_head(h);
-                seen = h;
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "journal head poll failed"),
-        }
-        if last_prune.elapsed() >= Duration::from_secs(10) {
-            last_prune = std::time::Instant::now();
-            if let Err(e) = prune(&db, retention_events, retention_secs).await {
-                tracing::warn!(error = %e, "journal prune failed");
-            }
-        }
-        let wait = async {
-            match listener.as_mut() {
-                Some(l) => {
-                    // This gateway's own commits raised the head and invalidated the cache
-                    // already: only another gateway's commit (or the poll interval) needs a
-                    // look at the journal. Notifications arrive in commit order, so skipping
-                    // ours never skips past one of theirs.
-                    let deadline = tokio::time::Instant::now() + poll;
-                    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, l.recv()).await {
-                        if n.payload() != db.notify_tag() {
-                            break;
-                        }
-                    }
-                }
-                None => tokio::time::sleep(poll).await,
-            }
-        };
-        tokio::select! {
-            _ = wait => {}
-            _ = stop.cancelled() => return,
+    listener: Option<sqlx::postgres::PgListener>,
+    listening: bool,
+    seen: u64,
+    last_prune: std::time::Instant,
+}
+
+impl Tailer {
+    pub fn new(db: Db, poll: Duration, retention_events: u64, retention_secs: u64) -> Self {
+        let seen = *db.journal_head().borrow();
+        Tailer {
+            db,
+            poll,
+            retention_events,
+            retention_secs,
+            listener: None,
+            listening: false,
+            seen,
+            last_prune: std::time::Instant::now(),
         }
     }
 }
+
+impl cyxcloud_daemon::Worker for Tailer {
+    fn name(&self) -> String {
+        "journal-tailer".into()
+    }
+
+    async fn step(&mut self) -> std::result::Result<cyxcloud_daemon::Step, WorkError> {
+        if !self.listening && self.db.backend() == Backend::Postgres {
+            // Once: without a listener the poll alone keeps the head current.
+            self.listening = true;
+            match sqlx::postgres::PgListener::connect(self.db.url()).await {
+                Ok(mut l) => match l.listen(crate::db::postgres::JOURNAL_CHANNEL).await {
+                    Ok(()) => self.listener = Some(l),
+                    Err(e) => tracing::warn!(error = %e, "journal LISTEN failed; polling only"),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "journal listener connect failed; polling only")
+                }
+            }
+        }
+        let h = head(&self.db).await?;
+        if h > self.seen {
+            invalidate_remote(&self.db, self.seen, h).await;
+            self.db.observe_head(h);
+            self.seen = h;
+        }
+        if self.last_prune.elapsed() >= Duration::from_secs(10) {
+            self.last_prune = std::time::Instant::now();
+            prune(&self.db, self.retention_events, self.retention_secs).await?;
+        }
+        Ok(cyxcloud_daemon::Step::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        let poll = self.poll;
+        match self.listener.as_mut() {
+            Some(l) => {
+                // This gateway's own commits raised the head and invalidated the cache
+                // already: only another gateway's commit (or the poll interval) needs a look
+                // at the journal. Notifications arrive in commit order, so skipping ours never
+                // skips past one of theirs.
+                let deadline = tokio::time::Instant::now() + poll;
+                while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, l.recv()).await {
+                    if n.payload() != self.db.notify_tag() {
+                        break;
+                    }
+                }
+            }
+            None => tokio::time::sleep(poll).await,
+        }
+    }
+}
+
+type WorkError = cyxcloud_daemon::worker::WorkError;
 
 /// Invalidates cached state of entries changed by events in `(after, upto]` (commits of other
 /// gateways; local commits invalidated already).

@@ -16,6 +16,7 @@ pub mod http;
 pub mod journal;
 pub mod keys;
 pub mod layout;
+pub mod leases;
 pub mod metrics;
 pub mod namespace;
 pub mod placement;
@@ -120,20 +121,99 @@ pub async fn open(
         registry.clone(),
         signer.clone(),
     );
+    let metrics = metrics::Metrics::new();
+    let workers = cyxcloud_daemon::Workers::new(stop.clone());
+    workers.register_metrics(&mut metrics.registry.lock().unwrap_or_else(|e| e.into_inner()));
     let gw = Gateway {
         ns: Namespace::new(db.clone()),
+        leases: leases::Leases::new(db.clone()),
         db,
         accounts,
         registry,
         writes,
         signer,
-        metrics: metrics::Metrics::new(),
+        metrics,
+        workers,
         cache,
         config: Arc::new(config.clone()),
         gateway_id,
         stop,
     };
     Ok((gw, new_admin_key))
+}
+
+/// Starts the gateway's background workers (`/api/workers` and `cyxcloud status -v` list
+/// them): the journal tailer, planner statistics, the node sweep and latency probe, write
+/// expiry and the metrics refresh.
+pub fn start_workers(gw: &Gateway) -> Vec<tokio::task::JoinHandle<()>> {
+    use cyxcloud_daemon::{Periodic, WorkerOptions};
+    let c = &gw.config;
+    let quick = WorkerOptions {
+        // Cross-gateway cache invalidation must not stall for minutes after a hiccup.
+        max_backoff: Duration::from_secs(5),
+        ..WorkerOptions::default()
+    };
+    let mut tasks = vec![
+        gw.workers.spawn(
+            journal::Tailer::new(
+                gw.db.clone(),
+                Duration::from_millis(c.journal.poll_ms),
+                c.journal.retention_events,
+                c.journal.retention_secs,
+            ),
+            quick.clone(),
+        ),
+        gw.workers.spawn(gw.db.analyzer(), WorkerOptions::default()),
+    ];
+    let r = gw.registry.clone();
+    tasks.push(gw.workers.spawn(
+        Periodic::new("node-sweep", r.sweep_interval(), move || {
+            let r = r.clone();
+            async move {
+                r.sweep().await?;
+                Ok::<(), cyxcloud_daemon::worker::WorkError>(())
+            }
+        }),
+        quick.clone(),
+    ));
+    let r = gw.registry.clone();
+    tasks.push(gw.workers.spawn(
+        Periodic::new("latency-probe", r.probe_interval(), move || {
+            let r = r.clone();
+            async move {
+                r.probe_latency().await;
+                Ok::<(), cyxcloud_daemon::worker::WorkError>(())
+            }
+        }),
+        WorkerOptions::default(),
+    ));
+    let w = gw.writes.clone();
+    tasks.push(gw.workers.spawn(
+        Periodic::new(
+            "write-expiry",
+            Duration::from_secs(c.writes.expiry_check_secs.max(1)),
+            move || {
+                let w = w.clone();
+                async move {
+                    w.expire().await?;
+                    Ok::<(), cyxcloud_daemon::worker::WorkError>(())
+                }
+            },
+        ),
+        WorkerOptions::default(),
+    ));
+    let (m, db) = (gw.metrics.clone(), gw.db.clone());
+    tasks.push(gw.workers.spawn(
+        Periodic::new("metrics-refresh", Duration::from_secs(5), move || {
+            let (m, db) = (m.clone(), db.clone());
+            async move {
+                m.refresh_recorded(&db).await?;
+                Ok::<(), cyxcloud_daemon::worker::WorkError>(())
+            }
+        }),
+        quick,
+    ));
+    tasks
 }
 
 /// Opens the store, binds the HTTP and gRPC ports and serves until `shutdown`.
@@ -231,30 +311,7 @@ pub async fn run(
         }
     }));
 
-    let stop = gw.stop.clone();
-    tasks.push(tokio::spawn(journal::tailer(
-        gw.db.clone(),
-        Duration::from_millis(config.journal.poll_ms),
-        config.journal.retention_events,
-        config.journal.retention_secs,
-        stop.clone(),
-    )));
-    tasks.push(tokio::spawn(
-        gw.db.clone().analyze_as_it_grows(stop.clone()),
-    ));
-    tasks.push(tokio::spawn(
-        gw.registry.clone().run_background(stop.clone()),
-    ));
-    tasks.push(tokio::spawn(gw.writes.clone().run_expiry(
-        Duration::from_secs(config.writes.expiry_check_secs.max(1)),
-        stop.clone(),
-    )));
-    tasks.push(tokio::spawn(gw.metrics.clone().run_refresh(
-        gw.db.clone(),
-        Duration::from_secs(5),
-        stop,
-    )));
-
+    tasks.extend(start_workers(&gw));
     tracing::info!(
         http = %http_addr,
         grpc = %grpc_addr,

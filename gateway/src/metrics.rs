@@ -8,14 +8,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, args};
 
@@ -149,21 +148,12 @@ impl Metrics {
         Ok(())
     }
 
-    /// Refreshes the gauges every `every` until `stop`.
-    pub async fn run_refresh(self, db: Db, every: Duration, stop: CancellationToken) {
-        let mut t = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = t.tick() => {
-                    let r = self.refresh(&db).await;
-                    self.db_ok.store(r.is_ok(), Ordering::Relaxed);
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "metrics refresh failed");
-                    }
-                }
-                _ = stop.cancelled() => return,
-            }
-        }
+    /// One refresh for the `metrics-refresh` worker; its outcome is also the database
+    /// check of `/health`.
+    pub async fn refresh_recorded(&self, db: &Db) -> crate::Result<()> {
+        let r = self.refresh(db).await;
+        self.db_ok.store(r.is_ok(), Ordering::Relaxed);
+        r
     }
 }
 

@@ -18,7 +18,6 @@ use cyxcloud_core::Hash;
 use cyxcloud_core::token::TokenSigner;
 use cyxcloud_proto::v1;
 use prost::Message;
-use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, Tx, args, now_ns, write_tx};
 use crate::error::{Error, Result};
@@ -470,28 +469,18 @@ impl Registry {
         Ok(gone)
     }
 
-    /// Background work: the offline sweeper and the latency prober, until `stop`.
-    pub async fn run_background(self, stop: CancellationToken) {
-        let sweep_every =
-            Duration::from_millis((self.cfg.heartbeat_interval_ms / 4).clamp(50, 5000));
-        let probe_every = Duration::from_millis(self.cfg.latency_probe_ms.max(100));
-        let mut sweep = tokio::time::interval(sweep_every);
-        let mut probe = tokio::time::interval(probe_every);
-        loop {
-            tokio::select! {
-                _ = sweep.tick() => {
-                    if let Err(e) = self.sweep().await {
-                        tracing::warn!(error = %e, "node sweep failed");
-                    }
-                }
-                _ = probe.tick() => self.probe_latency().await,
-                _ = stop.cancelled() => return,
-            }
-        }
+    /// How often the `node-sweep` worker looks for nodes that stopped heartbeating.
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis((self.cfg.heartbeat_interval_ms / 4).clamp(50, 5000))
+    }
+
+    /// How often the `latency-probe` worker times every live node.
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.cfg.latency_probe_ms.max(100))
     }
 
     /// Times a `Stats` call to every live node.
-    async fn probe_latency(&self) {
+    pub async fn probe_latency(&self) {
         let Ok(nodes) = self.live_nodes().await else {
             return;
         };

@@ -36,6 +36,10 @@ pub struct Gateway {
     pub cache: Cache,
     pub config: Arc<Config>,
     pub gateway_id: String,
+    /// Background workers (state, backoff, leases): see `start_workers`.
+    pub workers: cyxcloud_daemon::Workers,
+    /// Worker leases shared by every process of this metadata store.
+    pub leases: crate::leases::Leases,
     /// Cancelled at shutdown (ends watch streams and background tasks).
     pub stop: CancellationToken,
 }

@@ -1071,21 +1071,6 @@ impl Writes {
         });
         Ok((ids, expires))
     }
-
-    /// Background: aborts expired writes every `every`.
-    pub async fn run_expiry(self, every: Duration, stop: tokio_util::sync::CancellationToken) {
-        let mut t = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = t.tick() => {
-                    if let Err(e) = self.expire().await {
-                        tracing::warn!(error = %e, "write expiry failed");
-                    }
-                }
-                _ = stop.cancelled() => return,
-            }
-        }
-    }
 }
 
 /// Like `resolve_target`, for the commit transaction (the path may have changed meanwhile).

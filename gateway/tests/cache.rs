@@ -224,12 +224,14 @@ async fn local_cache_is_coherent_with_its_own_writes_and_follows_others(b: Backe
     f.gw.ns.delete_bucket(&f.alice, "wbk").await.unwrap();
     // Another gateway's commits reach it through the journal tailer.
     let g2 = second(&f).await;
-    tokio::spawn(cyxcloud_gateway::journal::tailer(
-        f.gw.db.clone(),
-        std::time::Duration::from_millis(20),
-        1_000_000,
-        3600,
-        f.stop.clone(),
-    ));
+    cyxcloud_daemon::Workers::new(f.stop.clone()).spawn(
+        cyxcloud_gateway::journal::Tailer::new(
+            f.gw.db.clone(),
+            std::time::Duration::from_millis(20),
+            1_000_000,
+            3600,
+        ),
+        Default::default(),
+    );
     scenario(&f, &g2, &f.gw, false).await;
 }

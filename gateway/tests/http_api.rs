@@ -41,6 +41,29 @@ fn http_post(addr: SocketAddr, path: &str, body: &Value, bearer: Option<&str>) -
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
+/// A minimal HTTP/1.1 GET with an optional bearer token: `(status, JSON body)`.
+fn http_get_bearer(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, Value) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
 fn user_add(gw_data_dir: &std::path::Path, email: &str, password: &str) {
     let out = Command::new(cyxcloud_testkit::bin("cyxcloud-gateway"))
         .env_remove("DATABASE_URL")
@@ -153,6 +176,63 @@ async fn health_metrics_and_the_ws_feed_replay_the_journal() {
             .into_inner()
             .token
     };
+    // The gateway's background workers: for an admin's bearer token only, and in /metrics.
+    let (code, workers) = http_get_bearer(gw.http, "/api/workers", Some(&token));
+    assert_eq!(code, 200, "{workers}");
+    let names: Vec<&str> = workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "journal-tailer",
+        "node-sweep",
+        "latency-probe",
+        "write-expiry",
+        "metrics-refresh",
+    ] {
+        assert!(names.contains(&want), "{want} missing: {workers}");
+    }
+    assert!(
+        workers["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["state"] != "error"),
+        "{workers}"
+    );
+    assert_eq!(http_get_bearer(gw.http, "/api/workers", None).0, 401);
+    let user = ctl
+        .create_user(v1::CreateUserRequest {
+            name: "not-admin".into(),
+            quota_bytes: 0,
+            admin: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let user_token =
+        cyxcloud_proto::v1::control_client::ControlClient::new(channel(&gw.url()).await)
+            .authenticate(v1::AuthenticateRequest {
+                access_key: user.access_key,
+                secret_key: user.secret_key,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+    assert_eq!(
+        http_get_bearer(gw.http, "/api/workers", Some(&user_token)).0,
+        403
+    );
+    let (_, metrics) = http_get(gw.http, "/metrics").unwrap();
+    assert!(
+        metrics.contains("cyxcloud_worker_state{worker=\"node-sweep\",state=\"idle\"}")
+            && metrics.contains("cyxcloud_worker_steps_total{worker=\"node-sweep\"}"),
+        "{metrics}"
+    );
+
     let b = ctl
         .create_bucket(v1::CreateBucketRequest {
             name: "feed".into(),

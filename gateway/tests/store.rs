@@ -30,6 +30,7 @@ both_backends!(
     paths_by_id_follow_directory_moves_on_every_gateway,
     reserved_ids_name_new_files_once_and_only_for_their_owner,
     accounts_tokens_and_machines,
+    leases_give_a_name_to_one_holder_until_released_or_expired,
 );
 
 fn path(b: &str, p: &str) -> Ref {
@@ -1084,13 +1085,15 @@ async fn two_gateways_share_one_namespace_and_journal(b: Backend) {
     let a = &f.alice;
     let stop = tokio_util::sync::CancellationToken::new();
     // Watch on gateway 2 while gateway 1 writes; g2 learns of the commits through its tailer.
-    tokio::spawn(cyxcloud_gateway::journal::tailer(
-        g2.db.clone(),
-        std::time::Duration::from_millis(50),
-        1_000_000,
-        3600,
-        stop.clone(),
-    ));
+    cyxcloud_daemon::Workers::new(stop.clone()).spawn(
+        cyxcloud_gateway::journal::Tailer::new(
+            g2.db.clone(),
+            std::time::Duration::from_millis(50),
+            1_000_000,
+            3600,
+        ),
+        Default::default(),
+    );
     let start = cyxcloud_gateway::journal::head(&g2.db).await.unwrap();
     let mut rx = cyxcloud_gateway::journal::watch(
         g2.db.clone(),
@@ -1643,4 +1646,45 @@ async fn sqlite_statement_connections_are_reused_and_bounded() {
     let rows = db.all("SELECT x FROM t ORDER BY x", args![]).await.unwrap();
     let xs: Vec<i64> = rows.iter().map(|r| r.i64(0).unwrap()).collect();
     assert_eq!(xs, [1, 3]);
+}
+
+/// Worker leases (`cyxcloud_daemon::worker`): one holder per name, renewable by it, free once
+/// released or expired; two gateways racing for a name never both get it.
+async fn leases_give_a_name_to_one_holder_until_released_or_expired(b: Backend) {
+    use std::time::Duration;
+    let f = fixture(b).await;
+    let g2 = second(&f).await;
+    let (l1, l2) = (&f.gw.leases, &g2.leases);
+    let min = Duration::from_secs(60);
+    assert!(l1.acquire("gc", "a", min).await.unwrap());
+    assert!(!l2.acquire("gc", "b", min).await.unwrap(), "held by a");
+    assert!(l1.acquire("gc", "a", min).await.unwrap(), "a renews");
+    l2.release("gc", "b").await.unwrap(); // not b's: nothing happens
+    assert_eq!(l2.holder("gc").await.unwrap().as_deref(), Some("a"));
+    l1.release("gc", "a").await.unwrap();
+    assert_eq!(l2.holder("gc").await.unwrap(), None);
+    assert!(
+        l2.acquire("gc", "b", min).await.unwrap(),
+        "free after release"
+    );
+    // An expired lease (a holder that died) is taken over.
+    assert!(l1.acquire("scrub", "a", Duration::ZERO).await.unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !l2.acquire("scrub", "b", min).await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired lease never freed"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(!l1.acquire("scrub", "a", min).await.unwrap());
+    // Racing holders: exactly one wins each name.
+    for round in 0..20 {
+        let name = format!("race-{round}");
+        let (x, y) = tokio::join!(l1.acquire(&name, "a", min), l2.acquire(&name, "b", min));
+        assert!(
+            x.unwrap() ^ y.unwrap(),
+            "round {round}: one holder, not two or none"
+        );
+    }
 }

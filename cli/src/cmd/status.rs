@@ -109,6 +109,11 @@ fn cluster_view(
                 "gateway": "online", "version": c.version, "nodes_online": online, "nodes": nodes,
                 "capacity_bytes": capacity, "used_bytes": used, "buckets": c.buckets, "files": c.files,
                 "logical_bytes": c.logical_bytes, "chunks": c.chunks, "pending_repairs": c.pending_repairs,
+                "workers": c.workers.iter().map(|w| serde_json::json!({
+                    "name": w.name, "state": w.state, "steps": w.steps, "errors": w.errors,
+                    "consecutive_errors": w.consecutive_errors, "last_error": w.last_error,
+                    "progress": w.progress, "lease_held": w.has_lease.then_some(w.lease_held),
+                })).collect::<Vec<_>>(),
             }))?
         );
         return Ok(ExitCode::SUCCESS);
@@ -142,6 +147,29 @@ fn cluster_view(
                 human(n.capacity_bytes),
                 n.shard_count
             );
+        }
+        if !c.workers.is_empty() {
+            // Only admins are shown the gateway's background workers.
+            println!(
+                "\n  {:<20} {:<10} {:>10} {:>7}  PROGRESS / LAST ERROR",
+                "WORKER", "STATE", "STEPS", "ERRORS"
+            );
+            for w in &c.workers {
+                let note = if w.state == "error" || (w.errors > 0 && w.progress.is_empty()) {
+                    w.last_error.as_str()
+                } else {
+                    w.progress.as_str()
+                };
+                let state = if w.has_lease && !w.lease_held {
+                    "standby"
+                } else {
+                    w.state.as_str()
+                };
+                println!(
+                    "  {:<20} {:<10} {:>10} {:>7}  {}",
+                    w.name, state, w.steps, w.errors, note
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

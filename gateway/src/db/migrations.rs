@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (4, "directory move counter", M0004),
     (5, "reserved inode ids", M0005),
+    (6, "worker leases", M0006),
 ];
 
 const M0001: &str = r#"
@@ -271,6 +272,16 @@ CREATE TABLE reserved_ids (
     expires_ns BIGINT NOT NULL
 );
 CREATE INDEX reserved_ids_expiry ON reserved_ids (expires_ns);
+"#;
+
+/// Leases of background workers (`cyxcloud_daemon::worker`): one holder per name until
+/// `expires_ms`, so that two gateways or rebalancers never run the same worker at once.
+const M0006: &str = r#"
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
 "#;
 
 /// Rewrites the dialect tokens of `sql` for `backend`.

@@ -668,38 +668,60 @@ impl Db {
     /// only after its next nap (a minute by default); ANALYZE also invalidates the cached
     /// plans. Doubling keeps the total work linear in the database's size. SQLite plans from
     /// its indexes alone, so it needs nothing.
-    pub async fn analyze_as_it_grows(self, stop: tokio_util::sync::CancellationToken) {
-        if self.backend != Backend::Postgres {
-            return;
-        }
-        let mut head = self.journal_head();
-        let mut next = FIRST_ANALYZE_AT.max((*head.borrow()).saturating_mul(2));
-        loop {
-            tokio::select! {
-                r = head.changed() => if r.is_err() { return },
-                _ = stop.cancelled() => return,
-            }
-            let h = *head.borrow_and_update();
-            if h < next {
-                continue;
-            }
-            let started = std::time::Instant::now();
-            let analyzed = match self.conn().await {
-                Ok(mut c) => c.raw(ANALYZE_TABLES).await,
-                Err(e) => Err(e),
-            };
-            match analyzed {
-                Ok(_) => tracing::debug!(
-                    journal = h,
-                    secs = started.elapsed().as_secs_f64(),
-                    "planner statistics refreshed"
-                ),
-                Err(e) => tracing::warn!(error = %e, "ANALYZE failed"),
-            }
-            next = h.saturating_mul(2);
+    pub fn analyzer(&self) -> Analyzer {
+        let head = self.journal_head();
+        let next = FIRST_ANALYZE_AT.max((*head.borrow()).saturating_mul(2));
+        Analyzer {
+            db: self.clone(),
+            head,
+            next,
         }
     }
 }
+
+/// The background worker (`planner-statistics`) of [`Db::analyzer`].
+pub struct Analyzer {
+    db: Db,
+    head: tokio::sync::watch::Receiver<u64>,
+    next: u64,
+}
+
+impl cyxcloud_daemon::Worker for Analyzer {
+    fn name(&self) -> String {
+        "planner-statistics".into()
+    }
+
+    async fn step(&mut self) -> std::result::Result<cyxcloud_daemon::Step, WorkError> {
+        if self.db.backend != Backend::Postgres {
+            return Ok(cyxcloud_daemon::Step::Done);
+        }
+        let h = *self.head.borrow_and_update();
+        if h < self.next {
+            return Ok(cyxcloud_daemon::Step::Idle);
+        }
+        let started = std::time::Instant::now();
+        self.db.conn().await?.raw(ANALYZE_TABLES).await?;
+        tracing::debug!(
+            journal = h,
+            secs = started.elapsed().as_secs_f64(),
+            "planner statistics refreshed"
+        );
+        self.next = h.saturating_mul(2);
+        Ok(cyxcloud_daemon::Step::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        if self.head.changed().await.is_err() {
+            std::future::pending::<()>().await
+        }
+    }
+
+    fn progress(&self) -> Option<String> {
+        Some(format!("next at journal seq {}", self.next))
+    }
+}
+
+type WorkError = cyxcloud_daemon::worker::WorkError;
 
 /// Journal length at which the first ANALYZE runs.
 const FIRST_ANALYZE_AT: u64 = 256;

@@ -131,7 +131,18 @@ impl S3 {
             domains,
         });
         if cfg.multipart_expiry_secs > 0 {
-            tokio::spawn(multipart::run_expiry(state.clone(), gw.stop.clone()));
+            let s = state.clone();
+            gw.workers.spawn(
+                cyxcloud_daemon::Periodic::new(
+                    "multipart-expiry",
+                    multipart::expiry_interval(&state),
+                    move || {
+                        let s = s.clone();
+                        async move { multipart::expire_once(&s).await }
+                    },
+                ),
+                cyxcloud_daemon::WorkerOptions::default(),
+            );
         }
         self.tx.send_replace(Some(state));
         tracing::info!(region = %cfg.region, domains = %cfg.domain, "S3 API serving");

@@ -6,7 +6,6 @@
 //! the last at least `s3.min_part_bytes`), then installs the target as the parts' chunks in
 //! order (references, no data copy) with the ETag `md5(md5(part1) ‖ … ‖ md5(partN))-N`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -637,30 +636,23 @@ pub async fn list_uploads(s: &State, r: &mut Req) -> S3Result<Response> {
     Ok(xml_response(w.finish()))
 }
 
-/// Background: aborts uploads older than `s3.multipart_expiry_secs`.
-pub async fn run_expiry(s: Arc<State>, stop: tokio_util::sync::CancellationToken) {
-    let every = Duration::from_secs((s.cfg.multipart_expiry_secs / 10).clamp(1, 3600));
-    let mut t = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = t.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        let before = now_ns() - (s.cfg.multipart_expiry_secs as i64).saturating_mul(1_000_000_000);
-        match store::old_uploads(&s.gw, before, 100).await {
-            Ok(old) => {
-                for u in old {
-                    match abort_upload(&s, &u.id).await {
-                        Ok(_) => {
-                            tracing::info!(upload = %u.id, bucket = %u.bucket, key = %u.key, "expired multipart upload aborted")
-                        }
-                        Err(e) => {
-                            tracing::warn!(upload = %u.id, error = %e, "aborting an expired upload")
-                        }
-                    }
-                }
+/// How often the `multipart-expiry` worker looks for abandoned uploads.
+pub fn expiry_interval(s: &State) -> Duration {
+    Duration::from_secs((s.cfg.multipart_expiry_secs / 10).clamp(1, 3600))
+}
+
+/// Aborts (up to 100) uploads older than `s3.multipart_expiry_secs`: one step of the
+/// `multipart-expiry` worker. An upload that cannot be aborted now is tried again next time.
+pub async fn expire_once(s: &State) -> std::result::Result<(), cyxcloud_daemon::worker::WorkError> {
+    let before = now_ns() - (s.cfg.multipart_expiry_secs as i64).saturating_mul(1_000_000_000);
+    let old = store::old_uploads(&s.gw, before, 100).await?;
+    for u in old {
+        match abort_upload(s, &u.id).await {
+            Ok(_) => {
+                tracing::info!(upload = %u.id, bucket = %u.bucket, key = %u.key, "expired multipart upload aborted")
             }
-            Err(e) => tracing::warn!(error = %e, "listing expired multipart uploads"),
+            Err(e) => tracing::warn!(upload = %u.id, error = %e, "aborting an expired upload"),
         }
     }
+    Ok(())
 }
