@@ -149,9 +149,18 @@ cyx_start_services() {
 }
 
 cyx_stop_services() {
-  [[ -n ${CYX_PG:-} ]] && "${CYX_PG[@]}" -m immediate stop >/dev/null 2>&1 || true
-  [[ -f ${CYX_SERVICES_DIR:-}/redis.pid ]] && kill "$(cat "$CYX_SERVICES_DIR/redis.pid")" 2>/dev/null || true
-  [[ -n ${CYX_SERVICES_DIR:-} ]] && rm -rf "$CYX_SERVICES_DIR"
+  [[ -n ${CYX_PG:-} ]] && "${CYX_PG[@]}" -m immediate -w stop >/dev/null 2>&1 || true
+  if [[ -f ${CYX_SERVICES_DIR:-}/redis.pid ]]; then
+    local pid
+    pid=$(cat "$CYX_SERVICES_DIR/redis.pid")
+    kill "$pid" 2>/dev/null || true
+    # Redis writes its log on the way out: removing the directory before it is gone races
+    # with that write ("Directory not empty") and would fail the test command.
+    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  fi
+  if [[ -n ${CYX_SERVICES_DIR:-} ]]; then
+    rm -rf "$CYX_SERVICES_DIR" 2>/dev/null || rm -rf "$CYX_SERVICES_DIR" 2>/dev/null || true
+  fi
 }
 
 cyx_free_port() {
