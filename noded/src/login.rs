@@ -222,6 +222,53 @@ fn prompt_line(label: &str) -> Result<String> {
     Ok(line.trim().to_string())
 }
 
+/// Reads a password from the terminal (`/dev/tty`) without echoing it. Echo is turned off
+/// *before* the prompt is shown: a line typed the instant the prompt appears (or pasted ahead
+/// of it) is never echoed, which a prompt-then-disable order cannot promise. The terminal's
+/// mode is restored on every path.
+#[allow(unsafe_code)]
+fn prompt_hidden(label: &str) -> std::io::Result<String> {
+    use std::os::fd::AsRawFd;
+
+    struct Restore(i32, libc::termios);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: the descriptor is open for the guard's lifetime (the tty outlives it) and
+            // `self.1` is the termios read from it.
+            unsafe { libc::tcsetattr(self.0, libc::TCSANOW, &self.1) };
+        }
+    }
+
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")?;
+    let fd = tty.as_raw_fd();
+    // SAFETY: termios is plain old data; zeroed is a valid value to be overwritten.
+    let mut mode: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an open descriptor and `mode` a properly sized out-parameter.
+    if unsafe { libc::tcgetattr(fd, &mut mode) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let restore = Restore(fd, mode);
+    mode.c_lflag &= !libc::ECHO;
+    mode.c_lflag |= libc::ECHONL;
+    // TCSANOW, not TCSAFLUSH: input typed ahead is kept (and, echo being off, stays hidden).
+    // SAFETY: as above; `mode` is a valid termios.
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &mode) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    (&tty).write_all(label.as_bytes())?;
+    (&tty).flush()?;
+    let mut line = String::new();
+    std::io::BufReader::new(&tty).read_line(&mut line)?;
+    drop(restore);
+    while line.ends_with('\n') || line.ends_with('\r') {
+        line.pop();
+    }
+    Ok(line)
+}
+
 async fn interactive_login(
     base: &str,
     mut email: String,
@@ -239,7 +286,7 @@ async fn interactive_login(
             email = tokio::task::block_in_place(|| prompt_line("Email: "))?;
         }
         if password.is_empty() {
-            password = tokio::task::block_in_place(|| rpassword::prompt_password("Password: "))
+            password = tokio::task::block_in_place(|| prompt_hidden("Password: "))
                 .map_err(|e| Error::io("cannot read password from", "terminal", e))?;
         }
         say("\nLogging in...");
