@@ -106,15 +106,7 @@ pub fn place(
     seed: &Hash,
     requested: Limits,
 ) -> Result<Placement, PlacementError> {
-    if requested.per_node == 0 || requested.per_rack == 0 || requested.per_datacenter == 0 {
-        return Err(PlacementError::InvalidLimits(requested));
-    }
-    let mut seen = BTreeSet::new();
-    for n in nodes {
-        if !seen.insert(n.id.as_str()) {
-            return Err(PlacementError::DuplicateNode(n.id.clone()));
-        }
-    }
+    check_input(nodes, requested)?;
     let n_shards = profile.total();
     let m = profile.parity();
     let candidates = Candidates::new(nodes, shard_size, seed);
@@ -165,15 +157,7 @@ pub fn place_replacements(
     requested: Limits,
     current: &[Option<String>],
 ) -> Result<(Vec<(usize, String)>, Limits), PlacementError> {
-    if requested.per_node == 0 || requested.per_rack == 0 || requested.per_datacenter == 0 {
-        return Err(PlacementError::InvalidLimits(requested));
-    }
-    let mut seen = BTreeSet::new();
-    for n in nodes {
-        if !seen.insert(n.id.as_str()) {
-            return Err(PlacementError::DuplicateNode(n.id.clone()));
-        }
-    }
+    check_input(nodes, requested)?;
     let missing: Vec<usize> = (0..profile.total())
         .filter(|&i| current.get(i).is_none_or(Option::is_none))
         .collect();
@@ -276,6 +260,20 @@ fn domain_keys(n: &NodeInfo) -> (String, String) {
         format!("{dc}\0{}", n.rack)
     };
     (dc, rack)
+}
+
+/// Refuses limits below 1 and a node listed twice.
+fn check_input(nodes: &[NodeInfo], requested: Limits) -> Result<(), PlacementError> {
+    if requested.per_node == 0 || requested.per_rack == 0 || requested.per_datacenter == 0 {
+        return Err(PlacementError::InvalidLimits(requested));
+    }
+    let mut seen = BTreeSet::new();
+    for n in nodes {
+        if !seen.insert(n.id.as_str()) {
+            return Err(PlacementError::DuplicateNode(n.id.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Finds the least relaxation of `req` under which `n` shards fit with at most `m` per node.

@@ -15,17 +15,24 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::cluster::{Gw, Node, channel, path_ref, wait_online};
 use crate::common::eventually;
 
-/// A minimal HTTP/1.1 POST of a JSON body: `(status, body)`.
-fn http_post(addr: SocketAddr, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
+/// A minimal HTTP/1.1 request (a JSON body when given, a bearer token when given):
+/// `(status, JSON body)`.
+fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    bearer: Option<&str>,
+) -> (u16, Value) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = body.to_string();
+    let body = body.map(Value::to_string).unwrap_or_default();
     let auth = bearer
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
@@ -41,27 +48,12 @@ fn http_post(addr: SocketAddr, path: &str, body: &Value, bearer: Option<&str>) -
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-/// A minimal HTTP/1.1 GET with an optional bearer token: `(status, JSON body)`.
+fn http_post(addr: SocketAddr, path: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
+    http_request(addr, "POST", path, Some(body), bearer)
+}
+
 fn http_get_bearer(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, Value) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = bearer
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    http_request(addr, "GET", path, None, bearer)
 }
 
 fn user_add(gw_data_dir: &std::path::Path, email: &str, password: &str) {

@@ -717,7 +717,7 @@ impl cyxcloud_daemon::Worker for Analyzer {
     }
 
     fn progress(&self) -> Option<String> {
-        Some(format!("next at journal seq {}", self.next))
+        (self.db.backend == Backend::Postgres).then(|| format!("next at journal seq {}", self.next))
     }
 }
 
