@@ -187,27 +187,19 @@ pub fn place_replacements(
     }
     let m = profile.parity();
     let n_total = profile.total();
-    // Relax datacenter, then rack, then node (never past m), as `place` does.
-    let mut tries = Vec::new();
-    for per_node in requested.per_node.min(m).max(1)..=m.max(1) {
-        for per_rack in requested.per_rack..=n_total.max(requested.per_rack) {
-            for per_datacenter in requested.per_datacenter..=n_total.max(requested.per_datacenter) {
-                tries.push(Limits {
+    // Least relaxation first, as `place` does: the datacenter limit, then the rack limit,
+    // then the node limit (never past m).
+    let tries = (requested.per_node.min(m).max(1)..=m.max(1)).flat_map(|per_node| {
+        (requested.per_rack..=n_total.max(requested.per_rack)).flat_map(move |per_rack| {
+            (requested.per_datacenter..=n_total.max(requested.per_datacenter)).map(
+                move |per_datacenter| Limits {
                     per_node,
                     per_rack,
                     per_datacenter,
-                });
-                if per_datacenter >= n_total {
-                    break;
-                }
-            }
-            if per_rack >= n_total {
-                break;
-            }
-        }
-    }
-    // Least relaxation first: node limit, then rack, then datacenter.
-    tries.sort_by_key(|l| (l.per_node, l.per_rack, l.per_datacenter));
+                },
+            )
+        })
+    });
     for limits in tries {
         let mut on_node = held_node.clone();
         let mut on_rack = held_rack.clone();

@@ -262,6 +262,7 @@ impl Workers {
             metrics: self.metrics.clone(),
             name,
             stop: self.stop.clone(),
+            exported: std::cell::Cell::new(None),
         };
         tokio::spawn(runner.run())
     }
@@ -274,6 +275,8 @@ struct Runner<W: Worker> {
     metrics: WorkerMetrics,
     name: String,
     stop: CancellationToken,
+    /// The state last written to the metrics.
+    exported: std::cell::Cell<Option<State>>,
 }
 
 impl<W: Worker> Runner<W> {
@@ -282,6 +285,11 @@ impl<W: Worker> Runner<W> {
         info.state = state;
         info.progress = self.worker.progress();
         drop(info);
+        // Busy and Idle alternate on every step of a polling worker: touch the gauges only
+        // when the state really changes.
+        if self.exported.replace(Some(state)) == Some(state) {
+            return;
+        }
         for s in State::ALL {
             self.metrics
                 .state

@@ -56,6 +56,19 @@ fn http_get_bearer(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, 
     http_request(addr, "GET", path, None, bearer)
 }
 
+/// The control API's bearer token for an access key.
+async fn bearer_token(gw: &Gw, access_key: &str, secret_key: &str) -> String {
+    cyxcloud_proto::v1::control_client::ControlClient::new(channel(&gw.url()).await)
+        .authenticate(v1::AuthenticateRequest {
+            access_key: access_key.into(),
+            secret_key: secret_key.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
 fn user_add(gw_data_dir: &std::path::Path, email: &str, password: &str) {
     let out = Command::new(cyxcloud_testkit::bin("cyxcloud-gateway"))
         .env_remove("DATABASE_URL")
@@ -156,18 +169,7 @@ async fn health_metrics_and_the_ws_feed_replay_the_journal() {
     assert_eq!(h["healthy"], true);
     assert_eq!(h["database"], "sqlite");
     let mut ctl = gw.control().await;
-    let token = {
-        let ch = channel(&gw.url()).await;
-        cyxcloud_proto::v1::control_client::ControlClient::new(ch)
-            .authenticate(v1::AuthenticateRequest {
-                access_key: crate::cluster::ACCESS_KEY.into(),
-                secret_key: crate::cluster::SECRET_KEY.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .token
-    };
+    let token = bearer_token(&gw, crate::cluster::ACCESS_KEY, crate::cluster::SECRET_KEY).await;
     // The gateway's background workers: for an admin's bearer token only, and in /metrics.
     let (code, workers) = http_get_bearer(gw.http, "/api/workers", Some(&token));
     assert_eq!(code, 200, "{workers}");
@@ -204,16 +206,7 @@ async fn health_metrics_and_the_ws_feed_replay_the_journal() {
         .await
         .unwrap()
         .into_inner();
-    let user_token =
-        cyxcloud_proto::v1::control_client::ControlClient::new(channel(&gw.url()).await)
-            .authenticate(v1::AuthenticateRequest {
-                access_key: user.access_key,
-                secret_key: user.secret_key,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .token;
+    let user_token = bearer_token(&gw, &user.access_key, &user.secret_key).await;
     assert_eq!(
         http_get_bearer(gw.http, "/api/workers", Some(&user_token)).0,
         403

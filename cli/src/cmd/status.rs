@@ -160,14 +160,9 @@ fn cluster_view(
                 } else {
                     w.progress.as_str()
                 };
-                let state = if w.has_lease && !w.lease_held {
-                    "standby"
-                } else {
-                    w.state.as_str()
-                };
                 println!(
                     "  {:<20} {:<10} {:>10} {:>7}  {}",
-                    w.name, state, w.steps, w.errors, note
+                    w.name, w.state, w.steps, w.errors, note
                 );
             }
         }
