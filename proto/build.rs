@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
-    let files: Vec<String> = ["common", "chunk", "registry", "control"]
+    let files: Vec<String> = ["common", "chunk", "registry", "control", "maintenance"]
         .iter()
         .map(|f| format!("proto/cyxcloud/v1/{f}.proto"))
         .collect();

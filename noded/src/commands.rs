@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cyxcloud_core::token::Op;
+use cyxcloud_core::token::{Op, Role, TokenError};
 use cyxcloud_core::{Hash, codec};
 use cyxcloud_proto::v1::chunk_service_client::ChunkServiceClient;
 use cyxcloud_proto::v1::node_command::Command;
 use cyxcloud_proto::v1::put_shard_request::Msg;
 use cyxcloud_proto::v1::{
     CommandResult, DeleteCommand, GetShardRequest, NodeCommand, PutShardHeader, PutShardRequest,
-    RepairCommand, ShardLocation, TransferCommand,
+    RepairCommand, RepairResponse, ShardLocation, TransferCommand,
 };
 use cyxcloud_proto::{MAX_MESSAGE_BYTES, STREAM_PIECE_BYTES};
 use futures::StreamExt;
@@ -258,6 +258,45 @@ impl Executor {
     }
 
     async fn repair(&self, c: RepairCommand) -> Result<()> {
+        let r = self.rebuild(c).await?;
+        if r.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Peer {
+                node: "targets".into(),
+                reason: r.errors.join("; "),
+            })
+        }
+    }
+
+    /// `ChunkService.Repair`: a repair sent directly by the rebalancer, which must hold a
+    /// gateway or rebalancer Put token for the target shard on this node.
+    pub async fn repair_now(&self, c: RepairCommand) -> Result<RepairResponse> {
+        let info = c
+            .chunk
+            .as_ref()
+            .ok_or(Error::Malformed("repair command without chunk"))?;
+        let want = info
+            .shard_hashes
+            .get(c.target_index as usize)
+            .ok_or(Error::Malformed(
+                "repair target index beyond the chunk's shards",
+            ))?;
+        let want = parse_hash(want, "chunk.shard_hashes[]")?;
+        let cap = self.tokens.check(&c.target_token, Op::Put, &[want])?;
+        if cap.role == Role::Client {
+            return Err(Error::Token(TokenError::RoleNotAllowed {
+                role: cap.role,
+                op: Op::Put,
+            }));
+        }
+        self.rebuild(c).await
+    }
+
+    /// Fetches k sources, rebuilds shard `target_index` (kept here) and those of
+    /// `more_targets` (pushed to their nodes, in parallel). Per-target failures are listed in
+    /// the response; an error means nothing could be rebuilt.
+    async fn rebuild(&self, c: RepairCommand) -> Result<RepairResponse> {
         let info = c
             .chunk
             .ok_or(Error::Malformed("repair command without chunk"))?;
@@ -268,20 +307,26 @@ impl Executor {
         let total = meta.profile.total();
         let k = meta.profile.data();
         let target = c.target_index as usize;
-        if target >= total {
+        if target >= total || c.more_targets.iter().any(|t| t.index as usize >= total) {
             return Err(Error::Malformed(
                 "repair target index beyond the chunk's shards",
             ));
         }
         let want = meta.shard_hashes[target];
-        if self.shards.contains(&want)? {
-            return Ok(());
+        let here = self.shards.contains(&want)?;
+        let mut resp = RepairResponse::default();
+        if here && c.more_targets.is_empty() {
+            resp.stored.push(target as u32);
+            return Ok(resp);
         }
-        if !self.lifecycle.accepts_puts() {
+        if !here && !self.lifecycle.accepts_puts() {
             return Err(Error::Draining {
                 state: self.lifecycle.state().as_str(),
             });
         }
+        let rebuilt_idx: std::collections::BTreeSet<usize> = std::iter::once(target)
+            .chain(c.more_targets.iter().map(|t| t.index as usize))
+            .collect();
         let shard_size = meta.shard_size as usize;
         let mut slots: Vec<Option<Bytes>> = vec![None; total];
         let mut have = 0;
@@ -289,7 +334,7 @@ impl Executor {
         let mut pending = FuturesUnordered::new();
         for src in c.sources {
             let idx = src.index as usize;
-            if idx >= total || idx == target {
+            if idx >= total || rebuilt_idx.contains(&idx) {
                 failures.push(format!("source index {idx} is not a usable shard"));
                 continue;
             }
@@ -298,6 +343,7 @@ impl Executor {
         while let Some(r) = pending.next().await {
             match r {
                 Ok((i, data)) if slots[i].is_none() => {
+                    resp.bytes_read += data.len() as u64;
                     slots[i] = Some(data);
                     have += 1;
                     if have >= k {
@@ -319,7 +365,8 @@ impl Executor {
             });
         }
         let shards = self.shards.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        let id = meta.id;
+        let rebuilt = tokio::task::spawn_blocking(move || -> Result<Vec<Bytes>> {
             let codec = codec::codec(meta.codec, meta.profile);
             let decode_err = |e: cyxcloud_core::error::CodecError| Error::Peer {
                 node: "sources".into(),
@@ -329,20 +376,53 @@ impl Executor {
                 .decode(&slots, meta.encoded_size as usize)
                 .map_err(decode_err)?;
             let rebuilt = codec.encode(&Bytes::from(payload)).map_err(decode_err)?;
-            let shard = &rebuilt[target];
-            let actual = Hash::of(shard);
-            if actual != want {
-                return Err(Error::HashMismatch {
-                    expected: want,
-                    actual,
-                });
+            for &i in &rebuilt_idx {
+                let actual = Hash::of(&rebuilt[i]);
+                if actual != meta.shard_hashes[i] {
+                    return Err(Error::HashMismatch {
+                        expected: meta.shard_hashes[i],
+                        actual,
+                    });
+                }
             }
-            shards.put(&want, shard)?;
-            Ok(())
+            if !here {
+                shards.put(&want, &rebuilt[target])?;
+            }
+            Ok(rebuilt)
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
-        tracing::info!(chunk = %meta.id, index = target, shard = %want, "shard repaired");
-        Ok(())
+        resp.stored.push(target as u32);
+        if !here {
+            resp.bytes_written += rebuilt[target].len() as u64;
+        }
+        let mut pushes = FuturesUnordered::new();
+        for t in c.more_targets {
+            let data = rebuilt[t.index as usize].clone();
+            let hash = Hash::of(&data);
+            pushes.push(async move {
+                let r = async {
+                    let addr = self.address_of(&t.node_id, &t.address).await?;
+                    let mut client = connect(&addr, &t.node_id).await?;
+                    let n = data.len() as u64;
+                    push_shard(&mut client, &t.node_id, &hash, data, &t.token).await?;
+                    Ok::<u64, Error>(n)
+                }
+                .await;
+                (t.index, t.node_id, r)
+            });
+        }
+        while let Some((index, node, r)) = pushes.next().await {
+            match r {
+                Ok(n) => {
+                    resp.stored.push(index);
+                    resp.bytes_written += n;
+                    self.metrics.bytes_downloaded.inc_by(n);
+                }
+                Err(e) => resp.errors.push(format!("shard {index} to {node}: {e}")),
+            }
+        }
+        tracing::info!(chunk = %id, stored = ?resp.stored, errors = resp.errors.len(), "shards repaired");
+        Ok(resp)
     }
 }

@@ -160,6 +160,13 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit> {
         lifecycle: life.clone(),
         metrics: metrics.clone(),
         topology: topology.clone(),
+        executor: crate::commands::Executor {
+            shards: shards.clone(),
+            tokens: tokens.clone(),
+            lifecycle: life.clone(),
+            metrics: metrics.clone(),
+            p2p: p2p.clone(),
+        },
     };
     let grpc_shutdown = shutdown.clone();
     let grpc = tokio::spawn(

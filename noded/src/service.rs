@@ -18,7 +18,7 @@ use cyxcloud_proto::v1::put_shard_request::Msg;
 use cyxcloud_proto::v1::{
     ChallengeRequest, ChallengeResponse, DeleteShardsRequest, DeleteShardsResponse,
     GetShardRequest, GetShardResponse, HasShardsRequest, HasShardsResponse, PutShardRequest,
-    PutShardResponse, StatsRequest, StatsResponse, Topology,
+    PutShardResponse, RepairCommand, RepairResponse, StatsRequest, StatsResponse, Topology,
 };
 use cyxcloud_proto::{ErrorCode, STREAM_PIECE_BYTES};
 use futures::Stream;
@@ -44,6 +44,8 @@ pub struct ChunkSvc {
     pub lifecycle: Lifecycle,
     pub metrics: Metrics,
     pub topology: Topology,
+    /// Runs `Repair` calls (the same code as heartbeat-delivered repair commands).
+    pub executor: crate::commands::Executor,
 }
 
 pub fn parse_hash(bytes: &[u8], field: &'static str) -> Result<Hash> {
@@ -342,6 +344,16 @@ impl ChunkService for ChunkSvc {
     ) -> std::result::Result<Response<ChallengeResponse>, Status> {
         let r = self.challenge(request.into_inner()).await;
         self.finish("challenge", r).map(Response::new)
+    }
+
+    async fn repair(
+        &self,
+        request: Request<RepairCommand>,
+    ) -> std::result::Result<Response<RepairResponse>, Status> {
+        let r = self.executor.repair_now(request.into_inner()).await;
+        self.metrics
+            .command("repair", r.as_ref().is_ok_and(|r| r.errors.is_empty()));
+        self.finish("repair", r).map(Response::new)
     }
 
     async fn stats(

@@ -8,7 +8,8 @@ use cyxcloud_core::token::{Op, Role, Scope};
 use cyxcloud_core::{CodecId, Hash, Profile, encode_chunk};
 use cyxcloud_proto::v1::node_command::Command;
 use cyxcloud_proto::v1::{
-    ChunkInfo, DeleteCommand, NodeCommand, NodeState, RepairCommand, ShardLocation, TransferCommand,
+    ChunkInfo, DeleteCommand, NodeCommand, NodeState, RepairCommand, RepairTarget, ShardLocation,
+    TransferCommand,
 };
 
 use crate::support::gateway::{FakeGateway, GwState};
@@ -245,6 +246,7 @@ async fn repair_transfer_and_delete_commands_run_end_to_end() {
                     chunk: Some(info.clone()),
                     target_index: 2,
                     sources: sources.clone(),
+                    ..Default::default()
                 }),
             ),
             cmd(
@@ -253,6 +255,7 @@ async fn repair_transfer_and_delete_commands_run_end_to_end() {
                     chunk: Some(info.clone()),
                     target_index: 2,
                     sources: sources[..1].to_vec(),
+                    ..Default::default()
                 }),
             ),
         ],
@@ -384,4 +387,112 @@ async fn repair_transfer_and_delete_commands_run_end_to_end() {
         m.contains("cyxcloud_node_commands_total{kind=\"repair\",result=\"ok\"}"),
         "{m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_repair_rebuilds_every_lost_shard_from_one_fetch_and_checks_its_token() {
+    let a = Node::start(Spec::id("rep-a"));
+    let b = Node::start(Spec::id("rep-b"));
+    let c = Node::start(Spec::id("rep-c"));
+    // A 2+2 chunk: shards 0 and 1 on A and B, shards 2 and 3 lost.
+    let enc = encode_chunk(
+        BytesMut::from(&random(7, 500_000)[..]),
+        CodecId::ReedSolomonErasure,
+        Profile::new(2, 2).unwrap(),
+        None,
+    )
+    .unwrap();
+    let info = ChunkInfo::from(&enc.meta);
+    let hs = enc.meta.shard_hashes.clone();
+    let (mut ca, mut cb, mut cc) = (a.client().await, b.client().await, c.client().await);
+    put(&mut ca, "rep-a", &enc.shards[0]).await.unwrap();
+    put(&mut cb, "rep-b", &enc.shards[1]).await.unwrap();
+    let source = |i: usize, node: &Node| ShardLocation {
+        index: i as u32,
+        hash: hs[i].0.to_vec(),
+        node_id: node.id.clone(),
+        address: node.url(),
+        token: token(
+            &node.id,
+            Role::Rebalancer,
+            &[Op::Get],
+            Scope::Shards(vec![hs[i]]),
+        ),
+        ..Default::default()
+    };
+    let command = |target_token: Vec<u8>, more_token: Vec<u8>| RepairCommand {
+        chunk: Some(info.clone()),
+        target_index: 2,
+        sources: vec![source(0, &a), source(1, &b)],
+        target_token,
+        more_targets: vec![RepairTarget {
+            index: 3,
+            node_id: "rep-a".into(),
+            address: a.url(),
+            token: more_token,
+        }],
+    };
+    let put_c = |role| token("rep-c", role, &[Op::Put], Scope::Shards(vec![hs[2]]));
+    let put_a = token(
+        "rep-a",
+        Role::Rebalancer,
+        &[Op::Put],
+        Scope::Shards(vec![hs[3]]),
+    );
+
+    // No token, a client's token, a token for another shard: refused, nothing stored.
+    for (t, code) in [
+        (Vec::new(), tonic::Code::Unauthenticated),
+        (put_c(Role::Client), tonic::Code::PermissionDenied),
+        (
+            token(
+                "rep-c",
+                Role::Rebalancer,
+                &[Op::Put],
+                Scope::Shards(vec![hs[3]]),
+            ),
+            tonic::Code::PermissionDenied,
+        ),
+    ] {
+        let e = cc.repair(command(t, put_a.clone())).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+    }
+    assert_eq!(has(&mut cc, &[hs[2]]).await, vec![false]);
+    assert_eq!(has(&mut ca, &[hs[3]]).await, vec![false]);
+
+    // A bad token for the pushed shard: the local one is stored, the push is reported.
+    let r = cc
+        .repair(command(put_c(Role::Rebalancer), b"forged".to_vec()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.stored, vec![2]);
+    assert_eq!(r.errors.len(), 1, "{r:?}");
+    assert!(r.errors[0].contains("shard 3 to rep-a"), "{r:?}");
+    assert_eq!(r.bytes_read, 2 * enc.meta.shard_size as u64);
+    assert!(get(&mut cc, "rep-c", &hs[2]).await.unwrap() == enc.shards[2]);
+
+    // Both rebuilt from one fetch of k = 2 shards.
+    let r = cc
+        .repair(command(put_c(Role::Rebalancer), put_a.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.stored.clone(), r.errors.clone()), (vec![2, 3], vec![]));
+    assert_eq!(r.bytes_written, enc.meta.shard_size as u64);
+    assert!(get(&mut ca, "rep-a", &hs[3]).await.unwrap() == enc.shards[3]);
+
+    // Sources that cannot give k shards: an error, nothing changes.
+    let put_c3 = token(
+        "rep-c",
+        Role::Rebalancer,
+        &[Op::Put],
+        Scope::Shards(vec![hs[3]]),
+    );
+    let mut short = command(put_c3, put_a);
+    short.target_index = 3;
+    short.more_targets.clear();
+    short.sources.truncate(1);
+    let e = cc.repair(short).await.unwrap_err();
+    assert!(e.message().contains("only 1 of the 2"), "{e:?}");
 }
