@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use cyxcloud_proto::v1;
 use cyxcloud_proto::v1::control_client::ControlClient;
+use cyxcloud_proto::v1::maintenance_client::MaintenanceClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
@@ -37,6 +38,8 @@ impl tonic::service::Interceptor for Auth {
 }
 
 pub type Control = ControlClient<InterceptedService<Channel, Auth>>;
+/// The gateway's Maintenance API (admins and the rebalancer).
+pub type Maintenance = MaintenanceClient<InterceptedService<Channel, Auth>>;
 
 /// A CyxCloud client. Cheap to clone; clones share connections.
 #[derive(Clone)]
@@ -114,6 +117,16 @@ impl Client {
         ControlClient::with_interceptor(self.inner.channel.clone(), Auth(self.inner.token.clone()))
             .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
+    }
+
+    /// The Maintenance API client (admin credentials only).
+    pub fn maintenance(&self) -> Maintenance {
+        MaintenanceClient::with_interceptor(
+            self.inner.channel.clone(),
+            Auth(self.inner.token.clone()),
+        )
+        .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
     }
 
     /// Re-authenticates when the bearer token expires within five minutes. Long-running

@@ -488,22 +488,29 @@ pub async fn report_shards(db: &Db, reports: &[(Hash, u32, String, v1::ShardStat
                 .collect::<Result<_>>()?;
             for key in keys {
                 queue_repair(&mut tx, &key, *idx, "reported by a reader").await?;
-                let users: Vec<u64> = tx
-                    .all(
-                        "SELECT DISTINCT v.inode_id FROM version_chunks vc JOIN versions v ON v.id = vc.version_id \
-                         WHERE vc.chunk_id = $1",
-                        args![&key],
-                    )
-                    .await?
-                    .iter()
-                    .map(|r| r.u64(0))
-                    .collect::<Result<_>>()?;
-                for u in users {
-                    tx.touch(u);
-                }
+                touch_users(&mut tx, &key).await?;
             }
         }
         Ok(())
     });
+    Ok(())
+}
+
+/// Marks every file using chunk `key` as changed, so cached layouts (with shard locations)
+/// are read again.
+pub(crate) async fn touch_users(tx: &mut Tx, key: &Hash) -> Result<()> {
+    let users: Vec<u64> = tx
+        .all(
+            "SELECT DISTINCT v.inode_id FROM version_chunks vc JOIN versions v ON v.id = vc.version_id \
+             WHERE vc.chunk_id = $1",
+            args![key],
+        )
+        .await?
+        .iter()
+        .map(|r| r.u64(0))
+        .collect::<Result<_>>()?;
+    for u in users {
+        tx.touch(u);
+    }
     Ok(())
 }

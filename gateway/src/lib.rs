@@ -17,6 +17,7 @@ pub mod journal;
 pub mod keys;
 pub mod layout;
 pub mod leases;
+pub mod maintenance;
 pub mod metrics;
 pub mod namespace;
 pub mod placement;
@@ -202,6 +203,17 @@ pub fn start_workers(gw: &Gateway) -> Vec<tokio::task::JoinHandle<()>> {
         ),
         WorkerOptions::default(),
     ));
+    let db = gw.db.clone();
+    tasks.push(gw.workers.spawn(
+        Periodic::new("repair-grant-expiry", Duration::from_secs(30), move || {
+            let db = db.clone();
+            async move {
+                maintenance::expire_grants(&db).await?;
+                Ok::<(), cyxcloud_daemon::worker::WorkError>(())
+            }
+        }),
+        WorkerOptions::default(),
+    ));
     let (m, db) = (gw.metrics.clone(), gw.db.clone());
     tasks.push(gw.workers.spawn(
         Periodic::new("metrics-refresh", Duration::from_secs(5), move || {
@@ -288,11 +300,17 @@ pub async fn run(
     let nodes = v1::node_registry_server::NodeRegistryServer::new(
         registry_rpc::RegistryService::new(gw.clone()),
     );
+    let maintenance = v1::maintenance_server::MaintenanceServer::new(
+        maintenance::MaintenanceService::new(gw.clone()),
+    )
+    .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES);
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .add_service(control)
             .add_service(nodes)
+            .add_service(maintenance)
             .serve_with_incoming_shutdown(
                 // Small control calls must not wait for Nagle + delayed ACK (~40 ms each).
                 tokio_stream::StreamExt::map(

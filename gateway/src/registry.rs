@@ -39,6 +39,8 @@ pub struct NodeView {
     pub state: v1::NodeState,
     pub last_heartbeat_ms: i64,
     pub latency_us: u32,
+    /// The node's 1-minute load average per core, from its last heartbeat.
+    pub load: f64,
 }
 
 impl NodeView {
@@ -81,7 +83,7 @@ impl std::fmt::Debug for Registry {
 }
 
 const NODE_COLS: &str = "id, name, address, region, datacenter, rack, capacity_bytes, used_bytes, \
-    available_bytes, shard_count, state, last_heartbeat_ms, latency_us";
+    available_bytes, shard_count, state, last_heartbeat_ms, latency_us, load_milli";
 
 fn node_from_row(r: &crate::db::Row) -> Result<NodeView> {
     Ok(NodeView {
@@ -98,6 +100,7 @@ fn node_from_row(r: &crate::db::Row) -> Result<NodeView> {
         state: state_of(r.i64(10)?),
         last_heartbeat_ms: r.i64(11)?,
         latency_us: r.u32(12)?,
+        load: r.i64(13)? as f64 / 1000.0,
     })
 }
 
@@ -584,7 +587,7 @@ async fn holds_anything(tx: &mut Tx, node: &str) -> Result<bool> {
 }
 
 /// Turns queued deletions for `node` into one delete command (hashes still referenced by a
-/// chunk or an in-flight write are dropped from the queue, not deleted). The command carries
+/// chunk, an in-flight write or a granted repair are dropped from the queue, not deleted). The command carries
 /// the put position of the heartbeat this runs for: the node spares shards put after it, which
 /// a write begun after this check may have placed there (see the node's `store::recent`).
 async fn build_deletes(
@@ -600,6 +603,7 @@ async fn build_deletes(
                CASE WHEN EXISTS (SELECT 1 FROM shards s WHERE s.node_id = q.node_id AND s.hash = q.hash) \
                  THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END, \
                CASE WHEN EXISTS (SELECT 1 FROM write_targets w WHERE w.node_id = q.node_id AND w.hash = q.hash) \
+                 OR EXISTS (SELECT 1 FROM repair_targets t WHERE t.node_id = q.node_id AND t.hash = q.hash) \
                  THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END \
              FROM gc_queue q WHERE q.node_id = $1 ORDER BY q.created_ns LIMIT $2",
             args![node, DELETE_BATCH],

@@ -1,9 +1,129 @@
 //! `cyxcloud-rebalancer`: keeps every chunk at k+m healthy shards over time (issue 18; the
-//! design is `docs/adr/0007`). Built so far: the [`planner`], pure: which shards of a chunk
-//! must be rebuilt, where, and in what order. The detector and executor (through the
-//! gateway's maintenance API and the nodes' repair RPC) follow.
+//! design is `docs/adr/0007`). The [`planner`] is pure: which shards of a chunk must be
+//! rebuilt, where, and in what order. The [`repair`] worker detects degraded chunks through
+//! the gateway's Maintenance API, plans, and has nodes rebuild the lost shards
+//! (`ChunkService.Repair`), then commits the new locations with a compare-and-set.
 //!
 //! Must not depend on the gateway crate or on a database: it reaches the metadata through the
 //! gateway's API.
 
+pub mod config;
+pub mod metrics;
 pub mod planner;
+pub mod repair;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cyxcloud_client::{Client, ClientConfig};
+use cyxcloud_daemon::{Health, RateLimit, Shutdown, WorkerOptions, Workers};
+
+pub use config::Config;
+
+/// A running rebalancer.
+#[derive(Debug)]
+pub struct Running {
+    pub metrics_addr: Option<SocketAddr>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 5];
+    let _ = getrandom::fill(&mut b);
+    hex::encode(b)
+}
+
+/// Connects to the gateway and starts the workers and the ops server.
+pub async fn run(cfg: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
+    let holder = if cfg.holder.is_empty() {
+        format!("rebalancer-{}-{}", std::process::id(), random_suffix())
+    } else {
+        cfg.holder.clone()
+    };
+    let mut cc = ClientConfig::new(&cfg.gateway, &cfg.access_key, &cfg.secret_key);
+    cc.connect_timeout = Duration::from_secs(5);
+    let client = loop {
+        match Client::connect(cc.clone()).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, gateway = %cfg.gateway, "cannot reach the gateway; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.wait() => anyhow::bail!("stopped before the gateway answered"),
+                }
+            }
+        }
+    };
+    // The Maintenance API is for admins: fail at start, not at the first scan.
+    let nodes = client
+        .maintenance()
+        .nodes(cyxcloud_proto::v1::MaintenanceNodesRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("the gateway refused the maintenance API: {}", s.message()))?
+        .into_inner();
+    let poll = if cfg.poll_ms > 0 {
+        Duration::from_millis(cfg.poll_ms)
+    } else {
+        Duration::from_millis(nodes.heartbeat_interval_ms.max(100) as u64)
+    };
+    let metrics = metrics::Metrics::new();
+    let workers = Workers::new(shutdown.token());
+    workers.register_metrics(&mut metrics.registry.lock().unwrap_or_else(|e| e.into_inner()));
+    let progress = Arc::new(Mutex::new(repair::Progress::default()));
+    let rate = cfg.rate_bytes_per_sec();
+    // Bursts up to a minute's worth, so a single large chunk never waits for longer.
+    let limit = RateLimit::new(rate, (rate * 60.0).max(64.0 * 1024.0 * 1024.0));
+    let repairer = repair::Repairer::new(
+        client,
+        holder.clone(),
+        cfg.repair_parallelism as usize,
+        cfg.lease(),
+        poll,
+        Duration::from_secs(cfg.scan_interval_secs),
+        limit,
+        metrics.clone(),
+        progress.clone(),
+    );
+    let mut tasks = vec![workers.spawn(repairer, WorkerOptions::default())];
+    let mut metrics_addr = None;
+    if cfg.metrics.enabled {
+        let health = {
+            let (progress, workers, holder) = (progress.clone(), workers.clone(), holder.clone());
+            Arc::new(move || {
+                let p = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let mut details = serde_json::Map::new();
+                details.insert("holder".into(), holder.clone().into());
+                details.insert(
+                    "repair".into(),
+                    serde_json::to_value(&p).unwrap_or_default(),
+                );
+                details.insert(
+                    "workers".into(),
+                    serde_json::to_value(workers.list()).unwrap_or_default(),
+                );
+                Health {
+                    healthy: p.unrecoverable_chunks == 0,
+                    state: if p.degraded_chunks == 0 {
+                        "healthy".into()
+                    } else {
+                        "repairing".into()
+                    },
+                    details,
+                }
+            })
+        };
+        let router =
+            cyxcloud_daemon::ops::router(metrics.registry.clone(), health, "/metrics", "/health");
+        let addr: SocketAddr = format!("{}:{}", cfg.metrics.host, cfg.metrics.port).parse()?;
+        let ops = cyxcloud_daemon::ops::serve(addr, router, shutdown.clone()).await?;
+        tracing::info!(addr = %ops.addr, "metrics and health listening");
+        metrics_addr = Some(ops.addr);
+        tasks.push(ops.task);
+    }
+    tracing::info!(holder = %holder, gateway = %cfg.gateway, poll = ?poll, "rebalancer running");
+    Ok(Running {
+        metrics_addr,
+        tasks,
+    })
+}

@@ -30,6 +30,10 @@ pub struct ClusterOptions {
     pub gateway_settings: Vec<String>,
     /// `DATABASE_URL` for the gateway (default: SQLite in its data dir).
     pub database_url: Option<String>,
+    /// Start a `cyxcloud-rebalancer` (as `cyxcloud up` does). On by default.
+    pub rebalancer: bool,
+    /// Extra `--set key=value` settings for the rebalancer.
+    pub rebalancer_settings: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -41,6 +45,8 @@ impl Default for ClusterOptions {
             capacity_gb: 4.0,
             gateway_settings: vec![],
             database_url: None,
+            rebalancer: true,
+            rebalancer_settings: vec![],
         }
     }
 }
@@ -77,6 +83,9 @@ pub struct Cluster {
     pub grpc_port: u16,
     pub gateway: Option<Proc>,
     pub nodes: Vec<NodeHandle>,
+    pub rebalancer: Option<Proc>,
+    /// The rebalancer's `/metrics` + `/health` port.
+    pub rebalancer_port: u16,
     /// Dropped last, so the processes are gone (and their logs printed) before it is removed.
     pub dir: TempDir,
 }
@@ -91,6 +100,8 @@ impl Cluster {
             grpc_port: free_port(),
             gateway: None,
             nodes: Vec::new(),
+            rebalancer: None,
+            rebalancer_port: free_port(),
             opts,
         };
         c.start_gateway();
@@ -132,7 +143,48 @@ impl Cluster {
         for i in 0..c.nodes.len() {
             c.wait_registered(i);
         }
+        if c.opts.rebalancer {
+            c.start_rebalancer();
+        }
         c
+    }
+
+    /// Starts (or restarts) the rebalancer against the gateway; waits for its `/health`.
+    pub fn start_rebalancer(&mut self) {
+        let mut cmd = Command::new(bin("cyxcloud-rebalancer"));
+        cmd.args(["--gateway", &self.grpc_url()])
+            .args(["--set", &format!("metrics.port={}", self.rebalancer_port)])
+            .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
+            .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
+            .env(
+                "RUST_LOG",
+                std::env::var("CYX_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        for k in [
+            "SCAN_INTERVAL_SECS",
+            "REPAIR_PARALLELISM",
+            "RATE_LIMIT_BYTES_PER_HOUR",
+            "CYXCLOUD_GRPC_ADDRESS",
+        ] {
+            cmd.env_remove(k);
+        }
+        for s in &self.opts.rebalancer_settings {
+            cmd.args(["--set", s]);
+        }
+        let log = self.dir.path().join("rebalancer.log");
+        self.rebalancer = Some(Proc::spawn("cyxcloud-rebalancer", cmd, &log));
+        wait_for_http(self.rebalancer_addr(), "/health", Duration::from_secs(60));
+    }
+
+    /// Kills the rebalancer (SIGKILL).
+    pub fn kill_rebalancer(&mut self) {
+        if let Some(mut p) = self.rebalancer.take() {
+            p.kill9();
+        }
+    }
+
+    pub fn rebalancer_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.rebalancer_port))
     }
 
     pub fn http_addr(&self) -> SocketAddr {

@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "directory move counter", M0004),
     (5, "reserved inode ids", M0005),
     (6, "worker leases", M0006),
+    (7, "repair grants", M0007),
 ];
 
 const M0001: &str = r#"
@@ -282,6 +283,24 @@ CREATE TABLE leases (
     holder TEXT NOT NULL,
     expires_ms BIGINT NOT NULL
 );
+"#;
+
+/// Shards a rebalancer was granted to rebuild on new nodes, until its commit or `expires_ms`:
+/// garbage collection spares them (a rebuilt copy exists before the layout names it). Shards
+/// not stored are found through an index on their state.
+const M0007: &str = r#"
+CREATE TABLE repair_targets (
+    node_id TEXT NOT NULL,
+    hash {BLOB} NOT NULL,
+    chunk_id {BLOB} NOT NULL,
+    idx BIGINT NOT NULL,
+    holder TEXT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    PRIMARY KEY (node_id, hash, chunk_id, idx)
+);
+CREATE INDEX repair_targets_chunk ON repair_targets (chunk_id, holder);
+CREATE INDEX repair_targets_expiry ON repair_targets (expires_ms);
+CREATE INDEX shards_state ON shards (state);
 "#;
 
 /// Rewrites the dialect tokens of `sql` for `backend`.
