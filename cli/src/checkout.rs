@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 pub const DAEMONS: &[(&str, &str)] = &[
     ("cyxcloud-gateway", "cyxcloud-gateway"),
     ("cyxcloud-node", "cyxcloud-node"),
+    ("cyxcloud-rebalancer", "cyxcloud-rebalancer"),
     ("cyxcloud-mountd", "cyxcloud-mountd"),
 ];
 

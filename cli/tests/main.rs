@@ -343,14 +343,10 @@ fn encrypted_upload_needs_the_key_and_big_files_survive_four_dead_nodes() {
     // 1 GiB up and down with equal checksums, then again with 4 of the 14 nodes dead.
     let big = work.path().join("big.bin");
     write_file(&big, 1 << 30, 11);
-    // Every shard stored (no long-tail cut-off), so any 4 nodes may die right away.
-    e.ok(&[
-        "upload",
-        big.to_str().unwrap(),
-        "-b",
-        "vault",
-        "--all-shards",
-    ]);
+    // Default settings: the upload returns at k+m-1 shards of a chunk; once the rebalancer has
+    // stored the slow ones, any 4 nodes may die.
+    e.ok(&["upload", big.to_str().unwrap(), "-b", "vault"]);
+    e.cluster.wait_redundant(Duration::from_secs(180));
     let status: serde_json::Value = serde_json::from_str(&e.ok(&["--json", "status"])).unwrap();
     assert_eq!(status["pending_repairs"], 0, "{status}");
     let back = work.path().join("big.back");
@@ -636,7 +632,7 @@ fn up_from_a_checkout_installs_packages_and_builds_the_daemons_first() {
     assert_eq!(
         calls(),
         format!(
-            "deps build run\ncargo build --manifest-path {} -p cyxcloud-gateway -p cyxcloud-node -p cyxcloud-mountd\n",
+            "deps build run\ncargo build --manifest-path {} -p cyxcloud-gateway -p cyxcloud-node -p cyxcloud-rebalancer -p cyxcloud-mountd\n",
             manifest.display()
         )
     );

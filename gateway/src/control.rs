@@ -781,10 +781,12 @@ impl Gateway {
                 "SELECT (SELECT COUNT(*) FROM inodes WHERE kind = 4), \
                  (SELECT COUNT(*) FROM inodes WHERE kind = 1), \
                  (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM inodes WHERE kind = 1), \
-                 (SELECT COUNT(*) FROM chunks), (SELECT COUNT(*) FROM repairs)",
+                 (SELECT COUNT(*) FROM chunks)",
                 crate::db::args![],
             )
             .await?;
+        let backlog = crate::maintenance::repair_backlog(&self.db).await?;
+        let rate = self.repair_rate.per_sec();
         Ok(v1::ClusterStatusResponse {
             nodes: nodes
                 .iter()
@@ -809,7 +811,14 @@ impl Gateway {
             files: c.u64(1)?,
             logical_bytes: c.u64(2)?,
             chunks: c.u64(3)?,
-            pending_repairs: c.u64(4)?,
+            pending_repairs: backlog.0,
+            repair_bytes: backlog.1,
+            repair_bytes_per_sec: rate,
+            repair_eta_secs: if rate > 0.0 {
+                (backlog.1 as f64 / rate).ceil() as u64
+            } else {
+                0
+            },
             version: env!("CARGO_PKG_VERSION").to_string(),
             journal_seq: crate::journal::head(&self.db).await?,
             workers: Vec::new(),

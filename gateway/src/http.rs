@@ -7,8 +7,9 @@
 //! `{"type":"subscribe","topics":["file.*","node.*"]}` (optional `"since": <seq>` to replay the
 //! journal from a position, optional `"token"`, optional `"bucket"`); the server answers
 //! `{"type":"subscribed",...}` then one `{"type":"event","topic":"file.created",...}` per change.
-//! Topics: `file.created|updated|deleted|renamed`, `node.online|offline|draining|drained`, and
-//! `resync`. Without a bearer token (header, `?token=` or the message) only `node.*` is sent.
+//! Topics: `file.created|updated|deleted|renamed`, `node.online|offline|draining|drained`,
+//! `repair.started|done|abandoned`, and `resync`. Without a bearer token (header, `?token=` or
+//! the message) only `node.*` and `repair.*` are sent.
 
 use std::sync::Arc;
 
@@ -212,6 +213,10 @@ pub fn event_json(ev: &v1::ChangeEvent) -> (String, serde_json::Value) {
                 v1::NodeState::try_from(ev.node_state).unwrap_or(v1::NodeState::Unspecified)
             )
         ),
+        v1::ChangeKind::Repair => format!(
+            "repair.{}",
+            ev.repair.as_ref().map_or("unknown", |r| r.phase.as_str())
+        ),
         v1::ChangeKind::Unspecified => "unknown".to_string(),
     };
     let entry = ev.entry.as_ref().map(|e| {
@@ -243,6 +248,12 @@ pub fn event_json(ev: &v1::ChangeEvent) -> (String, serde_json::Value) {
         "entry_id": ev.entry_id,
         "entry": entry,
         "node_id": ev.node_id,
+        "repair": ev.repair.as_ref().map(|r| json!({
+            "chunk": hex::encode(&r.chunk_key),
+            "shards": r.shards,
+            "bytes": r.bytes,
+            "holder": r.holder,
+        })),
     });
     (topic, v)
 }
@@ -301,7 +312,7 @@ async fn ws_session(gw: Gateway, mut socket: WebSocket, header_token: Option<Str
                 return;
             }
         },
-        // Node events only (their owner is "").
+        // Node and repair events only (their owner is "").
         None => crate::journal::Filter::Owner(String::new()),
     };
     let topics: Vec<String> = if sub.topics.is_empty() {

@@ -138,6 +138,7 @@ pub async fn open(
         cache,
         config: Arc::new(config.clone()),
         gateway_id,
+        repair_rate: Arc::default(),
         stop,
     };
     Ok((gw, new_admin_key))

@@ -113,12 +113,7 @@ impl MaintenanceService {
     pub async fn degraded(&self, limit: u32, exclude: &[Hash]) -> Result<v1::DegradedResponse> {
         let limit = if limit == 0 { 100 } else { limit.min(10_000) } as i64;
         let db = &self.gw.db;
-        let totals = db
-            .one(
-                margins_sql("SELECT COUNT(*), COALESCE(SUM(lost * shard_size), 0) FROM m"),
-                degraded_args(),
-            )
-            .await?;
+        let (total, bytes) = repair_backlog(db).await?;
         let mut a = degraded_args();
         a.extend(args![limit + exclude.len() as i64]);
         let keys: Vec<Hash> = db
@@ -149,8 +144,8 @@ impl MaintenanceService {
         r?;
         Ok(v1::DegradedResponse {
             chunks,
-            total: totals.u64(0)?,
-            bytes: totals.u64(1)?,
+            total,
+            bytes,
         })
     }
 
@@ -288,6 +283,7 @@ impl MaintenanceService {
                 )
                 .await?;
             }
+            repair_event(&mut tx, &key, "started", targets.len(), info.shard_size as u64, &r.holder).await?;
             Ok(())
         });
         let sources = r
@@ -352,11 +348,22 @@ impl MaintenanceService {
                 applied.push(n > 0);
             }
             release_targets(&mut tx, &key, &holder).await?;
-            if applied.iter().any(|a| *a) {
+            let moved = applied.iter().filter(|a| **a).count();
+            let shard_size = tx
+                .opt("SELECT shard_size FROM chunks WHERE id = $1", args![&key])
+                .await?
+                .map(|r| r.u64(0))
+                .transpose()?
+                .unwrap_or(0);
+            if moved > 0 {
                 crate::layout::touch_users(&mut tx, &key).await?;
             }
-            Ok(applied)
+            let phase = if moved > 0 { "done" } else { "abandoned" };
+            repair_event(&mut tx, &key, phase, moved, shard_size, &holder).await?;
+            Ok((applied, moved as u64 * shard_size))
         });
+        let (applied, bytes) = applied;
+        self.gw.repair_rate.record(bytes);
         self.gw.leases.release(&lease_name(&key), &r.holder).await?;
         Ok(v1::CommitRepairResponse { applied })
     }
@@ -365,10 +372,90 @@ impl MaintenanceService {
         let key = Hash::from_slice(&r.key).ok_or_else(|| Error::invalid("key must be 32 bytes"))?;
         let holder = r.holder.clone();
         write_tx!(self.gw.db, tx => {
-            release_targets(&mut tx, &key, &holder).await
+            release_targets(&mut tx, &key, &holder).await?;
+            repair_event(&mut tx, &key, "abandoned", 0, 0, &holder).await
         });
         self.gw.leases.release(&lease_name(&key), &r.holder).await
     }
+}
+
+/// Journals a repair event (`repair.*` on `/ws`, visible to everyone like node events).
+async fn repair_event(
+    tx: &mut Tx,
+    key: &Hash,
+    phase: &str,
+    shards: usize,
+    shard_size: u64,
+    holder: &str,
+) -> Result<()> {
+    let seq = crate::journal::next_seq(tx).await?;
+    let ev = v1::ChangeEvent {
+        seq,
+        kind: v1::ChangeKind::Repair as i32,
+        time_ns: now_ns(),
+        repair: Some(v1::RepairInfo {
+            chunk_key: key.0.to_vec(),
+            phase: phase.to_string(),
+            shards: shards as u32,
+            bytes: shards as u64 * shard_size,
+            holder: holder.to_string(),
+        }),
+        ..Default::default()
+    };
+    crate::journal::record(tx, ev, "").await
+}
+
+/// Shard bytes committed by repairs through this gateway, over a sliding window: the rate
+/// behind the ETA in `cyxcloud status`.
+#[derive(Debug, Default)]
+pub struct RepairRate {
+    window: std::sync::Mutex<std::collections::VecDeque<(Instant, u64)>>,
+}
+
+/// How far back the repair rate looks.
+const RATE_WINDOW: Duration = Duration::from_secs(300);
+
+impl RepairRate {
+    pub fn record(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        w.push_back((now, bytes));
+        while w
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            w.pop_front();
+        }
+    }
+
+    /// Bytes a second over the window (0 when nothing was repaired in it).
+    pub fn per_sec(&self) -> f64 {
+        let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let recent: Vec<_> = w
+            .iter()
+            .filter(|(t, _)| now.duration_since(*t) <= RATE_WINDOW)
+            .collect();
+        let Some((first, _)) = recent.first() else {
+            return 0.0;
+        };
+        let bytes: u64 = recent.iter().map(|(_, b)| b).sum();
+        bytes as f64 / now.duration_since(*first).as_secs_f64().max(1.0)
+    }
+}
+
+/// Degraded chunks and the shard bytes to rebuild for them.
+pub async fn repair_backlog(db: &crate::db::Db) -> Result<(u64, u64)> {
+    let r = db
+        .one(
+            margins_sql("SELECT COUNT(*), COALESCE(SUM(lost * shard_size), 0) FROM m"),
+            degraded_args(),
+        )
+        .await?;
+    Ok((r.u64(0)?, r.u64(1)?))
 }
 
 /// Ends the GC protection of a holder's rebuilt copies of `key`: each is queued for deletion,

@@ -40,6 +40,8 @@ pub struct Gateway {
     pub workers: cyxcloud_daemon::Workers,
     /// Worker leases shared by every process of this metadata store.
     pub leases: crate::leases::Leases,
+    /// Repair bytes committed through this gateway lately (the ETA of `cyxcloud status`).
+    pub repair_rate: Arc<crate::maintenance::RepairRate>,
     /// Cancelled at shutdown (ends watch streams and background tasks).
     pub stop: CancellationToken,
 }

@@ -326,6 +326,19 @@ pub async fn write_file(
     data: &[u8],
     skip: &[(u32, u32)],
 ) -> Result<v1::Entry, tonic::Status> {
+    write_file_late(ctl, bucket, path, data, skip, false).await
+}
+
+/// [`write_file`]; with `late`, the skipped shards are uploaded after the commit (the slow
+/// shards a client left behind, arriving after all).
+pub async fn write_file_late(
+    ctl: &mut Ctl,
+    bucket: &str,
+    path: &str,
+    data: &[u8],
+    skip: &[(u32, u32)],
+    late: bool,
+) -> Result<v1::Entry, tonic::Status> {
     let chunks: Vec<_> = data
         .chunks(CHUNK)
         .map(|c| {
@@ -355,11 +368,20 @@ pub async fn write_file(
         .await?
         .into_inner();
     let mut committed = Vec::new();
+    let mut later = Vec::new();
     for (p, c) in begin.placements.iter().zip(&chunks) {
         let mut stored = Vec::new();
         let mut puts = Vec::new();
         for t in &p.targets {
             if skip.contains(&(p.index, t.index)) {
+                if late {
+                    later.push((
+                        t.address.clone(),
+                        c.meta.shard_hashes[t.index as usize],
+                        c.shards[t.index as usize].clone(),
+                        t.token.clone(),
+                    ));
+                }
                 continue;
             }
             let (addr, token, shard) = (
@@ -393,6 +415,9 @@ pub async fn write_file(
         })
         .await?
         .into_inner();
+    for (addr, hash, shard, token) in later {
+        put_shard(&addr, &hash, shard, &token).await?;
+    }
     Ok(e)
 }
 

@@ -5,6 +5,7 @@ mod cache;
 mod cluster;
 mod common;
 mod http_api;
+mod maintenance;
 mod s3;
 mod store;
 mod writes;

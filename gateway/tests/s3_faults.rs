@@ -11,9 +11,8 @@ const MIB: usize = 1 << 20;
 
 #[test]
 fn s3_objects_survive_four_of_fourteen_nodes_dead() {
-    // Every shard stored before a write returns: with repairs not yet executed, a chunk
-    // whose slowest shard was left to repair would survive only 3 dead nodes.
-    let mut cl = cluster(14, &["storage.success_threshold=14"]);
+    // Default settings: a write returns at k+m-1 shards; the rebalancer stores the slowest.
+    let mut cl = cluster(14, &[]);
     let endpoint = cl.http_url();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = sdk(&endpoint);
@@ -88,6 +87,7 @@ fn s3_objects_survive_four_of_fourteen_nodes_dead() {
             .unwrap();
         objects.push(("multi-copy".into(), parts.concat()));
     });
+    cl.wait_redundant(std::time::Duration::from_secs(120));
     for i in [0, 4, 8, 12] {
         cl.kill_node(i);
     }

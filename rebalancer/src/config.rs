@@ -15,6 +15,8 @@ pub struct Config {
     /// Admin credentials (the Maintenance API is for admins only).
     pub access_key: String,
     pub secret_key: String,
+    /// A file holding the secret key (wins over `secret_key`, as for the gateway).
+    pub secret_key_file: String,
     /// Longest time between two full scans of the metadata for degraded chunks. Node deaths
     /// are reacted to sooner: the rebalancer polls every `poll_ms`.
     pub scan_interval_secs: u64,
@@ -46,6 +48,7 @@ impl Default for Config {
             gateway: "http://127.0.0.1:50052".into(),
             access_key: String::new(),
             secret_key: String::new(),
+            secret_key_file: String::new(),
             scan_interval_secs: 3600,
             poll_ms: 0,
             repair_parallelism: 4,
@@ -72,6 +75,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("CYXCLOUD_GRPC_ADDRESS", "gateway"),
     ("CYXCLOUD_ACCESS_KEY", "access_key"),
     ("CYXCLOUD_SECRET_KEY", "secret_key"),
+    ("CYXCLOUD_SECRET_KEY_FILE", "secret_key_file"),
     ("SCAN_INTERVAL_SECS", "scan_interval_secs"),
     ("REPAIR_PARALLELISM", "repair_parallelism"),
     ("RATE_LIMIT_BYTES_PER_HOUR", "rate_limit_bytes_per_hour"),
@@ -101,7 +105,15 @@ impl Config {
                 .ok_or_else(|| ConfigError::Invalid(format!("--set {f:?}: expected key=value")))?;
             l = l.set(&format!("flag {k}"), k.trim(), v.trim())?;
         }
-        let c: Config = l.build()?;
+        let mut c: Config = l.build()?;
+        if !c.secret_key_file.is_empty() {
+            c.secret_key = std::fs::read_to_string(&c.secret_key_file)
+                .map_err(|e| {
+                    ConfigError::Invalid(format!("cannot read {}: {e}", c.secret_key_file))
+                })?
+                .trim()
+                .to_string();
+        }
         c.validate()?;
         Ok(c)
     }
@@ -200,6 +212,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("CYXCLOUD_SECRET_KEY"), "{e}");
+    }
+
+    #[test]
+    fn the_secret_may_come_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("rb-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("secret");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let c = Config::load(
+            None,
+            &flags(&["access_key=a", &format!("secret_key_file={}", f.display())]),
+        )
+        .unwrap();
+        assert_eq!(c.secret_key, "from-file");
+        let e = Config::load(
+            None,
+            &flags(&["access_key=a", "secret_key_file=/nonexistent/secret"]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/nonexistent/secret"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -183,6 +183,22 @@ impl Cluster {
         }
     }
 
+    /// Waits until the rebalancer, in a scan begun after this call, finds every chunk at full
+    /// redundancy (no shard pending, lost or bad) and runs no repair.
+    pub fn wait_redundant(&self, timeout: Duration) {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        wait_until(timeout, "every chunk at full redundancy", || {
+            let (_, body) = http_get(self.rebalancer_addr(), "/health").ok()?;
+            let scanned = json_number(&body, "last_scan_unix_ms")?;
+            (scanned > since
+                && json_number(&body, "degraded_chunks")? == 0
+                && json_number(&body, "in_flight")? == 0)
+                .then_some(())
+        });
+    }
+
     pub fn rebalancer_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.rebalancer_port))
     }
@@ -276,4 +292,15 @@ impl Cluster {
             },
         );
     }
+}
+
+/// The first unsigned number after `"key":` in a JSON text (enough for flat health reports).
+fn json_number(body: &str, key: &str) -> Option<u64> {
+    let at = body.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let digits: String = body[at..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }

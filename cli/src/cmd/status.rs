@@ -109,6 +109,8 @@ fn cluster_view(
                 "gateway": "online", "version": c.version, "nodes_online": online, "nodes": nodes,
                 "capacity_bytes": capacity, "used_bytes": used, "buckets": c.buckets, "files": c.files,
                 "logical_bytes": c.logical_bytes, "chunks": c.chunks, "pending_repairs": c.pending_repairs,
+                "repair_bytes": c.repair_bytes, "repair_bytes_per_sec": c.repair_bytes_per_sec,
+                "repair_eta_secs": (c.repair_eta_secs > 0).then_some(c.repair_eta_secs),
                 "workers": c.workers.iter().map(|w| serde_json::json!({
                     "name": w.name, "state": w.state, "steps": w.steps, "errors": w.errors,
                     "consecutive_errors": w.consecutive_errors, "last_error": w.last_error,
@@ -130,7 +132,22 @@ fn cluster_view(
     println!("  Objects:      {} ({})", c.files, human(c.logical_bytes));
     println!("  Chunks:       {}", c.chunks);
     if c.pending_repairs > 0 {
-        println!("  Repairs:      {} shards pending", c.pending_repairs);
+        let eta = if c.repair_eta_secs > 0 {
+            format!(
+                " at {}/s, about {} left",
+                human(c.repair_bytes_per_sec as u64),
+                duration(c.repair_eta_secs)
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "  Repairs:      {} chunks below full redundancy, {} to rebuild{eta}",
+            c.pending_repairs,
+            human(c.repair_bytes)
+        );
+    } else {
+        println!("  Redundancy:   every chunk complete");
     }
     if a.verbose {
         println!(
@@ -168,4 +185,13 @@ fn cluster_view(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `90` → "1 min 30 s", `7300` → "2 h 1 min".
+fn duration(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min {} s", secs / 60, secs % 60),
+        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+    }
 }

@@ -1,10 +1,11 @@
 //! `cyxcloud up`: the whole product on this machine in one command.
 //!
 //! Under one data dir (default `./cyxcloud-data`) it starts a gateway on SQLite, enough storage
-//! nodes on RocksDB for the default 10+4 profile (7 nodes at 2 shards each), and the drive when
-//! `cyxcloud-mountd` is built; prints the S3 endpoint, the gateway URL and the credentials;
-//! stays in the foreground with a live status line, restarting a daemon that crashes; and on
-//! Ctrl-C (or SIGTERM) stops everything in order: drive, nodes, gateway. Run again, it finds
+//! nodes on RocksDB for the default 10+4 profile (7 nodes at 2 shards each), the rebalancer
+//! (repairs chunks that lost shards), and the drive when `cyxcloud-mountd` is built; prints the
+//! S3 endpoint, the gateway URL and the credentials; stays in the foreground with a live status
+//! line, restarting a daemon that crashes; and on Ctrl-C (or SIGTERM) stops everything in
+//! order: drive, rebalancer, nodes, gateway. Run again, it finds
 //! all data: node ids, RocksDB stores and the metadata database live in the data dir.
 
 use std::io::{IsTerminal, Write};
@@ -169,6 +170,7 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
     let logs = data.join("logs");
     let gateway_bin = procs::sibling("cyxcloud-gateway")?;
     let node_bin = procs::sibling("cyxcloud-node")?;
+    let rebalancer_bin = procs::sibling("cyxcloud-rebalancer")?;
     let grpc_port = procs::free_port()?;
     let http = format!("http://127.0.0.1:{}", a.port);
     let grpc = format!("http://127.0.0.1:{grpc_port}");
@@ -270,6 +272,20 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The rebalancer.
+    let rebalancer_port = procs::free_port()?;
+    let mut rebalancer = {
+        let (c, g, log) = (creds.clone(), grpc.clone(), logs.join("rebalancer.log"));
+        Supervised::start(Box::new(move || {
+            let mut cmd = Command::new(&rebalancer_bin);
+            cmd.args(["--gateway", &g])
+                .args(["--set", &format!("metrics.port={rebalancer_port}")])
+                .env("CYXCLOUD_ACCESS_KEY", &c.access_key)
+                .env("CYXCLOUD_SECRET_KEY", &c.secret_key);
+            procs::spawn("rebalancer", cmd, &log, true)
+        }))?
+    };
+
     // The drive.
     let mut mount: Option<(Supervised, PathBuf)> = None;
     let mount_note = if a.no_mount {
@@ -309,7 +325,7 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
         println!(
             "{}",
             serde_json::json!({"gateway": http, "s3_endpoint": http, "control_api": grpc, "access_key": creds.access_key,
-                "secret_key": creds.secret_key, "nodes": a.nodes, "data_dir": data, "drive": mount.as_ref().map(|m| &m.1)})
+                "secret_key": creds.secret_key, "nodes": a.nodes, "rebalancer": format!("http://127.0.0.1:{rebalancer_port}"), "data_dir": data, "drive": mount.as_ref().map(|m| &m.1)})
         );
     } else {
         println!("CyxCloud is up.\n");
@@ -319,6 +335,7 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
         println!("  Access key:   {}", creds.access_key);
         println!("  Secret key:   {}", creds.secret_key);
         println!("  Nodes:        {} on RocksDB, {capacity} GB each", a.nodes);
+        println!("  Rebalancer:   http://127.0.0.1:{rebalancer_port}   (/health, /metrics)");
         println!("  Drive:        {mount_note}");
         println!(
             "  Data:         {}   (logs in {})",
@@ -345,6 +362,7 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
         for s in std::iter::once(&mut gateway)
+            .chain(std::iter::once(&mut rebalancer))
             .chain(nodes.iter_mut())
             .chain(mount.iter_mut().map(|m| &mut m.0))
         {
@@ -379,6 +397,7 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
             .stderr(std::process::Stdio::null())
             .status();
     }
+    rebalancer.daemon.stop(1, Duration::from_secs(10));
     // Nodes: the second SIGTERM means "exit now" (the first one alone would start draining).
     for n in nodes.iter_mut() {
         if n.daemon.running() {
@@ -430,7 +449,7 @@ async fn status_line(client: &Client, expected: usize) -> Option<String> {
         human(c.logical_bytes),
         human(used),
         if c.pending_repairs > 0 {
-            format!(" · {} shards to repair", c.pending_repairs)
+            format!(" · {} chunks to repair", c.pending_repairs)
         } else {
             String::new()
         }

@@ -144,6 +144,7 @@ pub(crate) async fn emit(
         entry: (kind != v1::ChangeKind::Delete).then(|| v1::Entry::from(entry)),
         node_id: String::new(),
         node_state: 0,
+        repair: None,
     };
     journal::record(tx, ev, &entry.owner_id).await
 }

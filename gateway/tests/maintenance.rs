@@ -1,0 +1,465 @@
+//! The Maintenance API (the rebalancer's view of the metadata) between real processes: who may
+//! call it, what a grant checks and signs, the compare-and-set commit against a concurrent
+//! delete, pending shards that arrive late, and two rebalancers sharing the work.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use cyxcloud_proto::v1;
+use cyxcloud_proto::v1::chunk_service_client::ChunkServiceClient;
+use cyxcloud_proto::v1::maintenance_client::MaintenanceClient;
+use cyxcloud_testkit::{Proc, free_port, http_get, wait_for_http};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::cluster::{
+    ACCESS_KEY, Bearer, CHUNK, Gw, SECRET_KEY, channel, id_ref, read_file, start_nodes, test_data,
+    wait_online, write_file, write_file_late,
+};
+use crate::common::eventually;
+
+type Maint = MaintenanceClient<InterceptedService<Channel, Bearer>>;
+
+async fn maintenance(url: &str, ak: &str, sk: &str) -> Maint {
+    let ch = channel(url).await;
+    let t = v1::control_client::ControlClient::new(ch.clone())
+        .authenticate(v1::AuthenticateRequest {
+            access_key: ak.into(),
+            secret_key: sk.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    MaintenanceClient::with_interceptor(ch, Bearer(format!("Bearer {}", t.token).parse().unwrap()))
+        .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
+}
+
+async fn degraded(m: &mut Maint) -> v1::DegradedResponse {
+    m.degraded(v1::DegradedRequest {
+        limit: 100,
+        exclude: vec![],
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// A `cyxcloud-rebalancer` process against `gw`, with its metrics port.
+struct Rebalancer {
+    _proc: Proc,
+    metrics: SocketAddr,
+}
+
+impl Rebalancer {
+    fn start(gw: &Gw, holder: &str) -> Rebalancer {
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = Command::new(cyxcloud_testkit::bin("cyxcloud-rebalancer"));
+        for k in [
+            "SCAN_INTERVAL_SECS",
+            "REPAIR_PARALLELISM",
+            "RATE_LIMIT_BYTES_PER_HOUR",
+            "CYXCLOUD_GRPC_ADDRESS",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.args(["--gateway", &gw.url()])
+            .args(["--set", &format!("metrics.port={}", metrics.port())])
+            .args(["--set", &format!("holder={holder}")])
+            .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
+            .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
+            .env("RUST_LOG", "info");
+        let log = gw
+            .data_dir
+            .parent()
+            .unwrap()
+            .join(format!("rebalancer-{holder}.log"));
+        let proc = Proc::spawn(holder, cmd, &log);
+        wait_for_http(metrics, "/health", Duration::from_secs(60));
+        Rebalancer {
+            _proc: proc,
+            metrics,
+        }
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = http_get(self.metrics, "/metrics").unwrap().1;
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+async fn bucket(ctl: &mut crate::cluster::Ctl, name: &str) {
+    ctl.create_bucket(v1::CreateBucketRequest {
+        name: name.into(),
+        public_read: false,
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grants_are_checked_and_commits_compare_and_set_the_shard_row() {
+    let gw = Gw::start(None, vec![]);
+    let nodes = start_nodes(7, &gw);
+    let mut ctl = gw.control().await;
+    wait_online(&mut ctl, 7).await;
+    bucket(&mut ctl, "maint").await;
+
+    // Admins only.
+    let user = ctl
+        .create_user(v1::CreateUserRequest {
+            name: "plain".into(),
+            quota_bytes: 0,
+            admin: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut plain = maintenance(&gw.url(), &user.access_key, &user.secret_key).await;
+    let e = plain
+        .degraded(v1::DegradedRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let e = MaintenanceClient::new(channel(&gw.url()).await)
+        .nodes(v1::MaintenanceNodesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+
+    let mut m = maintenance(&gw.url(), ACCESS_KEY, SECRET_KEY).await;
+    assert_eq!(degraded(&mut m).await.total, 0);
+    // Shard 3 of the only chunk is never uploaded: it is pending.
+    let data = test_data(5, CHUNK);
+    let file = write_file(&mut ctl, "maint", "a", &data, &[(0, 3)])
+        .await
+        .unwrap();
+    let d = degraded(&mut m).await;
+    assert_eq!((d.total, d.chunks.len()), (1, 1), "{d:?}");
+    let c = &d.chunks[0];
+    assert_eq!(c.reason, "not stored at commit");
+    assert_eq!(c.shards[3].state, v1::ShardState::Pending as i32);
+    assert_eq!(d.bytes, c.info.as_ref().unwrap().shard_size as u64);
+    let status = ctl
+        .cluster_status(v1::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((status.pending_repairs, status.repair_bytes), (1, d.bytes));
+    let node_list = m
+        .nodes(v1::MaintenanceNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(node_list.nodes.len(), 7);
+    assert_eq!(node_list.max_shards_per_node, 2);
+
+    // What a grant refuses.
+    let sources: Vec<v1::RepairSource> = c
+        .shards
+        .iter()
+        .filter(|s| s.index != 3)
+        .take(10)
+        .map(|s| v1::RepairSource {
+            index: s.index,
+            node_id: s.node_id.clone(),
+        })
+        .collect();
+    let pending_node = c.shards[3].node_id.clone();
+    let target = nodes
+        .iter()
+        .map(|n| n.id.clone())
+        .find(|n| *n != pending_node)
+        .unwrap();
+    let grant = |key: Vec<u8>, holder: &str, sources: Vec<v1::RepairSource>, node: &str| {
+        v1::GrantRepairRequest {
+            key,
+            holder: holder.into(),
+            lease_ms: 60_000,
+            sources,
+            targets: vec![v1::RepairTarget {
+                index: 3,
+                node_id: node.into(),
+                ..Default::default()
+            }],
+        }
+    };
+    let key = c.key.clone();
+    for (req, code) in [
+        (
+            grant(vec![1; 5], "h1", sources.clone(), &target),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            grant(vec![0; 32], "h1", sources.clone(), &target),
+            tonic::Code::NotFound,
+        ),
+        (
+            grant(key.clone(), "h1", sources.clone(), "no-such-node"),
+            tonic::Code::FailedPrecondition,
+        ),
+        (
+            grant(key.clone(), "", sources.clone(), &target),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            grant(
+                key.clone(),
+                "h1",
+                vec![v1::RepairSource {
+                    index: 0,
+                    node_id: "elsewhere".into(),
+                }],
+                &target,
+            ),
+            tonic::Code::FailedPrecondition,
+        ),
+    ] {
+        let e = m.grant_repair(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+    }
+
+    // A grant signs what the repair needs; a second holder waits for the lease.
+    let g = m
+        .grant_repair(grant(key.clone(), "h1", sources.clone(), &target))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(g.granted);
+    assert_eq!(g.sources.len(), 10);
+    assert!(
+        g.sources
+            .iter()
+            .all(|s| !s.token.is_empty() && !s.address.is_empty())
+    );
+    assert_eq!(g.chunk.as_ref(), c.info.as_ref());
+    let other = m
+        .grant_repair(grant(key.clone(), "h2", sources.clone(), &target))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((other.granted, other.holder.as_str()), (false, "h1"));
+
+    // The target node rebuilds shard 3 from the granted sources.
+    let t = &g.targets[0];
+    let mut node = ChunkServiceClient::new(channel(&t.address).await);
+    let r = node
+        .repair(v1::RepairCommand {
+            chunk: g.chunk.clone(),
+            target_index: 3,
+            sources: g.sources.clone(),
+            target_token: t.token.clone(),
+            more_targets: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.stored, vec![3]);
+
+    // A move from a node the row does not name is not applied.
+    let mv = |from: &str| v1::CommitRepairRequest {
+        key: key.clone(),
+        holder: "h1".into(),
+        moves: vec![v1::ShardMove {
+            index: 3,
+            hash: c.shards[3].hash.clone(),
+            from_node: from.into(),
+            to_node: target.clone(),
+        }],
+    };
+    let r = m
+        .commit_repair(mv("someone-else"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.applied, vec![false]);
+    // The commit ended the grant: the lease is free for another holder.
+    let g2 = m
+        .grant_repair(grant(key.clone(), "h2", sources.clone(), &target))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(g2.granted);
+    let r = m
+        .commit_repair(v1::CommitRepairRequest {
+            holder: "h2".into(),
+            ..mv(&pending_node)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.applied, vec![true]);
+    assert_eq!(degraded(&mut m).await.total, 0);
+    let layout = ctl
+        .get_layout(v1::GetLayoutRequest {
+            entry: Some(id_ref(file.id)),
+            offset: 0,
+            length: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let s3 = &layout.chunks[0].shards[3];
+    assert_eq!(
+        (s3.node_id.as_str(), s3.state),
+        (target.as_str(), v1::ShardState::Stored as i32)
+    );
+    assert_eq!(
+        read_file(&mut ctl, id_ref(file.id), 0, 0).await.unwrap(),
+        data
+    );
+    // Garbage collection (queued by the first, refused move) leaves the named copy alone.
+    tokio::time::sleep(Duration::from_millis(3 * crate::cluster::HEARTBEAT_MS)).await;
+    let present = node
+        .has_shards(v1::HasShardsRequest {
+            hashes: vec![c.shards[3].hash.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .present;
+    assert_eq!(present, vec![true]);
+
+    // A file deleted while its chunk is being repaired: the commit applies nothing.
+    let data_b = test_data(6, CHUNK);
+    write_file(&mut ctl, "maint", "b", &data_b, &[(0, 1)])
+        .await
+        .unwrap();
+    let d = degraded(&mut m).await;
+    let cb = d.chunks[0].clone();
+    let srcs: Vec<v1::RepairSource> = cb
+        .shards
+        .iter()
+        .filter(|s| s.index != 1)
+        .take(10)
+        .map(|s| v1::RepairSource {
+            index: s.index,
+            node_id: s.node_id.clone(),
+        })
+        .collect();
+    let mut gb = grant(cb.key.clone(), "h1", srcs, &target);
+    gb.targets[0].index = 1;
+    assert!(m.grant_repair(gb).await.unwrap().into_inner().granted);
+    ctl.unlink(v1::RemoveRequest {
+        path: Some(v1::BucketPath {
+            bucket: "maint".into(),
+            path: "b".into(),
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let r = m
+        .commit_repair(v1::CommitRepairRequest {
+            key: cb.key.clone(),
+            holder: "h1".into(),
+            moves: vec![v1::ShardMove {
+                index: 1,
+                hash: cb.shards[1].hash.clone(),
+                from_node: cb.shards[1].node_id.clone(),
+                to_node: target.clone(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.applied, vec![false]);
+    assert_eq!(degraded(&mut m).await.total, 0);
+    drop(nodes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_that_arrives_after_its_commit_is_marked_stored_not_rebuilt() {
+    let gw = Gw::start(None, vec![]);
+    let _nodes = start_nodes(7, &gw);
+    let mut ctl = gw.control().await;
+    wait_online(&mut ctl, 7).await;
+    bucket(&mut ctl, "late").await;
+    let data = test_data(9, 2 * CHUNK);
+    // Shard 5 of chunk 0 and shard 12 of chunk 1 reach their nodes only after the commit.
+    let e = write_file_late(&mut ctl, "late", "f", &data, &[(0, 5), (1, 12)], true)
+        .await
+        .unwrap();
+    let mut m = maintenance(&gw.url(), ACCESS_KEY, SECRET_KEY).await;
+    assert_eq!(degraded(&mut m).await.total, 2);
+    let rb = Rebalancer::start(&gw, "late-rb");
+    eventually("the pending shards marked stored", || {
+        let mut m = m.clone();
+        async move { (degraded(&mut m).await.total == 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        rb.metric("cyxcloud_rebalancer_shards_marked_stored_total"),
+        2.0
+    );
+    assert_eq!(rb.metric("cyxcloud_rebalancer_shards_repaired_total"), 0.0);
+    assert_eq!(read_file(&mut ctl, id_ref(e.id), 0, 0).await.unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_rebalancers_repair_every_lost_shard_exactly_once() {
+    let gw = Gw::start(None, vec![]);
+    let mut nodes = start_nodes(9, &gw);
+    let mut ctl = gw.control().await;
+    wait_online(&mut ctl, 9).await;
+    bucket(&mut ctl, "two").await;
+    let mut files = Vec::new();
+    for i in 0..4u64 {
+        let d = test_data(20 + i, 3 * CHUNK + 1000 * i as usize);
+        let e = write_file(&mut ctl, "two", &format!("f{i}"), &d, &[])
+            .await
+            .unwrap();
+        files.push((e.id, d));
+    }
+    // The shards on the node that dies.
+    let dead = nodes[4].id.clone();
+    let mut lost = 0;
+    for (id, _) in &files {
+        let l = ctl
+            .get_layout(v1::GetLayoutRequest {
+                entry: Some(id_ref(*id)),
+                offset: 0,
+                length: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        lost += l
+            .chunks
+            .iter()
+            .flat_map(|c| &c.shards)
+            .filter(|s| s.node_id == dead)
+            .count();
+    }
+    assert!(lost > 0);
+    let a = Rebalancer::start(&gw, "rb-a");
+    let b = Rebalancer::start(&gw, "rb-b");
+    nodes[4].proc.kill9();
+    let mut m = maintenance(&gw.url(), ACCESS_KEY, SECRET_KEY).await;
+    eventually("the dead node's shards repaired", || {
+        let mut m = m.clone();
+        async move {
+            let d = degraded(&mut m).await;
+            let offline = m
+                .nodes(v1::MaintenanceNodesRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .nodes
+                .iter()
+                .any(|n| n.state == v1::NodeState::Offline as i32);
+            (offline && d.total == 0).then_some(())
+        }
+    })
+    .await;
+    let repaired = a.metric("cyxcloud_rebalancer_shards_repaired_total")
+        + b.metric("cyxcloud_rebalancer_shards_repaired_total");
+    assert_eq!(repaired, lost as f64, "each lost shard rebuilt once");
+    for (id, d) in &files {
+        assert_eq!(read_file(&mut ctl, id_ref(*id), 0, 0).await.unwrap(), *d);
+    }
+    assert_eq!(degraded(&mut m).await.total, 0);
+}
