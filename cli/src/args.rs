@@ -207,7 +207,8 @@ pub struct NodeStartArgs {
 pub struct NodeStopArgs {
     #[command(flatten)]
     pub node: NodeArgs,
-    /// Only drain (refuse new shards, keep serving reads) instead of stopping.
+    /// Drain first: refuse new shards, keep serving reads while the rebalancer moves the
+    /// node's data elsewhere, then exit (shows the shards left until then).
     #[arg(long)]
     pub drain: bool,
 }

@@ -221,8 +221,9 @@ impl MaintenanceService {
             }
         }
         for s in &r.sources {
+            // A source may be a target's own shard: a copy off a draining node.
             let row = rows.get(&s.index).filter(|row| row.node_id == s.node_id);
-            if row.is_none() || seen.contains(&s.index) {
+            if row.is_none() {
                 return Err(Error::PreconditionFailed(format!(
                     "shard {} of chunk {key} is not on node {:?} (the layout changed)",
                     s.index, s.node_id
@@ -451,7 +452,9 @@ impl RepairRate {
 pub async fn repair_backlog(db: &crate::db::Db) -> Result<(u64, u64)> {
     let r = db
         .one(
-            margins_sql("SELECT COUNT(*), COALESCE(SUM(lost * shard_size), 0) FROM m"),
+            margins_sql(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(lost * shard_size), 0) AS BIGINT) FROM m",
+            ),
             degraded_args(),
         )
         .await?;

@@ -75,7 +75,12 @@ impl Rebalancer {
             .unwrap()
             .join(format!("rebalancer-{holder}.log"));
         let proc = Proc::spawn(holder, cmd, &log);
-        wait_for_http(metrics, "/health", Duration::from_secs(60));
+        let health = wait_for_http(metrics, "/health", Duration::from_secs(60));
+        // The port is ours (not another test's process that took it meanwhile).
+        assert!(
+            health.contains(&format!("\"holder\":\"{holder}\"")),
+            "{health}"
+        );
         Rebalancer {
             _proc: proc,
             metrics,
@@ -101,8 +106,18 @@ async fn bucket(ctl: &mut crate::cluster::Ctl, name: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn grants_are_checked_and_commits_compare_and_set_the_shard_row() {
-    let gw = Gw::start(None, vec![]);
+async fn grants_are_checked_and_commits_compare_and_set_the_shard_row_sqlite() {
+    grants_and_commits(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grants_are_checked_and_commits_compare_and_set_the_shard_row_postgres() {
+    let db = cyxcloud_testkit::services::postgres_db();
+    grants_and_commits(Some(db.url.clone())).await;
+}
+
+async fn grants_and_commits(database_url: Option<String>) {
+    let gw = Gw::start(database_url, vec![]);
     let nodes = start_nodes(7, &gw);
     let mut ctl = gw.control().await;
     wait_online(&mut ctl, 7).await;
@@ -400,8 +415,18 @@ async fn a_shard_that_arrives_after_its_commit_is_marked_stored_not_rebuilt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_rebalancers_repair_every_lost_shard_exactly_once() {
-    let gw = Gw::start(None, vec![]);
+async fn two_rebalancers_repair_every_lost_shard_exactly_once_sqlite() {
+    two_rebalancers(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_rebalancers_repair_every_lost_shard_exactly_once_postgres() {
+    let db = cyxcloud_testkit::services::postgres_db();
+    two_rebalancers(Some(db.url.clone())).await;
+}
+
+async fn two_rebalancers(database_url: Option<String>) {
+    let gw = Gw::start(database_url, vec![]);
     let mut nodes = start_nodes(9, &gw);
     let mut ctl = gw.control().await;
     wait_online(&mut ctl, 9).await;

@@ -294,7 +294,8 @@ impl Executor {
     }
 
     /// Fetches k sources, rebuilds shard `target_index` (kept here) and those of
-    /// `more_targets` (pushed to their nodes, in parallel). Per-target failures are listed in
+    /// `more_targets` (pushed to their nodes, in parallel); or, when the target shard itself is
+    /// among the sources (a drain), copies it. Per-target failures are listed in
     /// the response; an error means nothing could be rebuilt.
     async fn rebuild(&self, c: RepairCommand) -> Result<RepairResponse> {
         let info = c
@@ -324,10 +325,26 @@ impl Executor {
                 state: self.lifecycle.state().as_str(),
             });
         }
+        let shard_size = meta.shard_size as usize;
+        // A copy (drain): the shard itself is a source, and only it is wanted.
+        if c.more_targets.is_empty()
+            && let Some(src) = c.sources.iter().find(|s| s.index as usize == target)
+        {
+            let (_, data) = self.fetch_source(want, shard_size, src.clone()).await?;
+            let n = data.len() as u64;
+            let shards = self.shards.clone();
+            tokio::task::spawn_blocking(move || shards.put(&want, &data))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+            tracing::info!(chunk = %meta.id, index = target, "shard copied");
+            resp.stored.push(target as u32);
+            resp.bytes_read = n;
+            resp.bytes_written = n;
+            return Ok(resp);
+        }
         let rebuilt_idx: std::collections::BTreeSet<usize> = std::iter::once(target)
             .chain(c.more_targets.iter().map(|t| t.index as usize))
             .collect();
-        let shard_size = meta.shard_size as usize;
         let mut slots: Vec<Option<Bytes>> = vec![None; total];
         let mut have = 0;
         let mut failures = Vec::new();

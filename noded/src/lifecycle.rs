@@ -4,8 +4,8 @@
 //! * Draining (by `--drain`, SIGTERM, or the control socket): new puts are refused with
 //!   `ErrorCode::Draining`, reads go on, heartbeats report `NODE_STATE_DRAINING`.
 //! * Drained: the gateway's heartbeat reply says `desired_state = DRAINED` (it holds nothing
-//!   on this node any more). A node drained because of SIGTERM then exits; one drained by
-//!   `--drain` stays up (reads answer NOT_FOUND) until stopped.
+//!   on this node any more: the rebalancer moved every shard). The node then exits, whether
+//!   SIGTERM or `--drain` asked for the drain.
 //!
 //! Control socket: `{data_dir}/node.sock`, one line per request (`drain`, `state`), one line
 //! back (`ok draining`, `state running`, ...).
@@ -50,6 +50,8 @@ impl State {
 #[derive(Debug, Clone)]
 pub struct Lifecycle {
     tx: Arc<watch::Sender<State>>,
+    /// Set by a drain request (SIGTERM, `--drain`): the node exits once drained.
+    exit_when_drained: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Lifecycle {
@@ -62,6 +64,7 @@ impl Lifecycle {
     pub fn new() -> Self {
         Lifecycle {
             tx: Arc::new(watch::channel(State::Running).0),
+            exit_when_drained: Arc::default(),
         }
     }
 
@@ -71,6 +74,22 @@ impl Lifecycle {
 
     pub fn accepts_puts(&self) -> bool {
         self.state() == State::Running
+    }
+
+    /// Whether the node leaves once drained (it was asked to drain, not only to stop puts).
+    pub fn exits_when_drained(&self) -> bool {
+        self.exit_when_drained
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Running → draining, and exit once drained; returns whether the state changed.
+    pub fn drain_and_exit(&self) -> bool {
+        self.exit_when_drained
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let changed = self.start_drain();
+        // Wake the main loop even when already draining or drained.
+        self.poke();
+        changed
     }
 
     /// Running → draining; returns whether the state changed.
@@ -148,7 +167,7 @@ pub fn serve_control(data_dir: &Path, life: Lifecycle) -> Result<tokio::task::Jo
                 }
                 let reply = match line.trim() {
                     "drain" => {
-                        if life.start_drain() {
+                        if life.drain_and_exit() {
                             "ok draining".to_string()
                         } else {
                             format!("ok already {}", life.state().as_str())

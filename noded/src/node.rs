@@ -79,13 +79,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit> {
     // The first SIGTERM drains a registered node (the gateway moves its shards away, then says
     // DRAINED); a standalone node has nobody to drain to and stops gracefully.
     let drain_on_signal = cfg.central.register;
-    let exit_when_drained = Arc::new(AtomicBool::new(false));
     {
-        let (life, ewd, sd) = (life.clone(), exit_when_drained.clone(), shutdown.clone());
+        let (life, sd) = (life.clone(), shutdown.clone());
         shutdown.listen_for_signals(Some(Box::new(move || {
             if drain_on_signal {
-                ewd.store(true, Ordering::SeqCst);
-                life.start_drain();
+                life.drain_and_exit();
                 if life.state() == State::Drained {
                     sd.trigger();
                 }
@@ -277,7 +275,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit> {
                     break Exit::Stopped;
                 }
                 let s = *states.borrow_and_update();
-                if s == State::Drained && exit_when_drained.load(Ordering::SeqCst) {
+                if s == State::Drained && life.exits_when_drained() {
                     break Exit::Drained;
                 }
             }

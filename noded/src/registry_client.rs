@@ -230,9 +230,8 @@ pub async fn run(c: Client, shutdown: Shutdown) {
                 }
             };
             c.metrics.heartbeat_success.inc();
-            if resp.desired_state == NodeState::Drained as i32 {
-                c.lifecycle.set_drained();
-            }
+            let drained = resp.desired_state == NodeState::Drained as i32;
+            let mut running = Vec::new();
             for cmd in resp.commands {
                 {
                     let mut st = lock(&commands);
@@ -243,12 +242,24 @@ pub async fn run(c: Client, shutdown: Shutdown) {
                     }
                 }
                 let (exec, commands, life) = (exec.clone(), commands.clone(), c.lifecycle.clone());
-                tokio::spawn(async move {
+                running.push(tokio::spawn(async move {
                     let r = exec.execute(cmd).await;
                     lock(&commands).results.push(r);
                     // Report promptly: a state "change" wakes the heartbeat loop.
                     life.poke();
-                });
+                }));
+            }
+            if drained {
+                // The same reply deletes the shards that moved away: done before the node
+                // calls itself drained (and exits), so it leaves nothing behind.
+                let all = futures::future::join_all(running);
+                if tokio::time::timeout(Duration::from_secs(60), all)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("commands of the last heartbeat still running; drained anyway");
+                }
+                c.lifecycle.set_drained();
             }
             if resp.reregister {
                 tracing::info!("gateway asked this node to register again");

@@ -72,8 +72,8 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
     workers.register_metrics(&mut metrics.registry.lock().unwrap_or_else(|e| e.into_inner()));
     let progress = Arc::new(Mutex::new(repair::Progress::default()));
     let rate = cfg.rate_bytes_per_sec();
-    // Bursts up to a minute's worth, so a single large chunk never waits for longer.
-    let limit = RateLimit::new(rate, (rate * 60.0).max(64.0 * 1024.0 * 1024.0));
+    // Bursts of one second's worth: a repair bigger than that waits for its whole cost.
+    let limit = RateLimit::new(rate, rate);
     let repairer = repair::Repairer::new(
         client,
         holder.clone(),

@@ -468,31 +468,46 @@ impl JobCtx {
             });
         }
 
-        // Sources: k readable shards, spread over nodes by the chunk key.
+        // A shard on a draining node is copied from there (one shard read, not k); lost
+        // shards are rebuilt from k readable shards, spread over nodes by the chunk key.
         let k = info.data_shards as usize;
-        let lost: std::collections::BTreeSet<usize> = repairs.iter().map(|r| r.index).collect();
-        let mut sources: Vec<v1::RepairSource> = chunk
-            .shards
+        let (copies, rebuilds): (Vec<_>, Vec<_>) = repairs
             .iter()
-            .filter(|s| {
-                !lost.contains(&(s.index as usize))
-                    && s.state == v1::ShardState::Stored as i32
-                    && self.readable.contains(&s.node_id)
-            })
-            .map(|s| v1::RepairSource {
-                index: s.index,
-                node_id: s.node_id.clone(),
-            })
-            .collect();
-        if sources.len() < k {
-            return Err(format!(
-                "only {} readable shards, {k} needed",
-                sources.len()
-            ));
+            .partition(|r| r.reason == Reason::Draining && self.readable.contains(&r.from));
+        let lost: std::collections::BTreeSet<usize> = rebuilds.iter().map(|r| r.index).collect();
+        let mut sources: Vec<v1::RepairSource> = Vec::new();
+        if !rebuilds.is_empty() {
+            sources = chunk
+                .shards
+                .iter()
+                .filter(|s| {
+                    !lost.contains(&(s.index as usize))
+                        && s.state == v1::ShardState::Stored as i32
+                        && self.readable.contains(&s.node_id)
+                })
+                .map(|s| v1::RepairSource {
+                    index: s.index,
+                    node_id: s.node_id.clone(),
+                })
+                .collect();
+            if sources.len() < k {
+                return Err(format!(
+                    "only {} readable shards, {k} needed",
+                    sources.len()
+                ));
+            }
+            let rot = key.0[0] as usize % sources.len();
+            sources.rotate_left(rot);
+            sources.truncate(k);
         }
-        let rot = key.0[0] as usize % sources.len();
-        sources.rotate_left(rot);
-        sources.truncate(k);
+        for r in &copies {
+            if !sources.iter().any(|s| s.index as usize == r.index) {
+                sources.push(v1::RepairSource {
+                    index: r.index as u32,
+                    node_id: r.from.clone(),
+                });
+            }
+        }
         let targets: Vec<v1::RepairTarget> = repairs
             .iter()
             .map(|r| v1::RepairTarget {
@@ -502,9 +517,12 @@ impl JobCtx {
             })
             .collect();
         let shard_size = info.shard_size as u64;
-        self.rate
-            .take(shard_size * (k + targets.len()) as u64)
-            .await;
+        let traffic = if rebuilds.is_empty() {
+            0
+        } else {
+            k + rebuilds.len()
+        } + 2 * copies.len();
+        self.rate.take(shard_size * traffic as u64).await;
 
         let grant = m
             .grant_repair(v1::GrantRepairRequest {
@@ -527,48 +545,96 @@ impl JobCtx {
         if !grant.granted {
             return Ok(Outcome::Held);
         }
-        let mut targets = grant.targets;
-        let first = targets.remove(0);
-        let command = v1::RepairCommand {
-            chunk: grant.chunk,
-            target_index: first.index,
-            sources: grant.sources,
-            target_token: first.token.clone(),
-            more_targets: targets.clone(),
-        };
-        let repaired = match self.node(&first.node_id).await {
-            Ok(mut c) => {
-                let mut req = tonic::Request::new(command);
-                // Allow for slow links: at least a minute, plus a second per 10 MB moved.
-                req.set_timeout(Duration::from_secs(
-                    60 + shard_size * (k as u64 + 1 + targets.len() as u64) / 10_000_000,
-                ));
-                c.repair(req).await.map(|r| r.into_inner())
-            }
-            Err(e) => Err(tonic::Status::unavailable(e)),
-        };
-        let by_index: HashMap<u32, String> = repairs
+        let copy_idx: std::collections::BTreeSet<u32> =
+            copies.iter().map(|r| r.index as u32).collect();
+        let (copy_targets, rebuild_targets): (Vec<_>, Vec<_>) = grant
+            .targets
+            .into_iter()
+            .partition(|t| copy_idx.contains(&t.index));
+        // One command per copy, one for every rebuilt shard of the chunk.
+        let mut commands: Vec<(String, v1::RepairCommand, Vec<u32>)> = Vec::new();
+        for t in copy_targets {
+            let src: Vec<v1::ShardLocation> = grant
+                .sources
+                .iter()
+                .filter(|s| s.index == t.index)
+                .cloned()
+                .collect();
+            commands.push((
+                t.node_id.clone(),
+                v1::RepairCommand {
+                    chunk: grant.chunk.clone(),
+                    target_index: t.index,
+                    sources: src,
+                    target_token: t.token.clone(),
+                    more_targets: vec![],
+                },
+                vec![t.index],
+            ));
+        }
+        if let Some((first, more)) = rebuild_targets.split_first() {
+            let src: Vec<v1::ShardLocation> = grant
+                .sources
+                .iter()
+                .filter(|s| !copy_idx.contains(&s.index))
+                .cloned()
+                .collect();
+            commands.push((
+                first.node_id.clone(),
+                v1::RepairCommand {
+                    chunk: grant.chunk.clone(),
+                    target_index: first.index,
+                    sources: src,
+                    target_token: first.token.clone(),
+                    more_targets: more.to_vec(),
+                },
+                std::iter::once(first.index)
+                    .chain(more.iter().map(|t| t.index))
+                    .collect(),
+            ));
+        }
+        let to_node: HashMap<u32, String> = repairs
+            .iter()
+            .map(|r| (r.index as u32, r.target.clone()))
+            .collect();
+        let from_node: HashMap<u32, String> = repairs
             .iter()
             .map(|r| (r.index as u32, r.from.clone()))
             .collect();
+        let ctx = &self;
+        let runs = commands.into_iter().map(|(node, cmd, _)| async move {
+            let moved = cmd.sources.len() as u64 + 1 + cmd.more_targets.len() as u64;
+            let r = match ctx.node(&node).await {
+                Ok(mut c) => {
+                    let mut req = tonic::Request::new(cmd);
+                    // Allow for slow links: a minute, plus a second per 10 MB moved.
+                    req.set_timeout(Duration::from_secs(60 + shard_size * moved / 10_000_000));
+                    c.repair(req).await.map(|r| r.into_inner())
+                }
+                Err(e) => Err(tonic::Status::unavailable(e)),
+            };
+            (node, r)
+        });
+        let results = futures::future::join_all(runs).await;
         let mut moves = late;
         let (mut read, mut written, mut errors) = (0, 0, Vec::new());
-        match repaired {
-            Ok(r) => {
-                read = r.bytes_read;
-                written = r.bytes_written;
-                errors = r.errors;
-                let all = std::iter::once(&first).chain(targets.iter());
-                for t in all.filter(|t| r.stored.contains(&t.index)) {
-                    moves.push(v1::ShardMove {
-                        index: t.index,
-                        hash: hash_of(t.index as usize),
-                        from_node: by_index.get(&t.index).cloned().unwrap_or_default(),
-                        to_node: t.node_id.clone(),
-                    });
+        for (node, r) in results {
+            match r {
+                Ok(r) => {
+                    read += r.bytes_read;
+                    written += r.bytes_written;
+                    errors.extend(r.errors);
+                    for i in r.stored {
+                        moves.push(v1::ShardMove {
+                            index: i,
+                            hash: hash_of(i as usize),
+                            from_node: from_node.get(&i).cloned().unwrap_or_default(),
+                            to_node: to_node.get(&i).cloned().unwrap_or_default(),
+                        });
+                    }
                 }
+                Err(s) => errors.push(format!("repair on {node}: {}", s.message())),
             }
-            Err(s) => errors.push(format!("repair on {}: {}", first.node_id, s.message())),
         }
         // Always committed, even empty: ends the grant (lease, GC protection of partial copies).
         let applied = m

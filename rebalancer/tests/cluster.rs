@@ -173,3 +173,124 @@ async fn after_four_nodes_die_repair_restores_every_chunk_so_four_more_can_die()
     }
     c.nodes[first[3]].proc.as_ref().unwrap().resume();
 }
+
+/// Writes new files and reads old ones until `stop`, returning how many of each succeeded
+/// and every failure.
+async fn load(
+    client: Client,
+    bucket: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, usize, Vec<String>) {
+    let (mut writes, mut reads, mut errors) = (0, 0, Vec::new());
+    let mut written: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut i = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let key = format!("load-{i}");
+        let d = data(CHUNK + 5000 * i as usize % CHUNK, 1000 + i);
+        let mut up = client.upload(path_ref(bucket, &key), UploadOptions::default());
+        let r = async {
+            up.write(&d).await?;
+            up.finish().await
+        }
+        .await;
+        match r {
+            Ok(_) => {
+                writes += 1;
+                written.push((key, d));
+            }
+            Err(e) => errors.push(format!("write {key}: {e}")),
+        }
+        if let Some((k, want)) = written.get(i as usize * 7 % written.len().max(1)) {
+            let mut out = Vec::new();
+            match client
+                .download_to(path_ref(bucket, k), None, &mut out, ReadOptions::default())
+                .await
+            {
+                Ok(_) if out == *want => reads += 1,
+                Ok(_) => errors.push(format!("read {k}: wrong bytes")),
+                Err(e) => errors.push(format!("read {k}: {e}")),
+            }
+        }
+        i += 1;
+    }
+    for (k, want) in &written {
+        if get(&client, bucket, k).await != *want {
+            errors.push(format!("{k} differs at the end"));
+        }
+    }
+    (writes, reads, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_drained_under_load_ends_empty_and_a_drain_killed_halfway_loses_nothing() {
+    let mut c = Cluster::start(ClusterOptions {
+        nodes: 16,
+        chunk_size: Some(CHUNK as u64),
+        ..Default::default()
+    });
+    let client = client(&c).await;
+    client
+        .control()
+        .create_bucket(v1::CreateBucketRequest {
+            name: "drain".into(),
+            public_read: false,
+        })
+        .await
+        .unwrap();
+    let mut files = Vec::new();
+    for i in 0..6u64 {
+        let d = data(3 * CHUNK + 1234 * i as usize, 50 + i);
+        put(&client, "drain", &format!("f{i}"), &d).await;
+        files.push((format!("f{i}"), d));
+    }
+    c.wait_redundant(Duration::from_secs(120));
+
+    // Drain node 3 (SIGTERM) while files are written and read.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = tokio::spawn(load(client.clone(), "drain", stop.clone()));
+    let drained = c.nodes[3].id.clone();
+    c.nodes[3].proc.as_ref().unwrap().term();
+    let status = tokio::task::block_in_place(|| {
+        c.nodes[3]
+            .proc
+            .as_mut()
+            .unwrap()
+            .wait_exit(Duration::from_secs(180))
+    });
+    assert!(status.success(), "the drained node exits cleanly: {status}");
+    c.nodes[3].proc = None;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (writes, reads, errors) = worker.await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(writes > 0 && reads > 0, "{writes} writes, {reads} reads");
+    let states = node_states(&client).await;
+    assert!(
+        states
+            .iter()
+            .any(|(n, s)| *n == drained && *s == v1::NodeState::Drained as i32),
+        "{states:?}"
+    );
+    assert_eq!(degraded(&client).await.total, 0);
+
+    // Drain node 8 slowly (about two shard copies a second), and kill it once the drain has
+    // begun moving shards: its remaining shards are rebuilt elsewhere, at full speed.
+    c.kill_rebalancer();
+    c.opts.rebalancer_settings = vec!["rate_limit_bytes_per_hour=360000000".into()];
+    c.start_rebalancer();
+    let victim = c.nodes[8].id.clone();
+    c.nodes[8].proc.as_ref().unwrap().term();
+    eventually(
+        Duration::from_secs(60),
+        "the drain to move a shard",
+        || async { (metric(&c, "cyxcloud_rebalancer_shards_repaired_total") > 0.0).then_some(()) },
+    )
+    .await;
+    c.kill_node(8);
+    c.kill_rebalancer();
+    c.opts.rebalancer_settings.clear();
+    c.start_rebalancer();
+    wait_repaired(&client, &[victim], "halfway").await;
+    for (k, d) in &files {
+        assert!(get(&client, "drain", k).await == *d, "{k} differs");
+    }
+}

@@ -3,8 +3,9 @@
 //! `start` launches `cyxcloud-node` detached (it survives this command), with its data dir,
 //! capacity and gateway, and records its pid and ports in `<data-dir>/cli-node.json`;
 //! `status` reads that file, checks the process and asks the node's `/health`; `stop` sends
-//! SIGTERM twice (a clean, immediate exit) or, with `--drain`, once (the node stops accepting
-//! shards and keeps serving reads until the gateway has moved its data).
+//! SIGTERM twice (a clean, immediate exit) or, with `--drain`, once: the node stops accepting
+//! shards and keeps serving reads while the rebalancer moves its data elsewhere, then exits;
+//! `stop --drain` shows the shards left until then (Ctrl-C stops watching, not the drain).
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -214,11 +215,7 @@ async fn stop(cli: &Cli, a: &NodeStopArgs) -> anyhow::Result<ExitCode> {
     }
     procs::signal(f.pid, libc::SIGTERM);
     if a.drain {
-        println!(
-            "Node {} is draining: no new shards; reads are served until its data has moved.",
-            f.pid
-        );
-        return Ok(ExitCode::SUCCESS);
+        return drain(cli, a, &f).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     procs::signal(f.pid, libc::SIGTERM);
@@ -234,6 +231,61 @@ async fn stop(cli: &Cli, a: &NodeStopArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::json!({"stopped": true, "pid": f.pid}));
     } else {
         println!("✓ Node stopped (pid {})", f.pid);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Watches a draining node until it exits, printing how many shards it still holds.
+async fn drain(cli: &Cli, a: &NodeStopArgs, f: &NodeFile) -> anyhow::Result<ExitCode> {
+    let health = format!("http://127.0.0.1:{}", f.metrics_port);
+    if !cli.json {
+        println!(
+            "Node {} is draining: no new shards; reads are served while its data moves.",
+            f.pid
+        );
+    }
+    let mut last = None;
+    let started = Instant::now();
+    loop {
+        if !procs::alive(f.pid) {
+            break;
+        }
+        if let Ok((200, body)) = crate::discover::http_get(&health, "/health").await
+            && let Ok(h) = serde_json::from_str::<serde_json::Value>(&body)
+        {
+            let shards = h["shard_count"].as_u64();
+            let state = h["state"].as_str().unwrap_or("").to_string();
+            if last.as_ref() != Some(&(shards, state.clone())) {
+                if !cli.json {
+                    println!(
+                        "  {:>5.0} s  {state}: {} shards on the node",
+                        started.elapsed().as_secs_f64(),
+                        shards.map_or("?".to_string(), |n| n.to_string())
+                    );
+                }
+                last = Some((shards, state));
+            }
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                println!("Stopped watching; the node goes on draining (pid {}).", f.pid);
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    let _ = std::fs::remove_file(node_file(&a.node.data_dir));
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::json!({"stopped": true, "drained": true, "pid": f.pid, "seconds": started.elapsed().as_secs_f64()})
+        );
+    } else {
+        println!(
+            "✓ Node drained and stopped (pid {}, {:.0} s)",
+            f.pid,
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
