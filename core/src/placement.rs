@@ -162,7 +162,15 @@ pub fn place_replacements(
         .filter(|&i| current.get(i).is_none_or(Option::is_none))
         .collect();
     if missing.is_empty() {
-        return Ok((Vec::new(), requested));
+        // Nothing placed: report the limits the first try would have applied (never past m).
+        let per_node = requested.per_node.min(profile.parity()).max(1);
+        return Ok((
+            Vec::new(),
+            Limits {
+                per_node,
+                ..requested
+            },
+        ));
     }
     let by_id: BTreeMap<&str, &NodeInfo> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
     let domains = |id: &str| -> (String, String) {

@@ -786,6 +786,7 @@ impl Gateway {
             )
             .await?;
         let backlog = crate::maintenance::repair_backlog(&self.db).await?;
+        let scores = crate::audits::scores(&self.db).await?;
         let rate = self.repair_rate.per_sec();
         Ok(v1::ClusterStatusResponse {
             nodes: nodes
@@ -805,6 +806,7 @@ impl Gateway {
                     shard_count: n.shard_count,
                     last_heartbeat: n.last_heartbeat_ms / 1000,
                     latency_us: n.latency_us,
+                    audit: scores.get(&n.id).cloned(),
                 })
                 .collect(),
             buckets: c.u64(0)?,

@@ -328,6 +328,11 @@ pub(crate) async fn unref_chunk(tx: &mut Tx, id: &Hash, n: i64) -> Result<()> {
             .await?;
         tx.exec("DELETE FROM repairs WHERE chunk_id = $1", args![id])
             .await?;
+        tx.exec(
+            "DELETE FROM shard_challenges WHERE chunk_id = $1",
+            args![id],
+        )
+        .await?;
         for (node, hash) in shards {
             queue_gc(tx, &node, &hash).await?;
         }
@@ -394,13 +399,15 @@ pub(crate) async fn put_chunk(
             v1::ShardState::Pending
         };
         tx.exec(
-            "INSERT INTO shards (chunk_id, idx, hash, node_id, state) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO shards (chunk_id, idx, hash, node_id, state, audited_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
             args![
                 &key,
                 i,
                 h,
                 nodes.get(i).cloned().unwrap_or_default(),
-                state as i64
+                state as i64,
+                now / 1_000_000
             ],
         )
         .await?;

@@ -7,6 +7,7 @@
 //! Must not depend on: the node daemon, mountd, syncd (nothing depends on a daemon crate).
 
 pub mod accounts;
+pub mod audits;
 pub mod cache;
 pub mod config;
 pub mod control;

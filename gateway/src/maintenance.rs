@@ -151,11 +151,18 @@ impl MaintenanceService {
 
     pub async fn nodes(&self) -> Result<v1::MaintenanceNodesResponse> {
         let nodes = self.gw.registry.nodes().await?;
+        let scores = crate::audits::scores(&self.gw.db).await?;
         let s = &self.gw.config.storage;
         Ok(v1::MaintenanceNodesResponse {
             nodes: nodes
                 .into_iter()
                 .map(|n| v1::MaintenanceNode {
+                    audit: Some(
+                        scores
+                            .get(&n.id)
+                            .cloned()
+                            .unwrap_or_else(|| crate::audits::score(0, 0, 0, 0, String::new())),
+                    ),
                     free_bytes: n.free_bytes(),
                     id: n.id,
                     address: n.address,
@@ -329,12 +336,17 @@ impl MaintenanceService {
             for (index, hash, from, to) in &moves {
                 let n = tx
                     .exec(
-                        "UPDATE shards SET node_id = $5, state = $6 WHERE chunk_id = $1 AND idx = $2 \
-                         AND node_id = $3 AND hash = $4",
-                        args![&key, *index, from.as_str(), hash, to.as_str(), STORED],
+                        "UPDATE shards SET node_id = $5, state = $6, audited_ms = $7 WHERE chunk_id = $1 \
+                         AND idx = $2 AND node_id = $3 AND hash = $4",
+                        args![&key, *index, from.as_str(), hash, to.as_str(), STORED, now_ms()],
                     )
                     .await?;
                 if n > 0 {
+                    tx.exec(
+                        "DELETE FROM shard_challenges WHERE chunk_id = $1 AND idx = $2",
+                        args![&key, *index],
+                    )
+                    .await?;
                     tx.exec(
                         "DELETE FROM repairs WHERE chunk_id = $1 AND idx = $2",
                         args![&key, *index],
@@ -621,6 +633,34 @@ impl v1::maintenance_server::Maintenance for MaintenanceService {
         }
         .await;
         self.finish("CommitRepair", started, r)
+    }
+
+    async fn audit_batch(
+        &self,
+        request: Request<v1::AuditBatchRequest>,
+    ) -> Result<Response<v1::AuditBatchResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            self.admin(&request)?;
+            let r = request.into_inner();
+            crate::audits::batch(&self.gw, r.limit, r.min_age_ms).await
+        }
+        .await;
+        self.finish("AuditBatch", started, r)
+    }
+
+    async fn report_audits(
+        &self,
+        request: Request<v1::ReportAuditsRequest>,
+    ) -> Result<Response<v1::ReportAuditsResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            self.admin(&request)?;
+            let failed = crate::audits::report(&self.gw.db, &request.into_inner().results).await?;
+            Ok(v1::ReportAuditsResponse { failed })
+        }
+        .await;
+        self.finish("ReportAudits", started, r)
     }
 
     async fn abandon_repair(

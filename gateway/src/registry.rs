@@ -286,6 +286,7 @@ impl Registry {
             if old != state {
                 node_event(&mut tx, id, state).await?;
             }
+            crate::audits::node_reported_corrupt(&mut tx, id, &req.corrupt_shards).await?;
             for r in &req.results {
                 tx.exec(
                     "UPDATE node_commands SET state = $3, error = $4 WHERE id = $1 AND node_id = $2",

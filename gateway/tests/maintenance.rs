@@ -488,3 +488,126 @@ async fn two_rebalancers(database_url: Option<String>) {
     }
     assert_eq!(degraded(&mut m).await.total, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_batches_hand_out_each_shard_once_per_period_and_failures_lower_the_score() {
+    let gw = Gw::start(None, vec![]);
+    let _nodes = start_nodes(7, &gw);
+    let mut ctl = gw.control().await;
+    wait_online(&mut ctl, 7).await;
+    bucket(&mut ctl, "audits").await;
+    write_file(&mut ctl, "audits", "f", &test_data(3, CHUNK), &[])
+        .await
+        .unwrap();
+    let mut m = maintenance(&gw.url(), ACCESS_KEY, SECRET_KEY).await;
+    let batch = |limit, age| v1::AuditBatchRequest {
+        limit,
+        min_age_ms: age,
+    };
+    // Just stored: not due within a long period; all due with a zero one.
+    let b = m
+        .audit_batch(batch(100, 3_600_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((b.shards.len(), b.stored_shards, b.overdue), (0, 14, 0));
+    let b = m.audit_batch(batch(100, 0)).await.unwrap().into_inner();
+    assert_eq!(b.shards.len(), 14);
+    assert!(
+        b.shards
+            .iter()
+            .all(|s| !s.token.is_empty() && s.nonce.is_empty())
+    );
+    // Handed out = audited now: the next batch of the same period is empty.
+    let again = m
+        .audit_batch(batch(100, 60_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.shards.is_empty());
+
+    let s = b.shards[0].clone();
+    let result = |ok: bool, challenges: Vec<v1::AuditChallenge>| v1::AuditResult {
+        chunk_key: s.chunk_key.clone(),
+        index: s.index,
+        hash: s.hash.clone(),
+        node_id: s.node_id.clone(),
+        ok,
+        error: if ok {
+            String::new()
+        } else {
+            "retrieval: corrupt".into()
+        },
+        challenges,
+    };
+    // Malformed challenges are refused.
+    let e = m
+        .report_audits(v1::ReportAuditsRequest {
+            results: vec![result(
+                true,
+                vec![v1::AuditChallenge {
+                    nonce: vec![1; 8],
+                    proof: vec![2; 32],
+                }],
+            )],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // A passed retrieval stocks a challenge, which the next audit of that shard asks.
+    let ch = v1::AuditChallenge {
+        nonce: vec![7; 32],
+        proof: vec![9; 32],
+    };
+    m.report_audits(v1::ReportAuditsRequest {
+        results: vec![result(true, vec![ch.clone()])],
+    })
+    .await
+    .unwrap();
+    let b2 = m.audit_batch(batch(100, 0)).await.unwrap().into_inner();
+    let asked = b2
+        .shards
+        .iter()
+        .find(|x| x.chunk_key == s.chunk_key && x.index == s.index)
+        .unwrap();
+    assert_eq!(
+        (asked.nonce.clone(), asked.proof.clone()),
+        (ch.nonce, ch.proof)
+    );
+    // A failed audit marks the shard corrupt (repair queued) and lowers the node's score.
+    let r = m
+        .report_audits(v1::ReportAuditsRequest {
+            results: vec![result(false, vec![])],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.failed, 1);
+    let d = degraded(&mut m).await;
+    assert_eq!(d.total, 1);
+    assert!(
+        d.chunks[0].reason.starts_with("failed audit"),
+        "{:?}",
+        d.chunks[0]
+    );
+    let node = m
+        .nodes(v1::MaintenanceNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes
+        .into_iter()
+        .find(|n| n.id == s.node_id)
+        .unwrap();
+    let a = node.audit.unwrap();
+    assert_eq!((a.audits, a.failures, a.consecutive_failures), (2, 1, 1));
+    assert!((a.score - 0.5).abs() < 1e-9, "{a:?}");
+    // The status shows it too.
+    let st = ctl
+        .cluster_status(v1::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let n = st.nodes.iter().find(|n| n.node_id == s.node_id).unwrap();
+    assert_eq!(n.audit.as_ref().unwrap().failures, 1);
+}

@@ -33,6 +33,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("NODE_WALLET_ADDRESS", "node.wallet_address"),
     ("STORAGE_PATH", "storage.data_dir"),
     ("STORAGE_CAPACITY_GB", "storage.max_capacity_gb"),
+    ("SCRUB_PERIOD_SECS", "storage.scrub_period_secs"),
     ("STORAGE_BACKEND", "storage.backend"),
     ("GRPC_HOST", "network.bind_address"),
     ("GRPC_PORT", "network.grpc_port"),
@@ -87,6 +88,9 @@ pub struct StorageSection {
     pub cache_size_mb: u64,
     /// `rocksdb` (default) or `memory` (nothing persists; tests and experiments).
     pub backend: String,
+    /// The scrub re-reads and re-hashes every stored shard once per this period, reporting
+    /// corrupt ones to the gateway; 0 turns it off.
+    pub scrub_period_secs: u64,
 }
 
 impl Default for StorageSection {
@@ -97,6 +101,7 @@ impl Default for StorageSection {
             compression: true,
             cache_size_mb: 512,
             backend: "rocksdb".into(),
+            scrub_period_secs: 30 * 24 * 3600,
         }
     }
 }

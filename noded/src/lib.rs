@@ -2,7 +2,8 @@
 //!
 //! A node stores erasure-coded shards keyed by their blake3 hash and serves them over gRPC
 //! (`ChunkService`); it registers and heartbeats with the gateway and executes the repair,
-//! transfer and delete commands the gateway sends back; it announces itself in a libp2p
+//! transfer and delete commands the gateway sends back (and repairs the rebalancer sends
+//! directly); it re-hashes its shards on a schedule and reports corrupt ones; it announces itself in a libp2p
 //! Kademlia DHT so nodes find each other without the gateway; it exports Prometheus metrics
 //! and a health report; and it drains on request.
 //!
@@ -11,7 +12,8 @@
 //! verified capacity-limited [`store::Shards`]), [`tokens`] (capability token checks),
 //! [`service`] (ChunkService), [`net`] (counted gRPC connections), [`registry_client`]
 //! (register + heartbeat), [`commands`] (repair, transfer, delete), [`login`] (operator login,
-//! credentials file), [`p2p`] (libp2p DHT), [`metrics`], [`lifecycle`] (running → draining →
+//! credentials file), [`p2p`] (libp2p DHT), [`scrub`] (periodic re-hash of every shard),
+//! [`metrics`], [`lifecycle`] (running → draining →
 //! drained, control socket), [`error`] (the one error type and its gRPC mapping), [`node`]
 //! (wiring).
 //!
@@ -30,6 +32,7 @@ pub mod net;
 pub mod node;
 pub mod p2p;
 pub mod registry_client;
+pub mod scrub;
 pub mod service;
 pub mod store;
 pub mod tokens;

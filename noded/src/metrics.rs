@@ -15,6 +15,7 @@
 //! | `cyxcloud_put_latency_seconds` | histogram | PutShard, first message to durable ack |
 //! | `cyxcloud_get_latency_seconds` | histogram | GetShard, request to last byte queued |
 //! | `cyxcloud_corrupt_shards_total` | counter | shards that failed verification on read |
+//! | `cyxcloud_scrubbed_shards_total` | counter | shards the scrub re-read and re-hashed |
 //! | `cyxcloud_node_requests_total{rpc,code}` | counter | ChunkService calls by outcome |
 //! | `cyxcloud_node_commands_total{kind,result}` | counter | gateway commands executed |
 //!
@@ -52,6 +53,7 @@ pub struct Metrics {
     pub put_latency: Histogram,
     pub get_latency: Histogram,
     pub corrupt_shards: Counter,
+    pub scrubbed_shards: Counter,
     requests: Family<Labels, Counter>,
     commands: Family<Labels, Counter>,
 }
@@ -87,6 +89,7 @@ impl Metrics {
             put_latency: latency(),
             get_latency: latency(),
             corrupt_shards: Counter::default(),
+            scrubbed_shards: Counter::default(),
             requests: Family::default(),
             commands: Family::default(),
         };
@@ -154,6 +157,11 @@ impl Metrics {
             "cyxcloud_corrupt_shards",
             "Shards that failed verification on read and were quarantined",
             m.corrupt_shards.clone(),
+        );
+        r.register(
+            "cyxcloud_scrubbed_shards",
+            "Shards the scrub re-read and re-hashed",
+            m.scrubbed_shards.clone(),
         );
         r.register(
             "cyxcloud_node_requests",

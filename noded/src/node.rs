@@ -238,6 +238,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit> {
         None
     };
 
+    if cfg.storage.scrub_period_secs > 0 {
+        tokio::spawn(crate::scrub::run(
+            shards.clone(),
+            metrics.clone(),
+            Duration::from_secs(cfg.storage.scrub_period_secs),
+            shutdown.clone(),
+        ));
+    }
     let registry = if cfg.central.register {
         Some(tokio::spawn(crate::registry_client::run(
             crate::registry_client::Client {

@@ -127,7 +127,11 @@ impl Client {
         Ok(resp)
     }
 
-    fn heartbeat_request(&self, results: Vec<CommandResult>) -> HeartbeatRequest {
+    fn heartbeat_request(
+        &self,
+        results: Vec<CommandResult>,
+        corrupt: &[cyxcloud_core::Hash],
+    ) -> HeartbeatRequest {
         let u = self.shards.usage();
         let mark = self.shards.put_mark();
         HeartbeatRequest {
@@ -143,6 +147,7 @@ impl Client {
             bytes_downloaded: self.metrics.bytes_downloaded.get(),
             put_epoch: mark.epoch,
             put_seq: mark.seq,
+            corrupt_shards: corrupt.iter().map(|h| h.0.to_vec()).collect(),
         }
     }
 
@@ -218,10 +223,12 @@ pub async fn run(c: Client, shutdown: Shutdown) {
                 _ = states.changed() => {}
             }
             let results = std::mem::take(&mut lock(&commands).results);
-            let req = c.heartbeat_request(results.clone());
+            let corrupt = c.shards.take_corrupt();
+            let req = c.heartbeat_request(results.clone(), &corrupt);
             let resp: HeartbeatResponse = match client.heartbeat(c.request(req)).await {
                 Ok(r) => r.into_inner(),
                 Err(s) => {
+                    c.shards.return_corrupt(corrupt);
                     c.metrics.heartbeat_failure.inc();
                     c.registered.store(false, Ordering::Relaxed);
                     lock(&commands).results.splice(0..0, results);

@@ -133,6 +133,48 @@ async fn a_shard_corrupted_on_disk_is_reported_and_never_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrub_finds_a_corrupt_shard_nobody_reads() {
+    let mut node = Node::start(Spec::id("scrub-node").env("SCRUB_PERIOD_SECS", "1"));
+    let mut c = node.client().await;
+    let shards: Vec<Vec<u8>> = (0..3).map(|i| random(40 + i, 200_000)).collect();
+    for d in &shards {
+        put(&mut c, "scrub-node", d).await.unwrap();
+    }
+    drop(c);
+    // A clean pass first: nothing is corrupt.
+    node.wait_metric("cyxcloud_scrubbed_shards_total", 3.0);
+    assert_eq!(node.metric("cyxcloud_corrupt_shards_total"), 0.0);
+    node.stop();
+    let db = node.dir.join("rocksdb");
+    {
+        let store = RocksStore::open(&db, &RocksOptions::default()).unwrap();
+        store.flush().unwrap();
+    }
+    let mut flipped = false;
+    for e in std::fs::read_dir(&db).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "blob") {
+            let mut bytes = std::fs::read(&p).unwrap();
+            let needle = &shards[1][100_000..100_032];
+            if let Some(at) = bytes.windows(32).position(|w| w == needle) {
+                bytes[at + 3] ^= 0x10;
+                std::fs::write(&p, bytes).unwrap();
+                flipped = true;
+            }
+        }
+    }
+    assert!(flipped, "the shard lives in a blob file");
+    node.launch();
+    node.wait_ready();
+    // No read asks for it: the scrub finds it, quarantines it and counts it.
+    node.wait_metric("cyxcloud_corrupt_shards_total", 1.0);
+    let mut c = node.client().await;
+    let hashes: Vec<Hash> = shards.iter().map(|d| Hash::of(d)).collect();
+    assert_eq!(has(&mut c, &hashes).await, vec![true, false, true]);
+    assert!(node.log().contains("corrupt shard detected"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puts_beyond_capacity_are_refused_cleanly() {
     // 0.0003 GiB = 322 122 bytes: three 100 000-byte shards (plus headers) fit, a fourth does not.
     let mut node = Node::start(Spec::id("full-node").env("STORAGE_CAPACITY_GB", "0.0003"));

@@ -26,6 +26,10 @@ pub struct Config {
     pub repair_parallelism: u32,
     /// Repair traffic (source bytes read plus rebuilt bytes written) per hour; 0 = unlimited.
     pub rate_limit_bytes_per_hour: u64,
+    /// Every stored shard is audited (proof of storage) once per this period; 0 = no audits.
+    pub audit_period_secs: u64,
+    /// Time between two audit batches.
+    pub audit_interval_ms: u64,
     /// How long a repair grant (its tokens, the chunk's lease) lasts.
     pub lease_secs: u64,
     /// This instance's name in leases; empty = generated at start.
@@ -53,6 +57,8 @@ impl Default for Config {
             poll_ms: 0,
             repair_parallelism: 4,
             rate_limit_bytes_per_hour: 10 << 30,
+            audit_period_secs: 30 * 24 * 3600,
+            audit_interval_ms: 10_000,
             lease_secs: 600,
             holder: String::new(),
             metrics: Metrics::default(),
@@ -80,6 +86,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("REPAIR_PARALLELISM", "repair_parallelism"),
     ("RATE_LIMIT_BYTES_PER_HOUR", "rate_limit_bytes_per_hour"),
     ("REBALANCER_POLL_MS", "poll_ms"),
+    ("AUDIT_PERIOD_SECS", "audit_period_secs"),
     ("REBALANCER_METRICS_PORT", "metrics.port"),
 ];
 
@@ -140,6 +147,9 @@ impl Config {
         }
         if self.scan_interval_secs == 0 {
             return bad("scan_interval_secs must be at least 1".into());
+        }
+        if self.audit_period_secs > 0 && self.audit_interval_ms == 0 {
+            return bad("audit_interval_ms must be at least 1".into());
         }
         if self.lease_secs < 10 || self.lease_secs > 3600 {
             return bad(format!("lease_secs {} must be 10 to 3600", self.lease_secs));

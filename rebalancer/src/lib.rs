@@ -7,6 +7,7 @@
 //! Must not depend on the gateway crate or on a database: it reaches the metadata through the
 //! gateway's API.
 
+pub mod audit;
 pub mod config;
 pub mod metrics;
 pub mod planner;
@@ -75,21 +76,38 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
     // Bursts of one second's worth: a repair bigger than that waits for its whole cost.
     let limit = RateLimit::new(rate, rate);
     let repairer = repair::Repairer::new(
-        client,
+        client.clone(),
         holder.clone(),
         cfg.repair_parallelism as usize,
         cfg.lease(),
         poll,
         Duration::from_secs(cfg.scan_interval_secs),
-        limit,
+        limit.clone(),
         metrics.clone(),
         progress.clone(),
     );
     let mut tasks = vec![workers.spawn(repairer, WorkerOptions::default())];
+    let audit_progress = Arc::new(Mutex::new(audit::AuditProgress::default()));
+    if cfg.audit_period_secs > 0 {
+        let auditor = audit::Auditor::new(
+            client.clone(),
+            Duration::from_secs(cfg.audit_period_secs),
+            Duration::from_millis(cfg.audit_interval_ms),
+            limit.clone(),
+            metrics.clone(),
+            audit_progress.clone(),
+        );
+        tasks.push(workers.spawn(auditor, WorkerOptions::default()));
+    }
     let mut metrics_addr = None;
     if cfg.metrics.enabled {
         let health = {
-            let (progress, workers, holder) = (progress.clone(), workers.clone(), holder.clone());
+            let (progress, workers, holder, audits) = (
+                progress.clone(),
+                workers.clone(),
+                holder.clone(),
+                audit_progress.clone(),
+            );
             Arc::new(move || {
                 let p = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let mut details = serde_json::Map::new();
@@ -98,6 +116,8 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
                     "repair".into(),
                     serde_json::to_value(&p).unwrap_or_default(),
                 );
+                let a = audits.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                details.insert("audit".into(), serde_json::to_value(&a).unwrap_or_default());
                 details.insert(
                     "workers".into(),
                     serde_json::to_value(workers.list()).unwrap_or_default(),

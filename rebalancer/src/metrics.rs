@@ -21,6 +21,9 @@ pub struct Metrics {
     pub bytes_to_repair: Gauge,
     pub unrecoverable_chunks: Gauge,
     pub in_flight: Gauge,
+    /// Shard audits by result: ok, failed, unreachable (not scored).
+    pub audits: Family<Vec<(String, String)>, Counter>,
+    pub audit_overdue: Gauge,
 }
 
 impl Default for Metrics {
@@ -42,6 +45,8 @@ impl Metrics {
             bytes_to_repair: Gauge::default(),
             unrecoverable_chunks: Gauge::default(),
             in_flight: Gauge::default(),
+            audits: Family::default(),
+            audit_overdue: Gauge::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -84,6 +89,16 @@ impl Metrics {
                 "cyxcloud_rebalancer_unrecoverable_chunks",
                 "Chunks with fewer than k readable shards at the last scan",
                 m.unrecoverable_chunks.clone(),
+            );
+            r.register(
+                "cyxcloud_rebalancer_audits",
+                "Shard audits by result (ok, failed, unreachable)",
+                m.audits.clone(),
+            );
+            r.register(
+                "cyxcloud_rebalancer_audit_overdue_shards",
+                "Shards not audited within the audit period, at the last batch",
+                m.audit_overdue.clone(),
             );
             r.register(
                 "cyxcloud_rebalancer_repairs_in_flight",

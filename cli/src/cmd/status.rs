@@ -101,7 +101,8 @@ fn cluster_view(
         let nodes: Vec<_> = c
             .nodes
             .iter()
-            .map(|n| serde_json::json!({"id": n.node_id, "address": n.address, "state": state_name(n.state), "capacity_bytes": n.capacity_bytes, "used_bytes": n.used_bytes, "shards": n.shard_count}))
+            .map(|n| serde_json::json!({"id": n.node_id, "address": n.address, "state": state_name(n.state), "capacity_bytes": n.capacity_bytes, "used_bytes": n.used_bytes, "shards": n.shard_count,
+                "audit": n.audit.as_ref().map(|a| serde_json::json!({"audits": a.audits, "failures": a.failures, "consecutive_failures": a.consecutive_failures, "score": a.score, "last_error": a.last_error}))}))
             .collect();
         println!(
             "{}",
@@ -151,18 +152,19 @@ fn cluster_view(
     }
     if a.verbose {
         println!(
-            "\n  {:<20} {:<10} {:<24} {:>12} {:>12} {:>8}",
-            "NODE", "STATE", "ADDRESS", "USED", "CAPACITY", "SHARDS"
+            "\n  {:<20} {:<10} {:<24} {:>12} {:>12} {:>8} {:>14}",
+            "NODE", "STATE", "ADDRESS", "USED", "CAPACITY", "SHARDS", "AUDITS"
         );
         for n in &c.nodes {
             println!(
-                "  {:<20} {:<10} {:<24} {:>12} {:>12} {:>8}",
+                "  {:<20} {:<10} {:<24} {:>12} {:>12} {:>8} {:>14}",
                 n.node_id,
                 state_name(n.state),
                 n.address,
                 human(n.used_bytes),
                 human(n.capacity_bytes),
-                n.shard_count
+                n.shard_count,
+                audit_column(n.audit.as_ref())
             );
         }
         if !c.workers.is_empty() {
@@ -193,5 +195,13 @@ fn duration(secs: u64) -> String {
         0..60 => format!("{secs} s"),
         60..3600 => format!("{} min {} s", secs / 60, secs % 60),
         _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+/// "99.5% of 200" (success ratio of the node's audits), or "-" before its first audit.
+fn audit_column(a: Option<&v1::AuditScore>) -> String {
+    match a {
+        Some(a) if a.audits > 0 => format!("{:.1}% of {}", a.score * 100.0, a.audits),
+        _ => "-".to_string(),
     }
 }

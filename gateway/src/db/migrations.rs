@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "reserved inode ids", M0005),
     (6, "worker leases", M0006),
     (7, "repair grants", M0007),
+    (8, "audits", M0008),
 ];
 
 const M0001: &str = r#"
@@ -301,6 +302,30 @@ CREATE TABLE repair_targets (
 CREATE INDEX repair_targets_chunk ON repair_targets (chunk_id, holder);
 CREATE INDEX repair_targets_expiry ON repair_targets (expires_ms);
 CREATE INDEX shards_state ON shards (state);
+"#;
+
+/// Proof of storage: when each shard was last audited (new shards count as audited when
+/// stored: their node checked the hash), one-time challenges computed from verified
+/// retrievals, and each node's audit record.
+const M0008: &str = r#"
+ALTER TABLE shards ADD COLUMN audited_ms BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX shards_audited ON shards (state, audited_ms);
+CREATE TABLE shard_challenges (
+    chunk_id {BLOB} NOT NULL,
+    idx BIGINT NOT NULL,
+    node_id TEXT NOT NULL,
+    nonce {BLOB} NOT NULL,
+    proof {BLOB} NOT NULL,
+    PRIMARY KEY (chunk_id, idx, node_id, nonce)
+);
+CREATE TABLE node_audits (
+    node_id TEXT PRIMARY KEY,
+    audits BIGINT NOT NULL,
+    failures BIGINT NOT NULL,
+    consecutive BIGINT NOT NULL,
+    last_ms BIGINT NOT NULL,
+    last_error TEXT NOT NULL
+);
 "#;
 
 /// Rewrites the dialect tokens of `sql` for `backend`.

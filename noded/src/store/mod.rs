@@ -161,6 +161,8 @@ pub struct Shards {
     stripes: Vec<Mutex<HashMap<Hash, u64>>>,
     recent: recent::Recent,
     acct: Mutex<Accounting>,
+    /// Shards found corrupt and quarantined, not yet reported to the gateway.
+    corrupt_found: Mutex<Vec<Hash>>,
 }
 
 /// What [`Shards::delete_unless_newer`] did with one hash.
@@ -203,6 +205,7 @@ impl Shards {
             stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
             recent: recent::Recent::new(recent::Recent::random_epoch()),
             acct: Mutex::new(acct),
+            corrupt_found: Mutex::new(Vec::new()),
         })
     }
 
@@ -318,6 +321,12 @@ impl Shards {
 
     fn corrupt(&self, hash: &Hash, reason: String) -> Error {
         tracing::error!(shard = %hash, %reason, "corrupt shard detected; quarantining it");
+        {
+            let mut found = lock(&self.corrupt_found);
+            if !found.contains(hash) {
+                found.push(*hash);
+            }
+        }
         let _g = self.stripe(hash);
         match self.backend.record_len(hash) {
             Ok(Some(len)) => {
@@ -336,6 +345,26 @@ impl Shards {
             hash: *hash,
             reason,
         }
+    }
+
+    /// Takes the shards found corrupt since the last call (to report to the gateway).
+    pub fn take_corrupt(&self) -> Vec<Hash> {
+        std::mem::take(&mut *lock(&self.corrupt_found))
+    }
+
+    /// Puts back corrupt shards whose report did not reach the gateway.
+    pub fn return_corrupt(&self, hashes: Vec<Hash>) {
+        let mut found = lock(&self.corrupt_found);
+        for h in hashes {
+            if !found.contains(&h) {
+                found.push(h);
+            }
+        }
+    }
+
+    /// Hashes of every stored shard (for the scrub).
+    pub fn hashes(&self) -> Result<Vec<Hash>> {
+        Ok(self.backend.scan()?.into_iter().map(|(h, _)| h).collect())
     }
 
     pub fn contains(&self, hash: &Hash) -> Result<bool> {

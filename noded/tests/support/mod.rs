@@ -259,6 +259,15 @@ impl Node {
         self.proc().kill9();
     }
 
+    /// Waits until metric `name` reaches at least `at_least`.
+    pub fn wait_metric(&self, name: &str, at_least: f64) {
+        wait(
+            Duration::from_secs(30),
+            &format!("{name} >= {at_least}"),
+            || (self.metric(name) >= at_least).then_some(()),
+        );
+    }
+
     pub fn metrics_text(&self) -> String {
         wait_for_http(self.metrics, "/metrics", Duration::from_secs(5))
     }
