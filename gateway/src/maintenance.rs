@@ -381,6 +381,53 @@ impl MaintenanceService {
         Ok(v1::CommitRepairResponse { applied })
     }
 
+    /// A rebalancer token to list `node`'s shards.
+    pub async fn node_token(&self, node: &str) -> Result<v1::NodeTokenResponse> {
+        let n = self
+            .gw
+            .registry
+            .node_map()
+            .await?
+            .remove(node)
+            .ok_or_else(|| Error::not_found(format!("node {node:?}")))?;
+        Ok(v1::NodeTokenResponse {
+            token: self.gw.signer.sign(&Capability {
+                role: Role::Rebalancer,
+                ops: Op::Get as u8,
+                node_id: node.to_string(),
+                expires_at: crate::db::now_secs() + 600,
+                scope: Scope::Any,
+            }),
+            address: n.address,
+        })
+    }
+
+    /// Of `hashes` on `node`, those nothing refers to there.
+    pub async fn unreferenced(&self, r: &v1::OrphansRequest) -> Result<Vec<Hash>> {
+        let hashes = orphan_hashes(r)?;
+        let mut tx = self.gw.db.read().await?;
+        let out = unreferenced_in(&mut tx, &r.node_id, &hashes).await;
+        tx.rollback().await?;
+        out
+    }
+
+    /// Queues the unreferenced ones of `hashes` for deletion on `node`.
+    pub async fn collect_orphans(&self, r: &v1::OrphansRequest) -> Result<Vec<Hash>> {
+        let hashes = orphan_hashes(r)?;
+        let node = r.node_id.clone();
+        let queued = write_tx!(self.gw.db, tx => {
+            let orphans = unreferenced_in(&mut tx, &node, &hashes).await?;
+            for h in &orphans {
+                crate::layout::queue_gc(&mut tx, &node, h).await?;
+            }
+            Ok(orphans)
+        });
+        if !queued.is_empty() {
+            tracing::info!(node = %r.node_id, orphans = queued.len(), "orphaned shards queued for deletion");
+        }
+        Ok(queued)
+    }
+
     pub async fn abandon(&self, r: v1::AbandonRepairRequest) -> Result<()> {
         let key = Hash::from_slice(&r.key).ok_or_else(|| Error::invalid("key must be 32 bytes"))?;
         let holder = r.holder.clone();
@@ -572,6 +619,39 @@ async fn degraded_chunk(tx: &mut Tx, key: &Hash) -> Result<Option<v1::DegradedCh
     }))
 }
 
+fn orphan_hashes(r: &v1::OrphansRequest) -> Result<Vec<Hash>> {
+    if r.node_id.is_empty() {
+        return Err(Error::invalid("node_id is empty"));
+    }
+    if r.hashes.len() > 100_000 {
+        return Err(Error::invalid("at most 100000 hashes per request"));
+    }
+    r.hashes
+        .iter()
+        .map(|h| Hash::from_slice(h).ok_or_else(|| Error::invalid("hashes[] must be 32 bytes")))
+        .collect()
+}
+
+/// The hashes no shard row, in-flight write or granted repair names on `node`.
+async fn unreferenced_in(tx: &mut Tx, node: &str, hashes: &[Hash]) -> Result<Vec<Hash>> {
+    let mut out = Vec::new();
+    for h in hashes {
+        let used = tx
+            .opt(
+                "SELECT 1 WHERE EXISTS (SELECT 1 FROM shards WHERE node_id = $1 AND hash = $2) \
+                 OR EXISTS (SELECT 1 FROM write_targets WHERE node_id = $1 AND hash = $2) \
+                 OR EXISTS (SELECT 1 FROM repair_targets WHERE node_id = $1 AND hash = $2)",
+                args![node, h],
+            )
+            .await?
+            .is_some();
+        if !used {
+            out.push(*h);
+        }
+    }
+    Ok(out)
+}
+
 fn hashes(list: &[Vec<u8>]) -> Result<Vec<Hash>> {
     list.iter()
         .map(|h| {
@@ -661,6 +741,51 @@ impl v1::maintenance_server::Maintenance for MaintenanceService {
         }
         .await;
         self.finish("ReportAudits", started, r)
+    }
+
+    async fn node_token(
+        &self,
+        request: Request<v1::NodeTokenRequest>,
+    ) -> Result<Response<v1::NodeTokenResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            self.admin(&request)?;
+            self.node_token(&request.into_inner().node_id).await
+        }
+        .await;
+        self.finish("NodeToken", started, r)
+    }
+
+    async fn unreferenced(
+        &self,
+        request: Request<v1::OrphansRequest>,
+    ) -> Result<Response<v1::OrphansResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            self.admin(&request)?;
+            let h = self.unreferenced(&request.into_inner()).await?;
+            Ok(v1::OrphansResponse {
+                hashes: h.iter().map(|h| h.0.to_vec()).collect(),
+            })
+        }
+        .await;
+        self.finish("Unreferenced", started, r)
+    }
+
+    async fn collect_orphans(
+        &self,
+        request: Request<v1::OrphansRequest>,
+    ) -> Result<Response<v1::OrphansResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            self.admin(&request)?;
+            let h = self.collect_orphans(&request.into_inner()).await?;
+            Ok(v1::OrphansResponse {
+                hashes: h.iter().map(|h| h.0.to_vec()).collect(),
+            })
+        }
+        .await;
+        self.finish("CollectOrphans", started, r)
     }
 
     async fn abandon_repair(

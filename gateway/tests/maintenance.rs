@@ -467,7 +467,7 @@ async fn two_rebalancers(database_url: Option<String>) {
     eventually("the dead node's shards repaired", || {
         let mut m = m.clone();
         async move {
-            let d = degraded(&mut m).await;
+            // Node states first: a degraded count read before the node went offline is 0.
             let offline = m
                 .nodes(v1::MaintenanceNodesRequest {})
                 .await
@@ -476,6 +476,7 @@ async fn two_rebalancers(database_url: Option<String>) {
                 .nodes
                 .iter()
                 .any(|n| n.state == v1::NodeState::Offline as i32);
+            let d = degraded(&mut m).await;
             (offline && d.total == 0).then_some(())
         }
     })

@@ -12,13 +12,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use cyxcloud_core::Hash;
-use cyxcloud_core::token::Op;
+use cyxcloud_core::token::{Op, Role, Scope, TokenError};
 use cyxcloud_proto::v1::chunk_service_server::ChunkService;
 use cyxcloud_proto::v1::put_shard_request::Msg;
 use cyxcloud_proto::v1::{
     ChallengeRequest, ChallengeResponse, DeleteShardsRequest, DeleteShardsResponse,
-    GetShardRequest, GetShardResponse, HasShardsRequest, HasShardsResponse, PutShardRequest,
-    PutShardResponse, RepairCommand, RepairResponse, StatsRequest, StatsResponse, Topology,
+    GetShardRequest, GetShardResponse, HasShardsRequest, HasShardsResponse, ListShardsRequest,
+    ListShardsResponse, PutShardRequest, PutShardResponse, RepairCommand, RepairResponse,
+    StatsRequest, StatsResponse, Topology,
 };
 use cyxcloud_proto::{ErrorCode, STREAM_PIECE_BYTES};
 use futures::Stream;
@@ -234,6 +235,35 @@ impl ChunkSvc {
         })
     }
 
+    async fn list(&self, req: ListShardsRequest) -> Result<ListShardsResponse> {
+        let cap = self.tokens.check(&req.token, Op::Get, &[])?;
+        if cap.role == Role::Client || cap.scope != Scope::Any {
+            // A client's token names shards; listing a node is for the gateway's side.
+            return Err(Error::Token(TokenError::RoleNotAllowed {
+                role: cap.role,
+                op: Op::Get,
+            }));
+        }
+        let after = if req.after.is_empty() {
+            None
+        } else {
+            Some(parse_hash(&req.after, "after")?)
+        };
+        let limit = match req.limit {
+            0 => 10_000,
+            n => (n as usize).min(MAX_HASHES_PER_REQUEST),
+        };
+        let shards = self.shards.clone();
+        let mut all = blocking(move || shards.hashes()).await?;
+        all.sort_unstable_by_key(|h| h.0);
+        let start = after.map_or(0, |a| all.partition_point(|h| h.0 <= a.0));
+        let end = (start + limit).min(all.len());
+        Ok(ListShardsResponse {
+            hashes: all[start..end].iter().map(|h| h.0.to_vec()).collect(),
+            more: end < all.len(),
+        })
+    }
+
     async fn challenge(&self, req: ChallengeRequest) -> Result<ChallengeResponse> {
         let hash = parse_hash(&req.hash, "hash")?;
         if !(16..=64).contains(&req.nonce.len()) {
@@ -354,6 +384,14 @@ impl ChunkService for ChunkSvc {
         self.metrics
             .command("repair", r.as_ref().is_ok_and(|r| r.errors.is_empty()));
         self.finish("repair", r).map(Response::new)
+    }
+
+    async fn list_shards(
+        &self,
+        request: Request<ListShardsRequest>,
+    ) -> std::result::Result<Response<ListShardsResponse>, Status> {
+        let r = self.list(request.into_inner()).await;
+        self.finish("list", r).map(Response::new)
     }
 
     async fn stats(

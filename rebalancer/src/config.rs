@@ -17,8 +17,9 @@ pub struct Config {
     pub secret_key: String,
     /// A file holding the secret key (wins over `secret_key`, as for the gateway).
     pub secret_key_file: String,
-    /// Longest time between two full scans of the metadata for degraded chunks. Node deaths
-    /// are reacted to sooner: the rebalancer polls every `poll_ms`.
+    /// Period of the full scans: the orphan sweep over every node's shards, and the longest
+    /// wait between two reads of the degraded chunks (node deaths are reacted to sooner: the
+    /// rebalancer polls every `poll_ms`).
     pub scan_interval_secs: u64,
     /// How often the degraded list is read while idle; 0 = the gateway's heartbeat interval.
     pub poll_ms: u64,
@@ -30,6 +31,9 @@ pub struct Config {
     pub audit_period_secs: u64,
     /// Time between two audit batches.
     pub audit_interval_ms: u64,
+    /// An unreferenced shard is deleted once found so in two sweeps this far apart; the sweep
+    /// runs every `scan_interval_secs`. 0 turns the orphan sweep off.
+    pub gc_grace_secs: u64,
     /// How long a repair grant (its tokens, the chunk's lease) lasts.
     pub lease_secs: u64,
     /// This instance's name in leases; empty = generated at start.
@@ -59,6 +63,7 @@ impl Default for Config {
             rate_limit_bytes_per_hour: 10 << 30,
             audit_period_secs: 30 * 24 * 3600,
             audit_interval_ms: 10_000,
+            gc_grace_secs: 3600,
             lease_secs: 600,
             holder: String::new(),
             metrics: Metrics::default(),
@@ -87,6 +92,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("RATE_LIMIT_BYTES_PER_HOUR", "rate_limit_bytes_per_hour"),
     ("REBALANCER_POLL_MS", "poll_ms"),
     ("AUDIT_PERIOD_SECS", "audit_period_secs"),
+    ("GC_GRACE_SECS", "gc_grace_secs"),
     ("REBALANCER_METRICS_PORT", "metrics.port"),
 ];
 

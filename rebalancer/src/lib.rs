@@ -2,13 +2,16 @@
 //! design is `docs/adr/0007`). The [`planner`] is pure: which shards of a chunk must be
 //! rebuilt, where, and in what order. The [`repair`] worker detects degraded chunks through
 //! the gateway's Maintenance API, plans, and has nodes rebuild the lost shards
-//! (`ChunkService.Repair`), then commits the new locations with a compare-and-set.
+//! (`ChunkService.Repair`), then commits the new locations with a compare-and-set. The
+//! [`audit`] worker verifies every shard once per audit period (proof of storage); the [`gc`]
+//! worker sweeps nodes for shards nothing refers to.
 //!
 //! Must not depend on the gateway crate or on a database: it reaches the metadata through the
 //! gateway's API.
 
 pub mod audit;
 pub mod config;
+pub mod gc;
 pub mod metrics;
 pub mod planner;
 pub mod repair;
@@ -87,6 +90,17 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
         progress.clone(),
     );
     let mut tasks = vec![workers.spawn(repairer, WorkerOptions::default())];
+    let gc_progress = Arc::new(Mutex::new(gc::GcProgress::default()));
+    if cfg.gc_grace_secs > 0 {
+        let collector = gc::Collector::new(
+            client.clone(),
+            Duration::from_secs(cfg.scan_interval_secs),
+            Duration::from_secs(cfg.gc_grace_secs),
+            metrics.clone(),
+            gc_progress.clone(),
+        );
+        tasks.push(workers.spawn(collector, WorkerOptions::default()));
+    }
     let audit_progress = Arc::new(Mutex::new(audit::AuditProgress::default()));
     if cfg.audit_period_secs > 0 {
         let auditor = audit::Auditor::new(
@@ -102,11 +116,12 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
     let mut metrics_addr = None;
     if cfg.metrics.enabled {
         let health = {
-            let (progress, workers, holder, audits) = (
+            let (progress, workers, holder, audits, gc) = (
                 progress.clone(),
                 workers.clone(),
                 holder.clone(),
                 audit_progress.clone(),
+                gc_progress.clone(),
             );
             Arc::new(move || {
                 let p = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -118,6 +133,8 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
                 );
                 let a = audits.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 details.insert("audit".into(), serde_json::to_value(&a).unwrap_or_default());
+                let g = gc.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                details.insert("gc".into(), serde_json::to_value(&g).unwrap_or_default());
                 details.insert(
                     "workers".into(),
                     serde_json::to_value(workers.list()).unwrap_or_default(),

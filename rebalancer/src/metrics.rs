@@ -24,6 +24,8 @@ pub struct Metrics {
     /// Shard audits by result: ok, failed, unreachable (not scored).
     pub audits: Family<Vec<(String, String)>, Counter>,
     pub audit_overdue: Gauge,
+    pub orphans_collected: Counter,
+    pub orphan_candidates: Gauge,
 }
 
 impl Default for Metrics {
@@ -47,6 +49,8 @@ impl Metrics {
             in_flight: Gauge::default(),
             audits: Family::default(),
             audit_overdue: Gauge::default(),
+            orphans_collected: Counter::default(),
+            orphan_candidates: Gauge::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -99,6 +103,16 @@ impl Metrics {
                 "cyxcloud_rebalancer_audit_overdue_shards",
                 "Shards not audited within the audit period, at the last batch",
                 m.audit_overdue.clone(),
+            );
+            r.register(
+                "cyxcloud_rebalancer_orphans_collected",
+                "Shards no chunk, write or repair referred to, queued for deletion",
+                m.orphans_collected.clone(),
+            );
+            r.register(
+                "cyxcloud_rebalancer_orphan_candidates",
+                "Unreferenced shards waiting for their grace period",
+                m.orphan_candidates.clone(),
             );
             r.register(
                 "cyxcloud_rebalancer_repairs_in_flight",

@@ -408,3 +408,90 @@ async fn bytes_flipped_on_a_nodes_disk_are_found_by_audits_and_rebuilt() {
         assert!(get(&client, "rot", k).await == *d, "{k} differs");
     }
 }
+
+fn node_shards(c: &Cluster, i: usize) -> u64 {
+    let (_, body) = cyxcloud_testkit::http_get(c.nodes[i].metrics_addr(), "/health").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["shard_count"].as_u64().unwrap()
+}
+
+fn total_shards(c: &Cluster) -> u64 {
+    (0..c.nodes.len())
+        .filter(|&i| c.nodes[i].is_up())
+        .map(|i| node_shards(c, i))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleted_files_aborted_uploads_and_orphans_on_a_moved_disk_are_collected() {
+    let mut c = Cluster::start(ClusterOptions {
+        nodes: 7,
+        chunk_size: Some(CHUNK as u64),
+        rebalancer_settings: vec!["scan_interval_secs=1".into(), "gc_grace_secs=2".into()],
+        ..Default::default()
+    });
+    let client = client(&c).await;
+    client
+        .control()
+        .create_bucket(v1::CreateBucketRequest {
+            name: "gcol".into(),
+            public_read: false,
+        })
+        .await
+        .unwrap();
+    // Whole chunks of random bytes: no two shards alike (a short chunk's zero-padded data
+    // shards would share a hash, stored once per node).
+    let keep = data(2 * CHUNK, 1);
+    put(&client, "gcol", "keep", &keep).await;
+    c.wait_redundant(Duration::from_secs(60));
+    let kept = total_shards(&c);
+    assert_eq!(kept, 2 * 14, "two chunks of 14 shards");
+
+    // A deleted file and an aborted upload leave nothing behind.
+    put(&client, "gcol", "gone", &data(3 * CHUNK, 2)).await;
+    let mut up = client.upload(path_ref("gcol", "aborted"), UploadOptions::default());
+    up.write(&data(2 * CHUNK, 3)).await.unwrap();
+    up.abort().await.unwrap();
+    client
+        .control()
+        .unlink(v1::RemoveRequest {
+            path: Some(v1::BucketPath {
+                bucket: "gcol".into(),
+                path: "gone".into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "released shards deleted",
+        || async { (total_shards(&c) == kept).then_some(()) },
+    )
+    .await;
+
+    // A disk moved from node 1 to a new node: the new node holds copies nothing refers to
+    // there. The orphan sweep finds them and, after the grace period, has them deleted.
+    c.kill_node(1);
+    c.start_node(1);
+    c.wait_registered(1);
+    c.kill_node(1);
+    let moved = c.add_node(Some(1));
+    c.start_node(1);
+    c.wait_registered(1);
+    c.wait_registered(moved);
+    let copies = node_shards(&c, moved);
+    assert!(copies > 0);
+    eventually(Duration::from_secs(60), "the orphans collected", || async {
+        (node_shards(&c, moved) == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(&c, "cyxcloud_rebalancer_orphans_collected_total"),
+        copies as f64
+    );
+    // Referenced shards were left alone.
+    assert_eq!(node_shards(&c, 1), copies);
+    assert_eq!(total_shards(&c), kept);
+    assert!(get(&client, "gcol", "keep").await == keep);
+}

@@ -105,40 +105,8 @@ impl Cluster {
             opts,
         };
         c.start_gateway();
-        let bootstrap = free_port();
-        for i in 0..c.opts.nodes {
-            let id = format!("node-{:02}", i + 1);
-            let dir = c.dir.path().join("nodes").join(&id);
-            std::fs::create_dir_all(&dir).expect("node dir");
-            let p2p_port = if i == 0 { bootstrap } else { free_port() };
-            let (grpc_port, metrics_port) = (free_port(), free_port());
-            let config = dir.join("config.toml");
-            let peers = if i == 0 {
-                String::new()
-            } else {
-                format!("\"/ip4/127.0.0.1/tcp/{bootstrap}\"")
-            };
-            let text = format!(
-                "[node]\nid = \"{id}\"\nname = \"{id}\"\nregion = \"test\"\n\n\
-                 [storage]\ndata_dir = \"{d}\"\nmax_capacity_gb = {cap}\n\n\
-                 [network]\nbind_address = \"127.0.0.1\"\ngrpc_port = {grpc_port}\np2p_port = {p2p_port}\nbootstrap_peers = [{peers}]\n\n\
-                 [central]\naddress = \"http://127.0.0.1:{gp}\"\nregister = true\n\n\
-                 [cyxwiz_api]\nregister = false\n\n[metrics]\nenabled = true\nport = {metrics_port}\n",
-                d = dir.display(),
-                cap = c.opts.capacity_gb,
-                gp = c.grpc_port,
-            );
-            std::fs::write(&config, text).expect("node config");
-            c.nodes.push(NodeHandle {
-                id,
-                dir,
-                config,
-                grpc_port,
-                metrics_port,
-                p2p_port,
-                proc: None,
-            });
-            c.start_node(i);
+        for _ in 0..c.opts.nodes {
+            c.add_node(None);
         }
         for i in 0..c.nodes.len() {
             c.wait_registered(i);
@@ -201,6 +169,50 @@ impl Cluster {
 
     pub fn rebalancer_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.rebalancer_port))
+    }
+
+    /// Creates and starts one more node (`node-NN`); with `disk_of`, it starts with a copy of
+    /// that (stopped) node's shard store, under its own identity: a disk moved to a re-imaged
+    /// machine. Does not wait for it to register.
+    pub fn add_node(&mut self, disk_of: Option<usize>) -> usize {
+        let i = self.nodes.len();
+        let id = format!("node-{:02}", i + 1);
+        let dir = self.dir.path().join("nodes").join(&id);
+        std::fs::create_dir_all(&dir).expect("node dir");
+        if let Some(src) = disk_of {
+            let from = &self.nodes[src];
+            copy_dir(&from.dir.join("rocksdb"), &dir.join("rocksdb"));
+            let meta = std::fs::read_to_string(from.dir.join("metadata.json")).expect("metadata");
+            std::fs::write(dir.join("metadata.json"), meta.replace(&from.id, &id))
+                .expect("metadata copy");
+        }
+        let bootstrap = self.nodes.first().map(|n| n.p2p_port);
+        let p2p_port = free_port();
+        let (grpc_port, metrics_port) = (free_port(), free_port());
+        let config = dir.join("config.toml");
+        let peers = bootstrap.map_or(String::new(), |p| format!("\"/ip4/127.0.0.1/tcp/{p}\""));
+        let text = format!(
+            "[node]\nid = \"{id}\"\nname = \"{id}\"\nregion = \"test\"\n\n\
+             [storage]\ndata_dir = \"{d}\"\nmax_capacity_gb = {cap}\n\n\
+             [network]\nbind_address = \"127.0.0.1\"\ngrpc_port = {grpc_port}\np2p_port = {p2p_port}\nbootstrap_peers = [{peers}]\n\n\
+             [central]\naddress = \"http://127.0.0.1:{gp}\"\nregister = true\n\n\
+             [cyxwiz_api]\nregister = false\n\n[metrics]\nenabled = true\nport = {metrics_port}\n",
+            d = dir.display(),
+            cap = self.opts.capacity_gb,
+            gp = self.grpc_port,
+        );
+        std::fs::write(&config, text).expect("node config");
+        self.nodes.push(NodeHandle {
+            id,
+            dir,
+            config,
+            grpc_port,
+            metrics_port,
+            p2p_port,
+            proc: None,
+        });
+        self.start_node(i);
+        i
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -303,4 +315,17 @@ fn json_number(body: &str, key: &str) -> Option<u64> {
         .take_while(char::is_ascii_digit)
         .collect();
     digits.parse().ok()
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create copy");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("dir entry");
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).expect("copy file");
+        }
+    }
 }
