@@ -4,6 +4,7 @@
 mod cache;
 mod cluster;
 mod common;
+mod gc_model;
 mod http_api;
 mod maintenance;
 mod s3;

@@ -32,6 +32,7 @@ pub struct Cluster {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub nodes: Vec<Option<Node>>,
+    pub rebalancer: Option<Proc>,
     pub rt: tokio::runtime::Runtime,
     gw_starts: u32,
 }
@@ -57,6 +58,7 @@ impl Cluster {
             http,
             grpc,
             nodes: Vec::new(),
+            rebalancer: None,
             rt,
             gw_starts: 0,
         };
@@ -157,6 +159,57 @@ impl Cluster {
 
     pub fn http_url(&self) -> String {
         format!("http://{}", self.http)
+    }
+
+    /// Starts `cyxcloud-rebalancer` against the gateway (default settings).
+    pub fn start_rebalancer(&mut self) {
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = Command::new(bin("cyxcloud-rebalancer"));
+        for k in [
+            "SCAN_INTERVAL_SECS",
+            "REPAIR_PARALLELISM",
+            "RATE_LIMIT_BYTES_PER_HOUR",
+            "CYXCLOUD_GRPC_ADDRESS",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.env("RUST_LOG", "info")
+            .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
+            .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
+            .args(["--gateway", &self.grpc_url()])
+            .args(["--set", &format!("metrics.port={}", metrics.port())]);
+        let log = self.dir.path().join("rebalancer.log");
+        self.rebalancer = Some(Proc::spawn("rebalancer", cmd, &log));
+        wait_for_http(metrics, "/health", START);
+    }
+
+    /// Waits until the gateway counts `offline` nodes offline, then until no chunk is below
+    /// full redundancy (the rebalancer repaired them).
+    pub fn wait_repaired(&self, offline: usize, timeout: Duration) {
+        let c = self.client();
+        wait_until(timeout, "every chunk at full redundancy", || {
+            let mut m = c.maintenance();
+            // Node states first: a count read before the nodes went offline is 0.
+            let nodes = self
+                .rt
+                .block_on(m.nodes(v1::MaintenanceNodesRequest {}))
+                .ok()?
+                .into_inner();
+            let down = nodes
+                .nodes
+                .iter()
+                .filter(|n| n.state == v1::NodeState::Offline as i32)
+                .count();
+            let d = self
+                .rt
+                .block_on(m.degraded(v1::DegradedRequest {
+                    limit: 1,
+                    exclude: vec![],
+                }))
+                .ok()?
+                .into_inner();
+            (down >= offline && d.total == 0).then_some(())
+        });
     }
 
     /// A client of the gateway as the admin.

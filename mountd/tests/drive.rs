@@ -222,9 +222,10 @@ fn kill9_between_write_and_upload_loses_nothing() {
 }
 
 #[test]
-fn files_survive_four_dead_nodes_of_fourteen() {
-    // Every shard stored before a commit returns (no repair needed before the nodes die).
-    let mut c = Cluster::start_with(14, &["storage.success_threshold=14"]);
+fn files_written_through_the_drive_survive_four_dead_nodes_repair_and_four_more() {
+    // Default settings: a commit returns at k+m-1 shards; the rebalancer does the rest.
+    let mut c = Cluster::start(18);
+    c.start_rebalancer();
     c.create_bucket("durable");
     let m = Mount::start(&c, &[]);
     let files: Vec<(String, Vec<u8>)> = (0..4)
@@ -240,7 +241,12 @@ fn files_survive_four_dead_nodes_of_fourteen() {
         f.write_all(d).unwrap();
         f.sync_all().unwrap();
     }
+    c.wait_repaired(0, Duration::from_secs(120));
     for i in [1, 4, 8, 12] {
+        c.kill_node(i);
+    }
+    c.wait_repaired(4, Duration::from_secs(180));
+    for i in [0, 5, 9, 16] {
         c.kill_node(i);
     }
     let fresh = Mount::start(&c, &[]);

@@ -151,8 +151,9 @@ async fn after_four_nodes_die_repair_restores_every_chunk_so_four_more_can_die()
         put(&client, "keep", &format!("f{i}"), &d).await;
         files.push((format!("f{i}"), d));
     }
-    // Right after the writes, without waiting for their slow shards: three nodes die and a
-    // fourth freezes (alive to the kernel, silent to the cluster).
+    // Once the writes' slow shards are stored (a write returns at k+m-1), three nodes die and
+    // a fourth freezes (alive to the kernel, silent to the cluster).
+    c.wait_redundant(Duration::from_secs(120));
     let first = [2usize, 5, 11, 16];
     for &i in &first[..3] {
         c.kill_node(i);

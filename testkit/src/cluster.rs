@@ -167,6 +167,23 @@ impl Cluster {
         });
     }
 
+    /// After nodes died: waits until the gateway counts at least `offline` nodes offline
+    /// (its `/metrics`), then until the rebalancer has every chunk back at full redundancy.
+    pub fn wait_repaired(&self, offline: u64, timeout: Duration) {
+        wait_until(timeout, &format!("{offline} nodes offline"), || {
+            let (_, m) = http_get(self.http_addr(), "/metrics").ok()?;
+            let n = m
+                .lines()
+                .find(|l| l.starts_with("cyxcloud_gateway_nodes{state=\"offline\"}"))?
+                .rsplit(' ')
+                .next()?
+                .parse::<f64>()
+                .ok()?;
+            (n as u64 >= offline).then_some(())
+        });
+        self.wait_redundant(timeout);
+    }
+
     pub fn rebalancer_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.rebalancer_port))
     }
