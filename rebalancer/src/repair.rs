@@ -91,6 +91,14 @@ pub struct Repairer {
     jobs: JoinSet<Job>,
     in_flight: BTreeMap<Hash, Instant>,
     retry: HashMap<Hash, Retry>,
+    /// Planned chunks from the last scan, worst first, with the node view they were planned
+    /// on; started as slots free up, discarded when older than the poll interval.
+    queue: std::collections::VecDeque<(v1::DegradedChunk, planner::ChunkPlan)>,
+    queue_view: Option<(
+        Arc<HashMap<String, String>>,
+        Arc<std::collections::HashSet<String>>,
+    )>,
+    queued_at: Option<Instant>,
     /// Bytes written by recent repairs, for the ETA: (when, bytes).
     recent: Vec<(Instant, u64)>,
 }
@@ -122,6 +130,9 @@ impl Repairer {
             jobs: JoinSet::new(),
             in_flight: BTreeMap::new(),
             retry: HashMap::new(),
+            queue: std::collections::VecDeque::new(),
+            queue_view: None,
+            queued_at: None,
             recent: Vec::new(),
         }
     }
@@ -186,7 +197,8 @@ impl Repairer {
         Some(bytes as f64 / secs)
     }
 
-    async fn scan(&mut self) -> Result<usize, WorkError> {
+    /// Reads the worst degraded chunks and plans them into the queue.
+    async fn scan(&mut self) -> Result<(), WorkError> {
         let now = Instant::now();
         let mut exclude: Vec<Vec<u8>> = self.in_flight.keys().map(|k| k.0.to_vec()).collect();
         exclude.extend(
@@ -195,12 +207,11 @@ impl Repairer {
                 .filter(|(_, r)| r.at > now)
                 .map(|(k, _)| k.0.to_vec()),
         );
-        let free = self.parallelism - self.in_flight.len();
         self.client.refresh_token().await?;
         let mut m = self.client.maintenance();
         let degraded = m
             .degraded(v1::DegradedRequest {
-                limit: (free * 4).max(16) as u32,
+                limit: (self.parallelism * 16).max(64) as u32,
                 exclude,
             })
             .await?
@@ -265,11 +276,31 @@ impl Repairer {
         self.metrics.degraded_chunks.set(degraded.total as i64);
         self.metrics.bytes_to_repair.set(degraded.bytes as i64);
         self.metrics.unrecoverable_chunks.set(unrecoverable as i64);
+        self.queue = plans
+            .into_iter()
+            .filter_map(|p| chunks.remove(&p.key).map(|c| (c, p)))
+            .collect();
+        self.queue_view = Some((addresses, readable));
+        self.queued_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Starts queued repairs while slots are free; returns how many started.
+    fn start_jobs(&mut self) -> usize {
+        let Some((addresses, readable)) = self.queue_view.clone() else {
+            return 0;
+        };
+        let now = Instant::now();
         let mut started = 0;
-        for plan in plans.into_iter().take(free) {
-            let Some(chunk) = chunks.remove(&plan.key) else {
-                continue;
+        while self.in_flight.len() < self.parallelism {
+            let Some((chunk, plan)) = self.queue.pop_front() else {
+                break;
             };
+            if self.in_flight.contains_key(&plan.key)
+                || self.retry.get(&plan.key).is_some_and(|r| r.at > now)
+            {
+                continue;
+            }
             let ctx = JobCtx {
                 client: self.client.clone(),
                 holder: self.holder.clone(),
@@ -294,7 +325,7 @@ impl Repairer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .in_flight = self.in_flight.len();
-        Ok(started)
+        started
     }
 }
 
@@ -321,8 +352,13 @@ impl Worker for Repairer {
             self.metrics.in_flight.set(self.in_flight.len() as i64);
             return Ok(Step::Busy);
         }
-        let started = self.scan().await?;
-        if started > 0 {
+        let stale = self
+            .queued_at
+            .is_none_or(|t| t.elapsed() >= self.poll.min(self.scan_interval));
+        if self.queue.is_empty() || stale {
+            self.scan().await?;
+        }
+        if self.start_jobs() > 0 {
             return Ok(Step::Busy);
         }
         if !self.in_flight.is_empty() {
