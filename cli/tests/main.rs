@@ -791,3 +791,56 @@ fn mount_status_and_unmount_through_the_cli() {
         b"written through the drive\n"
     );
 }
+
+/// `cyxcloud node stop --drain` on a node that holds shards: the rebalancer moves them, the
+/// command shows the shards left and returns once the node has drained and exited; the files
+/// read back.
+#[test]
+fn node_stop_drain_moves_the_data_away_then_stops_the_node() {
+    let e = Env::new(14, 256 * 1024);
+    let dir = e.home.path().join("node");
+    let d = dir.to_str().unwrap();
+    let out = e.ok(&[
+        "node",
+        "start",
+        "--storage-gb",
+        "2",
+        "--data-dir",
+        d,
+        "--central",
+        &e.cluster.grpc_url(),
+    ]);
+    assert!(out.contains("✓ Node started"), "{out}");
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&e.ok(&["--json", "node", "status", "--data-dir", d])).unwrap()
+    };
+    wait_until(Duration::from_secs(60), "the node to register", || {
+        (status()["health"]["registered"] == true).then_some(())
+    });
+    let work = e.home.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let src = work.join("f.bin");
+    write_file(&src, 6 << 20, 77);
+    e.ok(&["upload", src.to_str().unwrap(), "-b", "moving"]);
+    wait_until(Duration::from_secs(60), "shards on the new node", || {
+        (status()["health"]["shard_count"].as_u64() > Some(0)).then_some(())
+    });
+    let out = e.ok(&["node", "stop", "--drain", "--data-dir", d]);
+    assert!(out.contains("is draining"), "{out}");
+    assert!(out.contains("shards on the node"), "{out}");
+    assert!(out.contains("✓ Node drained and stopped"), "{out}");
+    assert_eq!(
+        e.run(&["node", "status", "--data-dir", d]).status.code(),
+        Some(3)
+    );
+    let back = work.join("f.back");
+    e.ok(&[
+        "download",
+        "moving",
+        "-k",
+        "f.bin",
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(sha(&back), sha(&src));
+}

@@ -42,6 +42,8 @@ pub struct Executor {
     pub lifecycle: Lifecycle,
     pub metrics: Metrics,
     pub p2p: P2pHandle,
+    /// Bytes a second deletes may free (the usage guide's garbage collection rate).
+    pub gc_rate: cyxcloud_daemon::RateLimit,
 }
 
 /// Connects to another node's ChunkService.
@@ -178,17 +180,34 @@ impl Executor {
             .collect::<Result<Vec<_>>>()?;
         self.tokens.check(&c.token, Op::Delete, &hashes)?;
         let bound = self.shards.delete_bound(c.put_epoch, c.put_seq)?;
-        let shards = self.shards.clone();
-        let r = tokio::task::spawn_blocking(move || delete_older(&shards, &hashes, bound))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let mut total = crate::service::DeleteCounts::default();
+        // In batches, each paid for from the rate limit before it runs.
+        for batch in hashes.chunks(64) {
+            let mut bytes = 0;
+            for h in batch {
+                bytes += self.shards.record_len(h)?.unwrap_or(0);
+            }
+            self.gc_rate.take(bytes).await;
+            let (shards, batch) = (self.shards.clone(), batch.to_vec());
+            let r = tokio::task::spawn_blocking(move || delete_older(&shards, &batch, bound))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+            total.deleted += r.deleted;
+            total.missing += r.missing;
+            total.kept += r.kept;
+            total.freed_bytes += r.freed_bytes;
+        }
         tracing::info!(
-            deleted = r.deleted,
-            missing = r.missing,
-            kept = r.kept,
-            freed = r.freed_bytes,
+            deleted = total.deleted,
+            missing = total.missing,
+            kept = total.kept,
+            freed = total.freed_bytes,
             "delete command"
         );
+        let shards = self.shards.clone();
+        tokio::task::spawn_blocking(move || shards.maybe_reclaim())
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         Ok(())
     }
 

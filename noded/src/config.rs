@@ -91,6 +91,8 @@ pub struct StorageSection {
     /// The scrub re-reads and re-hashes every stored shard once per this period, reporting
     /// corrupt ones to the gateway; 0 turns it off.
     pub scrub_period_secs: u64,
+    /// Deletes (garbage collection) free at most this many MB a second; 0 = no limit.
+    pub gc_rate_mb_per_sec: u64,
 }
 
 impl Default for StorageSection {
@@ -102,6 +104,7 @@ impl Default for StorageSection {
             cache_size_mb: 512,
             backend: "rocksdb".into(),
             scrub_period_secs: 30 * 24 * 3600,
+            gc_rate_mb_per_sec: 100,
         }
     }
 }

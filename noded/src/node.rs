@@ -152,6 +152,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit> {
     );
     meta.write(&data_dir)?;
 
+    let gc = cfg.storage.gc_rate_mb_per_sec as f64 * 1e6;
+    let gc_rate = cyxcloud_daemon::RateLimit::new(gc, gc);
     let svc = ChunkSvc {
         shards: shards.clone(),
         tokens: tokens.clone(),
@@ -164,6 +166,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit> {
             lifecycle: life.clone(),
             metrics: metrics.clone(),
             p2p: p2p.clone(),
+            gc_rate: gc_rate.clone(),
         },
     };
     let grpc_shutdown = shutdown.clone();
@@ -261,6 +264,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit> {
                 metrics: metrics.clone(),
                 registered: registered.clone(),
                 p2p: p2p.clone(),
+                gc_rate: gc_rate.clone(),
                 peer_id: p2p.peer_id().to_string(),
                 p2p_addresses: p2p.listen_addresses(),
             },

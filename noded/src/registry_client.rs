@@ -51,6 +51,8 @@ pub struct Client {
     pub metrics: Metrics,
     pub registered: Arc<AtomicBool>,
     pub p2p: P2pHandle,
+    /// Pace of deletes (garbage collection).
+    pub gc_rate: cyxcloud_daemon::RateLimit,
     pub peer_id: String,
     pub p2p_addresses: Vec<String>,
 }
@@ -177,6 +179,7 @@ pub async fn run(c: Client, shutdown: Shutdown) {
         lifecycle: c.lifecycle.clone(),
         metrics: c.metrics.clone(),
         p2p: c.p2p.clone(),
+        gc_rate: c.gc_rate.clone(),
     };
     let commands = Arc::new(Mutex::new(Commands::default()));
     let max_backoff =

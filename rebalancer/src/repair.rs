@@ -34,6 +34,12 @@ use crate::planner::{
     self, ChunkView, NodeState, NodeView, PlanError, Reason, ShardState, ShardView,
 };
 
+/// Node addresses by id, and the ids of nodes whose shards can be read (online or draining).
+type NodeLookup = (
+    Arc<HashMap<String, String>>,
+    Arc<std::collections::HashSet<String>>,
+);
+
 /// What the repair worker shows in `/health` and its progress line.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Progress {
@@ -94,10 +100,7 @@ pub struct Repairer {
     /// Planned chunks from the last scan, worst first, with the node view they were planned
     /// on; started as slots free up, discarded when older than the poll interval.
     queue: std::collections::VecDeque<(v1::DegradedChunk, planner::ChunkPlan)>,
-    queue_view: Option<(
-        Arc<HashMap<String, String>>,
-        Arc<std::collections::HashSet<String>>,
-    )>,
+    queue_view: Option<NodeLookup>,
     queued_at: Option<Instant>,
     /// Bytes written by recent repairs, for the ETA: (when, bytes).
     recent: Vec<(Instant, u64)>,

@@ -104,6 +104,11 @@ pub trait ShardStore: Send + Sync {
     fn quarantine(&self, hash: &Hash) -> Result<()>;
     /// Number of quarantined records.
     fn quarantined(&self) -> Result<u64>;
+    /// Gives the space of deleted records back to the file system (RocksDB: a compaction,
+    /// which also collects blob files' garbage). Nothing to do by default.
+    fn reclaim(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Space accounting of a store.
@@ -163,6 +168,8 @@ pub struct Shards {
     acct: Mutex<Accounting>,
     /// Shards found corrupt and quarantined, not yet reported to the gateway.
     corrupt_found: Mutex<Vec<Hash>>,
+    /// Record bytes deleted since the store last reclaimed space.
+    freed_since_reclaim: std::sync::atomic::AtomicU64,
 }
 
 /// What [`Shards::delete_unless_newer`] did with one hash.
@@ -206,6 +213,7 @@ impl Shards {
             recent: recent::Recent::new(recent::Recent::random_epoch()),
             acct: Mutex::new(acct),
             corrupt_found: Mutex::new(Vec::new()),
+            freed_since_reclaim: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -347,6 +355,23 @@ impl Shards {
         }
     }
 
+    /// Reclaims disk space once deletes freed as many bytes as are still stored (and at least
+    /// 256 MiB) since the last time, so the rewrite of live data costs no more than what it
+    /// gives back; returns whether it did.
+    pub fn maybe_reclaim(&self) -> Result<bool> {
+        use std::sync::atomic::Ordering;
+        let freed = self.freed_since_reclaim.load(Ordering::Relaxed);
+        let threshold = self.usage().used_bytes.max(256 << 20);
+        if freed < threshold {
+            return Ok(false);
+        }
+        self.freed_since_reclaim.store(0, Ordering::Relaxed);
+        let t = std::time::Instant::now();
+        self.backend.reclaim()?;
+        tracing::info!(freed, took = ?t.elapsed(), "reclaimed the space of deleted shards");
+        Ok(true)
+    }
+
     /// Takes the shards found corrupt since the last call (to report to the gateway).
     pub fn take_corrupt(&self) -> Vec<Hash> {
         std::mem::take(&mut *lock(&self.corrupt_found))
@@ -365,6 +390,11 @@ impl Shards {
     /// Hashes of every stored shard (for the scrub).
     pub fn hashes(&self) -> Result<Vec<Hash>> {
         Ok(self.backend.scan()?.into_iter().map(|(h, _)| h).collect())
+    }
+
+    /// The stored record length of `hash`, if stored.
+    pub fn record_len(&self, hash: &Hash) -> Result<Option<u64>> {
+        self.backend.record_len(hash)
     }
 
     pub fn contains(&self, hash: &Hash) -> Result<bool> {
@@ -416,7 +446,11 @@ impl Shards {
             return Ok(Deleted::Kept);
         }
         Ok(match self.delete_locked(hash)? {
-            Some(len) => Deleted::Freed(len),
+            Some(len) => {
+                self.freed_since_reclaim
+                    .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                Deleted::Freed(len)
+            }
             None => Deleted::Missing,
         })
     }

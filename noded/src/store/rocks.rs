@@ -30,6 +30,9 @@ const CF_SHARDS: &str = "shards";
 const CF_SIZES: &str = "sizes";
 const CF_QUARANTINE: &str = "quarantine";
 
+/// Compactions collect the garbage of the oldest quarter of blob files.
+const BLOB_GC_AGE_CUTOFF: f64 = 0.25;
+
 /// Values at least this large go to blob files.
 pub const MIN_BLOB_SIZE: u64 = 4096;
 
@@ -71,7 +74,7 @@ fn blob_cf_options(table: &BlockBasedOptions) -> Options {
     o.set_blob_file_size(256 << 20);
     o.set_blob_compression_type(DBCompressionType::None);
     o.set_enable_blob_gc(true);
-    o.set_blob_gc_age_cutoff(0.25);
+    o.set_blob_gc_age_cutoff(BLOB_GC_AGE_CUTOFF);
     o.set_compression_type(DBCompressionType::None);
     // Large values: a memtable holds a few 64 MiB shards before it is flushed to blob files.
     o.set_write_buffer_size(64 << 20);
@@ -211,6 +214,28 @@ impl ShardStore for RocksStore {
         b.delete_cf(self.cf(CF_SHARDS), hash.as_bytes());
         b.delete_cf(self.cf(CF_SIZES), hash.as_bytes());
         self.db.write_opt(b, &self.write).map_err(|e| self.err(e))
+    }
+
+    fn reclaim(&self) -> Result<()> {
+        // A full compaction with every blob file eligible for garbage collection: live shards
+        // move to new blob files, files left with deleted shards only go away. It rewrites the
+        // live data once, so it runs only once deletes freed as much as is left (the caller).
+        let cf = self.cf(CF_SHARDS);
+        self.db
+            .set_options_cf(cf, &[("blob_garbage_collection_age_cutoff", "1.0")])
+            .map_err(|e| self.err(e))?;
+        self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        self.db
+            .compact_range_cf(self.cf(CF_SIZES), None::<&[u8]>, None::<&[u8]>);
+        self.db
+            .set_options_cf(
+                cf,
+                &[(
+                    "blob_garbage_collection_age_cutoff",
+                    &BLOB_GC_AGE_CUTOFF.to_string(),
+                )],
+            )
+            .map_err(|e| self.err(e))
     }
 
     fn quarantined(&self) -> Result<u64> {
