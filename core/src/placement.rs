@@ -247,8 +247,10 @@ pub fn place_replacements(
     })
 }
 
-/// The (datacenter, rack) keys of a node's failure domains, as [`Candidates`] counts them.
-fn domain_keys(n: &NodeInfo) -> (String, String) {
+/// The (datacenter, rack) keys of a node's failure domains, as [`Candidates`] counts them:
+/// its labels within its region, or the node itself when a label is empty (an unlabelled node
+/// is its own failure domain).
+pub fn domain_keys(n: &NodeInfo) -> (String, String) {
     let dc = if n.datacenter.is_empty() {
         format!("{}\0node:{}", n.region, n.id)
     } else {

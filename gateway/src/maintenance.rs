@@ -149,6 +149,35 @@ impl MaintenanceService {
         })
     }
 
+    /// A page of every chunk, in key order.
+    pub async fn chunks(&self, after: &[u8], limit: u32) -> Result<v1::ChunksResponse> {
+        let limit = if limit == 0 { 256 } else { limit.min(10_000) } as i64;
+        let mut tx = self.gw.db.read().await?;
+        let r = async {
+            let keys: Vec<Hash> = tx
+                .all(
+                    "SELECT id FROM chunks WHERE id > $1 ORDER BY id LIMIT $2",
+                    args![after.to_vec(), limit + 1],
+                )
+                .await?
+                .iter()
+                .map(|r| r.hash(0))
+                .collect::<Result<_>>()?;
+            let more = keys.len() as i64 > limit;
+            let mut chunks = Vec::new();
+            for k in keys.iter().take(limit as usize) {
+                if let Some(mut c) = degraded_chunk(&mut tx, k).await? {
+                    c.reason.clear();
+                    chunks.push(c);
+                }
+            }
+            Ok::<_, Error>(v1::ChunksResponse { chunks, more })
+        }
+        .await;
+        tx.rollback().await?;
+        r
+    }
+
     pub async fn nodes(&self) -> Result<v1::MaintenanceNodesResponse> {
         let nodes = self.gw.registry.nodes().await?;
         let scores = crate::audits::scores(&self.gw.db).await?;
@@ -211,6 +240,16 @@ impl MaintenanceService {
         // Everything is checked before the lease is taken.
         let mut seen = std::collections::BTreeSet::new();
         for t in &r.targets {
+            if !t.from_node.is_empty()
+                && rows
+                    .get(&t.index)
+                    .is_none_or(|row| row.node_id != t.from_node)
+            {
+                return Err(Error::PreconditionFailed(format!(
+                    "shard {} of chunk {key} is no longer on node {:?} (repaired or moved meanwhile)",
+                    t.index, t.from_node
+                )));
+            }
             if t.index as usize >= total || !seen.insert(t.index) {
                 return Err(Error::invalid(format!(
                     "target index {} is beyond the chunk's {total} shards or repeated",
@@ -279,14 +318,19 @@ impl MaintenanceService {
                     .map(|n| n.address.clone())
                     .unwrap_or_default(),
                 token: sign(&t.node_id, Op::Put, hash_of(t.index)),
+                from_node: t.from_node.clone(),
             })
             .collect();
+        // A copy's protection never shrinks: a later grant of the same target (a retry with a
+        // shorter lease) must not expose a copy an earlier grant's commit is about to name.
         write_tx!(db, tx => {
             for t in &targets {
                 tx.exec(
                     "INSERT INTO repair_targets (node_id, hash, chunk_id, idx, holder, expires_ms) \
                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (node_id, hash, chunk_id, idx) \
-                     DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms",
+                     DO UPDATE SET holder = excluded.holder, expires_ms = CASE \
+                     WHEN repair_targets.expires_ms > excluded.expires_ms THEN repair_targets.expires_ms \
+                     ELSE excluded.expires_ms END",
                     args![t.node_id.as_str(), &hash_of(t.index), &key, t.index, r.holder.as_str(), expires_ms],
                 )
                 .await?;
@@ -674,6 +718,20 @@ impl v1::maintenance_server::Maintenance for MaintenanceService {
         }
         .await;
         self.finish("Degraded", started, r)
+    }
+
+    async fn chunks(
+        &self,
+        request: Request<v1::ChunksRequest>,
+    ) -> Result<Response<v1::ChunksResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            self.admin(&request)?;
+            let r = request.into_inner();
+            self.chunks(&r.after, r.limit).await
+        }
+        .await;
+        self.finish("Chunks", started, r)
     }
 
     async fn nodes(

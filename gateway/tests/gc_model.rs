@@ -552,3 +552,29 @@ fn a_rebuilt_copy_waiting_for_its_commit_survives_a_sweep_and_deletes() {
     ])
     .unwrap();
 }
+
+/// Found by the model: a second grant of the same copy with a shorter lease (a retry by the
+/// same rebalancer) used to shorten its protection, so the expiry of the second grant let a
+/// delete remove the copy the first grant's commit then named.
+#[test]
+fn a_shorter_second_grant_does_not_expose_the_first_grants_copy() {
+    run(&[
+        Step::Write {
+            file: 0,
+            seed: 3,
+            pending: true,
+        },
+        Step::Repair {
+            crash: false,
+            later: true,
+        },
+        Step::Repair {
+            crash: true,
+            later: false,
+        },
+        Step::ExpireGrants,
+        Step::Heartbeat { node: 2 },
+        Step::CommitRepairs,
+    ])
+    .unwrap();
+}

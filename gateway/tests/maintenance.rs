@@ -237,6 +237,13 @@ async fn grants_and_commits(database_url: Option<String>) {
         assert_eq!(e.code(), code, "{e:?}");
     }
 
+    // A plan made before the shard moved (it names another node as the shard's place).
+    let mut stale = grant(key.clone(), "h1", sources.clone(), &target);
+    stale.targets[0].from_node = "not-where-it-is".into();
+    let e = m.grant_repair(stale).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("no longer on node"), "{e:?}");
+
     // A grant signs what the repair needs; a second holder waits for the lease.
     let g = m
         .grant_repair(grant(key.clone(), "h1", sources.clone(), &target))
@@ -481,9 +488,16 @@ async fn two_rebalancers(database_url: Option<String>) {
         }
     })
     .await;
-    let repaired = a.metric("cyxcloud_rebalancer_shards_repaired_total")
-        + b.metric("cyxcloud_rebalancer_shards_repaired_total");
-    assert_eq!(repaired, lost as f64, "each lost shard rebuilt once");
+    // The metrics count a repair once its task is reaped, just after its commit.
+    let repaired = || {
+        a.metric("cyxcloud_rebalancer_shards_repaired_total")
+            + b.metric("cyxcloud_rebalancer_shards_repaired_total")
+    };
+    eventually("both rebalancers' counts", || async {
+        (repaired() >= lost as f64).then_some(())
+    })
+    .await;
+    assert_eq!(repaired(), lost as f64, "each lost shard rebuilt once");
     for (id, d) in &files {
         assert_eq!(read_file(&mut ctl, id_ref(*id), 0, 0).await.unwrap(), *d);
     }

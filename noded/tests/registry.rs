@@ -430,6 +430,7 @@ async fn a_direct_repair_rebuilds_every_lost_shard_from_one_fetch_and_checks_its
             node_id: "rep-a".into(),
             address: a.url(),
             token: more_token,
+            from_node: String::new(),
         }],
     };
     let put_c = |role| token("rep-c", role, &[Op::Put], Scope::Shards(vec![hs[2]]));

@@ -10,7 +10,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Arc<Mutex<Registry>>,
-    /// Chunk repairs by result: ok, late (pending shards found stored), held (another
+    /// Chunk repairs by result: ok, partial (some shards failed, retried), late (pending
+    /// shards found stored), held (another
     /// rebalancer has the chunk), gone (changed meanwhile), failed.
     pub repairs: Family<Vec<(String, String)>, Counter>,
     pub shards_repaired: Counter,
@@ -56,7 +57,7 @@ impl Metrics {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
             r.register(
                 "cyxcloud_rebalancer_repairs",
-                "Chunk repairs by result (ok, late, held, gone, failed)",
+                "Chunk repairs by result (ok, partial, late, held, gone, failed)",
                 m.repairs.clone(),
             );
             r.register(

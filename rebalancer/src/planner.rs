@@ -69,6 +69,9 @@ pub enum Reason {
     Missing,
     /// Its node is draining: the shard is still readable, and moves.
     Draining,
+    /// Healthy, but the chunk holds more shards on its node, rack or datacenter than the
+    /// current topology allows (labels changed, nodes joined): the shard moves.
+    Misplaced,
 }
 
 /// One shard to rebuild on `target`.
@@ -220,6 +223,108 @@ pub fn plan(chunk: &ChunkView, nodes: &[NodeView], limits: Limits) -> Result<Chu
         healthy,
         data,
         repairs,
+    })
+}
+
+/// For a chunk whose shards are all healthy: the shards to move because the chunk exceeds, on
+/// some node, rack or datacenter, the limits a new placement would get on the current online
+/// nodes (the requested limits, relaxed only as far as this cluster needs). Shards are kept
+/// in index order while they fit; the rest move to targets chosen like repair targets. `None`
+/// when nothing is misplaced, the chunk is degraded (repair comes first), or nothing fits.
+pub fn misplaced(chunk: &ChunkView, nodes: &[NodeView], limits: Limits) -> Option<ChunkPlan> {
+    let total = chunk.profile.total();
+    let by_id: BTreeMap<&str, &NodeView> = nodes.iter().map(|n| (n.info.id.as_str(), n)).collect();
+    let healthy = chunk.shards.iter().filter(|s| {
+        s.index < total
+            && s.state == ShardState::Stored
+            && by_id
+                .get(s.node.as_str())
+                .is_some_and(|n| n.state == NodeState::Online)
+    });
+    if healthy.count() != total || chunk.shards.len() != total {
+        return None;
+    }
+    let online: Vec<NodeInfo> = nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Online)
+        .map(|n| n.info.clone())
+        .collect();
+    let fresh =
+        placement::place(&online, chunk.profile, chunk.shard_size, &chunk.key, limits).ok()?;
+    let allowed = fresh.limits;
+    let mut shards: Vec<&ShardView> = chunk.shards.iter().collect();
+    shards.sort_by_key(|s| s.index);
+    let (mut per_node, mut per_rack, mut per_dc): (
+        BTreeMap<String, usize>,
+        BTreeMap<String, usize>,
+        BTreeMap<String, usize>,
+    ) = Default::default();
+    let mut current: Vec<Option<String>> = vec![None; total];
+    let mut moving = Vec::new();
+    for s in shards {
+        let (dc, rack) = placement::domain_keys(&by_id[s.node.as_str()].info);
+        let fits = per_node.get(&s.node).copied().unwrap_or(0) < allowed.per_node
+            && per_rack.get(&rack).copied().unwrap_or(0) < allowed.per_rack
+            && per_dc.get(&dc).copied().unwrap_or(0) < allowed.per_datacenter;
+        if fits {
+            *per_node.entry(s.node.clone()).or_default() += 1;
+            *per_rack.entry(rack).or_default() += 1;
+            *per_dc.entry(dc).or_default() += 1;
+            current[s.index] = Some(s.node.clone());
+        } else {
+            moving.push((s.index, s.node.clone()));
+        }
+    }
+    if moving.is_empty() {
+        return None;
+    }
+    // A shard never moves to the node it leaves (its record there has the same key).
+    let leaving: std::collections::BTreeSet<&str> =
+        moving.iter().map(|(_, n)| n.as_str()).collect();
+    let candidates: Vec<NodeInfo> = online
+        .iter()
+        .map(|n| NodeInfo {
+            free_bytes: if leaving.contains(n.id.as_str()) {
+                0
+            } else {
+                n.free_bytes
+            },
+            ..n.clone()
+        })
+        .chain(
+            nodes
+                .iter()
+                .filter(|n| n.state != NodeState::Online)
+                .map(|n| NodeInfo {
+                    free_bytes: 0,
+                    ..n.info.clone()
+                }),
+        )
+        .collect();
+    let (targets, _) = placement::place_replacements(
+        &candidates,
+        chunk.profile,
+        chunk.shard_size,
+        &chunk.key,
+        allowed,
+        &current,
+    )
+    .ok()?;
+    let from: BTreeMap<usize, String> = moving.into_iter().collect();
+    Some(ChunkPlan {
+        key: chunk.key,
+        readable: total,
+        healthy: total,
+        data: chunk.profile.data(),
+        repairs: targets
+            .into_iter()
+            .map(|(index, target)| Repair {
+                index,
+                from: from.get(&index).cloned().unwrap_or_default(),
+                reason: Reason::Misplaced,
+                target,
+            })
+            .collect(),
     })
 }
 
@@ -419,5 +524,67 @@ mod tests {
         order(&mut all);
         assert_eq!(all, [three, one, none]);
         assert_eq!(all[0].margin(), 1);
+    }
+
+    #[test]
+    fn shards_packed_into_one_datacenter_move_out_when_the_cluster_allows() {
+        // 10 nodes: 5 labelled datacenter dc1 / rack r1, 5 unlabelled (each its own domain).
+        let (mut nodes, ids) = cluster(10);
+        for n in &mut nodes[..5] {
+            n.info.datacenter = "dc1".into();
+            n.info.rack = "r1".into();
+        }
+        // Written before the labels: 2 shards on each of the 5 dc1 nodes, 4 elsewhere.
+        let holders: Vec<&str> = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 6, 7, 8]
+            .iter()
+            .map(|&i| ids[i].as_str())
+            .collect();
+        let c = chunk(b"packed", &holders);
+        let p = misplaced(&c, &nodes, Limits::default()).expect("misplaced");
+        assert!(p.repairs.iter().all(|r| r.reason == Reason::Misplaced));
+        // After the moves: at most 4 in rack r1 (which is all of dc1), 2 per node.
+        let mut after: Vec<String> = holders.iter().map(|s| s.to_string()).collect();
+        for r in &p.repairs {
+            assert_eq!(after[r.index], r.from);
+            assert_ne!(r.target, r.from);
+            after[r.index] = r.target.clone();
+        }
+        let in_r1 = after.iter().filter(|n| ids[..5].contains(n)).count();
+        assert!(in_r1 <= 4, "{after:?}");
+        for id in &ids {
+            assert!(after.iter().filter(|n| *n == id).count() <= 2, "{after:?}");
+        }
+        // Applying the plan leaves nothing misplaced.
+        let moved = chunk(
+            b"packed",
+            &after.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        assert_eq!(misplaced(&moved, &nodes, Limits::default()), None);
+    }
+
+    #[test]
+    fn nothing_moves_when_the_cluster_cannot_do_better_or_the_chunk_is_degraded() {
+        // 7 unlabelled nodes, 2 shards each: the only possible placement.
+        let (mut nodes, ids) = cluster(7);
+        let holders: Vec<&str> = (0..14).map(|i| ids[i / 2].as_str()).collect();
+        assert_eq!(
+            misplaced(&chunk(b"tight", &holders), &nodes, Limits::default()),
+            None
+        );
+        // All 7 nodes in one rack: the rack limit relaxes to what the cluster allows.
+        for n in &mut nodes {
+            n.info.rack = "one".into();
+            n.info.datacenter = "dc".into();
+        }
+        assert_eq!(
+            misplaced(&chunk(b"tight", &holders), &nodes, Limits::default()),
+            None
+        );
+        // A degraded chunk is repair's business.
+        nodes[0].state = NodeState::Offline;
+        assert_eq!(
+            misplaced(&chunk(b"tight", &holders), &nodes, Limits::default()),
+            None
+        );
     }
 }

@@ -63,6 +63,13 @@ enum Outcome {
         read: u64,
         written: u64,
     },
+    /// Some shards rebuilt and committed, others failed: counted, and retried later.
+    Partial {
+        shards: usize,
+        read: u64,
+        written: u64,
+        error: String,
+    },
     /// Pending shards found on their nodes and marked stored.
     Late(usize),
     /// Another rebalancer holds the chunk's lease.
@@ -102,6 +109,10 @@ pub struct Repairer {
     queue: std::collections::VecDeque<(v1::DegradedChunk, planner::ChunkPlan)>,
     queue_view: Option<NodeLookup>,
     queued_at: Option<Instant>,
+    /// The placement check's position in its pass over every chunk (None: between passes),
+    /// and when the next pass is due (every `scan_interval`).
+    placement_cursor: Option<Vec<u8>>,
+    placement_due: Instant,
     /// Bytes written by recent repairs, for the ETA: (when, bytes).
     recent: Vec<(Instant, u64)>,
 }
@@ -136,6 +147,8 @@ impl Repairer {
             queue: std::collections::VecDeque::new(),
             queue_view: None,
             queued_at: None,
+            placement_cursor: None,
+            placement_due: Instant::now(),
             recent: Vec::new(),
         }
     }
@@ -144,7 +157,7 @@ impl Repairer {
         self.in_flight.remove(&job.key);
         match job.result {
             Ok(o) => {
-                self.retry.remove(&job.key);
+                let previous = self.retry.remove(&job.key);
                 match o {
                     Outcome::Repaired {
                         shards,
@@ -156,6 +169,29 @@ impl Repairer {
                         self.metrics.bytes_read.inc_by(read);
                         self.metrics.bytes_written.inc_by(written);
                         self.recent.push((Instant::now(), written));
+                    }
+                    Outcome::Partial {
+                        shards,
+                        read,
+                        written,
+                        error,
+                    } => {
+                        self.metrics.repairs.get_or_create(&result("partial")).inc();
+                        self.metrics.shards_repaired.inc_by(shards as u64);
+                        self.metrics.bytes_read.inc_by(read);
+                        self.metrics.bytes_written.inc_by(written);
+                        self.recent.push((Instant::now(), written));
+                        let delay = previous.map_or(Duration::from_secs(1), |r| {
+                            (r.delay * 2).min(Duration::from_secs(300))
+                        });
+                        tracing::warn!(chunk = %job.key, error = %error, retry_in = ?delay, "repair partly failed");
+                        self.retry.insert(
+                            job.key,
+                            Retry {
+                                at: Instant::now() + delay,
+                                delay,
+                            },
+                        );
                     }
                     Outcome::Late(n) => {
                         self.metrics.repairs.get_or_create(&result("late")).inc();
@@ -288,6 +324,48 @@ impl Repairer {
         Ok(())
     }
 
+    /// One page of the placement check: chunks whose shards sit on more nodes, racks or
+    /// datacenters than the current topology allows get moves queued.
+    async fn placement_page(&mut self) -> Result<(), WorkError> {
+        let mut m = self.client.maintenance();
+        let page = m
+            .chunks(v1::ChunksRequest {
+                after: self.placement_cursor.clone().unwrap_or_default(),
+                limit: 256,
+            })
+            .await?
+            .into_inner();
+        let nodes = m.nodes(v1::MaintenanceNodesRequest {}).await?.into_inner();
+        let view = node_views(&nodes);
+        let limits = Limits {
+            per_node: nodes.max_shards_per_node as usize,
+            per_rack: nodes.max_shards_per_rack as usize,
+            per_datacenter: nodes.max_shards_per_datacenter as usize,
+        };
+        self.placement_cursor = if page.more {
+            page.chunks.last().map(|c| c.key.clone())
+        } else {
+            self.placement_due = Instant::now() + self.scan_interval;
+            None
+        };
+        let mut moves = 0;
+        for c in page.chunks {
+            let Some(cv) = chunk_view(&c) else { continue };
+            if let Some(plan) = planner::misplaced(&cv, &view, limits) {
+                moves += plan.repairs.len();
+                self.queue.push_back((c, plan));
+            }
+        }
+        if moves > 0 {
+            tracing::info!(
+                moves,
+                "shards placed beyond the topology's limits: moving them"
+            );
+            self.queued_at = Some(Instant::now());
+        }
+        Ok(())
+    }
+
     /// Starts queued repairs while slots are free; returns how many started.
     fn start_jobs(&mut self) -> usize {
         let Some((addresses, readable)) = self.queue_view.clone() else {
@@ -361,6 +439,12 @@ impl Worker for Repairer {
         if self.queue.is_empty() || stale {
             self.scan().await?;
         }
+        // Nothing to repair: check placements (a page per step, a pass per scan interval).
+        if self.queue.is_empty()
+            && (self.placement_cursor.is_some() || Instant::now() >= self.placement_due)
+        {
+            self.placement_page().await?;
+        }
         if self.start_jobs() > 0 {
             return Ok(Step::Busy);
         }
@@ -370,6 +454,10 @@ impl Worker for Repairer {
                 self.finished(job);
             }
             self.metrics.in_flight.set(self.in_flight.len() as i64);
+            return Ok(Step::Busy);
+        }
+        if self.placement_cursor.is_some() {
+            // A placement pass is under way: its next page at once.
             return Ok(Step::Busy);
         }
         Ok(Step::Idle)
@@ -510,9 +598,10 @@ impl JobCtx {
         // A shard on a draining node is copied from there (one shard read, not k); lost
         // shards are rebuilt from k readable shards, spread over nodes by the chunk key.
         let k = info.data_shards as usize;
-        let (copies, rebuilds): (Vec<_>, Vec<_>) = repairs
-            .iter()
-            .partition(|r| r.reason == Reason::Draining && self.readable.contains(&r.from));
+        let (copies, rebuilds): (Vec<_>, Vec<_>) = repairs.iter().partition(|r| {
+            matches!(r.reason, Reason::Draining | Reason::Misplaced)
+                && self.readable.contains(&r.from)
+        });
         let lost: std::collections::BTreeSet<usize> = rebuilds.iter().map(|r| r.index).collect();
         let mut sources: Vec<v1::RepairSource> = Vec::new();
         if !rebuilds.is_empty() {
@@ -552,6 +641,8 @@ impl JobCtx {
             .map(|r| v1::RepairTarget {
                 index: r.index as u32,
                 node_id: r.target.clone(),
+                // The gateway refuses the grant if another repair moved the shard meanwhile.
+                from_node: r.from.clone(),
                 ..Default::default()
             })
             .collect();
@@ -576,8 +667,9 @@ impl JobCtx {
             Ok(g) => g.into_inner(),
             Err(s) if s.code() == tonic::Code::NotFound => return Ok(Outcome::Gone),
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                // The layout or the nodes changed since the scan: plan again.
-                return Err(format!("grant refused: {}", s.message()));
+                // The layout or the nodes changed since the scan: plan again at the next one.
+                tracing::debug!(chunk = %key, reason = %s.message(), "stale plan");
+                return Ok(Outcome::Gone);
             }
             Err(s) => return Err(format!("grant: {}", s.message())),
         };
@@ -688,7 +780,15 @@ impl JobCtx {
             .applied;
         let shards = applied.iter().filter(|a| **a).count();
         if !errors.is_empty() {
-            return Err(errors.join("; "));
+            if shards == 0 {
+                return Err(errors.join("; "));
+            }
+            return Ok(Outcome::Partial {
+                shards,
+                read,
+                written,
+                error: errors.join("; "),
+            });
         }
         if shards == 0 {
             return Ok(Outcome::Gone);

@@ -496,3 +496,93 @@ async fn deleted_files_aborted_uploads_and_orphans_on_a_moved_disk_are_collected
     assert_eq!(total_shards(&c), kept);
     assert!(get(&client, "gcol", "keep").await == keep);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_nodes_are_relabelled_into_one_rack_shards_move_out_to_the_limits() {
+    let mut c = Cluster::start(ClusterOptions {
+        nodes: 10,
+        chunk_size: Some(CHUNK as u64),
+        rebalancer_settings: vec!["scan_interval_secs=1".into()],
+        ..Default::default()
+    });
+    let client = client(&c).await;
+    client
+        .control()
+        .create_bucket(v1::CreateBucketRequest {
+            name: "racks".into(),
+            public_read: false,
+        })
+        .await
+        .unwrap();
+    let mut files = Vec::new();
+    for i in 0..3u64 {
+        let d = data(4 * CHUNK, 90 + i);
+        put(&client, "racks", &format!("f{i}"), &d).await;
+        files.push((format!("f{i}"), d));
+    }
+    c.wait_redundant(Duration::from_secs(60));
+    // Half the nodes turn out to share one rack in one datacenter (the operator labels them).
+    let rack: Vec<String> = c.nodes[..5].iter().map(|n| n.id.clone()).collect();
+    let in_rack_max = |chunks: &[v1::DegradedChunk]| {
+        chunks
+            .iter()
+            .map(|ch| {
+                ch.shards
+                    .iter()
+                    .filter(|s| rack.contains(&s.node_id))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let all_chunks = || async {
+        client
+            .maintenance()
+            .chunks(v1::ChunksRequest {
+                after: vec![],
+                limit: 1000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .chunks
+    };
+    assert!(
+        in_rack_max(&all_chunks().await) > 4,
+        "some chunk has more than 4 shards there"
+    );
+    for i in 0..5 {
+        let cfg = std::fs::read_to_string(&c.nodes[i].config).unwrap();
+        let cfg = cfg.replace(
+            "region = \"test\"\n",
+            "region = \"test\"\ndatacenter = \"dc1\"\nrack = \"r1\"\n",
+        );
+        std::fs::write(&c.nodes[i].config, cfg).unwrap();
+        c.kill_node(i);
+        c.start_node(i);
+        c.wait_registered(i);
+    }
+    // The placement check moves shards until no chunk has more than 4 in that rack (the
+    // usage guide's rack limit, which these 10 nodes allow) or 2 on a node.
+    let chunks = eventually(
+        Duration::from_secs(120),
+        "placements within the limits",
+        || async {
+            let chunks = all_chunks().await;
+            (in_rack_max(&chunks) <= 4
+                && degraded(&client).await.total == 0
+                && chunks.iter().all(|ch| {
+                    ch.shards
+                        .iter()
+                        .all(|s| ch.shards.iter().filter(|t| t.node_id == s.node_id).count() <= 2)
+                }))
+            .then_some(chunks)
+        },
+    )
+    .await;
+    assert_eq!(chunks.len(), 12);
+    assert!(metric(&c, "cyxcloud_rebalancer_shards_repaired_total") > 0.0);
+    for (k, d) in &files {
+        assert!(get(&client, "racks", k).await == *d, "{k} differs");
+    }
+}
