@@ -704,159 +704,123 @@ fn hashes(list: &[Vec<u8>]) -> Result<Vec<Hash>> {
         .collect()
 }
 
+/// An admin-only handler: checks the caller, runs `$body` with the request's message as `$r`,
+/// records the outcome under `$name`.
+macro_rules! admin_rpc {
+    ($self:ident, $name:literal, $req:ident, |$r:ident| $body:expr) => {{
+        let started = Instant::now();
+        let res = async {
+            $self.admin(&$req)?;
+            let $r = $req.into_inner();
+            $body
+        }
+        .await;
+        $self.finish($name, started, res)
+    }};
+}
+
+fn orphans_response(h: Vec<Hash>) -> v1::OrphansResponse {
+    v1::OrphansResponse {
+        hashes: h.iter().map(|h| h.0.to_vec()).collect(),
+    }
+}
+
 #[tonic::async_trait]
 impl v1::maintenance_server::Maintenance for MaintenanceService {
     async fn degraded(
         &self,
         request: Request<v1::DegradedRequest>,
     ) -> Result<Response<v1::DegradedResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
-            self.admin(&request)?;
-            let r = request.into_inner();
-            self.degraded(r.limit, &hashes(&r.exclude)?).await
-        }
-        .await;
-        self.finish("Degraded", started, r)
+        admin_rpc!(self, "Degraded", request, |r| self
+            .degraded(r.limit, &hashes(&r.exclude)?)
+            .await)
     }
 
     async fn chunks(
         &self,
         request: Request<v1::ChunksRequest>,
     ) -> Result<Response<v1::ChunksResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
-            self.admin(&request)?;
-            let r = request.into_inner();
-            self.chunks(&r.after, r.limit).await
-        }
-        .await;
-        self.finish("Chunks", started, r)
+        admin_rpc!(self, "Chunks", request, |r| self
+            .chunks(&r.after, r.limit)
+            .await)
     }
 
     async fn nodes(
         &self,
         request: Request<v1::MaintenanceNodesRequest>,
     ) -> Result<Response<v1::MaintenanceNodesResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
-            self.admin(&request)?;
-            self.nodes().await
-        }
-        .await;
-        self.finish("MaintenanceNodes", started, r)
+        admin_rpc!(self, "MaintenanceNodes", request, |_r| self.nodes().await)
     }
 
     async fn grant_repair(
         &self,
         request: Request<v1::GrantRepairRequest>,
     ) -> Result<Response<v1::GrantRepairResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
-            self.admin(&request)?;
-            self.grant(request.into_inner()).await
-        }
-        .await;
-        self.finish("GrantRepair", started, r)
+        admin_rpc!(self, "GrantRepair", request, |r| self.grant(r).await)
     }
 
     async fn commit_repair(
         &self,
         request: Request<v1::CommitRepairRequest>,
     ) -> Result<Response<v1::CommitRepairResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
-            self.admin(&request)?;
-            self.commit(request.into_inner()).await
-        }
-        .await;
-        self.finish("CommitRepair", started, r)
+        admin_rpc!(self, "CommitRepair", request, |r| self.commit(r).await)
     }
 
     async fn audit_batch(
         &self,
         request: Request<v1::AuditBatchRequest>,
     ) -> Result<Response<v1::AuditBatchResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
-            self.admin(&request)?;
-            let r = request.into_inner();
+        admin_rpc!(self, "AuditBatch", request, |r| {
             crate::audits::batch(&self.gw, r.limit, r.min_age_ms).await
-        }
-        .await;
-        self.finish("AuditBatch", started, r)
+        })
     }
 
     async fn report_audits(
         &self,
         request: Request<v1::ReportAuditsRequest>,
     ) -> Result<Response<v1::ReportAuditsResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
-            self.admin(&request)?;
-            let failed = crate::audits::report(&self.gw.db, &request.into_inner().results).await?;
+        admin_rpc!(self, "ReportAudits", request, |r| {
+            let failed = crate::audits::report(&self.gw.db, &r.results).await?;
             Ok(v1::ReportAuditsResponse { failed })
-        }
-        .await;
-        self.finish("ReportAudits", started, r)
+        })
     }
 
     async fn node_token(
         &self,
         request: Request<v1::NodeTokenRequest>,
     ) -> Result<Response<v1::NodeTokenResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
-            self.admin(&request)?;
-            self.node_token(&request.into_inner().node_id).await
-        }
-        .await;
-        self.finish("NodeToken", started, r)
+        admin_rpc!(self, "NodeToken", request, |r| self
+            .node_token(&r.node_id)
+            .await)
     }
 
     async fn unreferenced(
         &self,
         request: Request<v1::OrphansRequest>,
     ) -> Result<Response<v1::OrphansResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
-            self.admin(&request)?;
-            let h = self.unreferenced(&request.into_inner()).await?;
-            Ok(v1::OrphansResponse {
-                hashes: h.iter().map(|h| h.0.to_vec()).collect(),
-            })
-        }
-        .await;
-        self.finish("Unreferenced", started, r)
+        admin_rpc!(self, "Unreferenced", request, |r| self
+            .unreferenced(&r)
+            .await
+            .map(orphans_response))
     }
 
     async fn collect_orphans(
         &self,
         request: Request<v1::OrphansRequest>,
     ) -> Result<Response<v1::OrphansResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
-            self.admin(&request)?;
-            let h = self.collect_orphans(&request.into_inner()).await?;
-            Ok(v1::OrphansResponse {
-                hashes: h.iter().map(|h| h.0.to_vec()).collect(),
-            })
-        }
-        .await;
-        self.finish("CollectOrphans", started, r)
+        admin_rpc!(self, "CollectOrphans", request, |r| self
+            .collect_orphans(&r)
+            .await
+            .map(orphans_response))
     }
 
     async fn abandon_repair(
         &self,
         request: Request<v1::AbandonRepairRequest>,
     ) -> Result<Response<v1::AbandonRepairResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
-            self.admin(&request)?;
-            self.abandon(request.into_inner()).await?;
+        admin_rpc!(self, "AbandonRepair", request, |r| {
+            self.abandon(r).await?;
             Ok(v1::AbandonRepairResponse {})
-        }
-        .await;
-        self.finish("AbandonRepair", started, r)
+        })
     }
 }

@@ -3,7 +3,6 @@
 //! delete, pending shards that arrive late, and two rebalancers sharing the work.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use cyxcloud_proto::v1;
@@ -54,27 +53,18 @@ struct Rebalancer {
 impl Rebalancer {
     fn start(gw: &Gw, holder: &str) -> Rebalancer {
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cmd = Command::new(cyxcloud_testkit::bin("cyxcloud-rebalancer"));
-        for k in [
-            "SCAN_INTERVAL_SECS",
-            "REPAIR_PARALLELISM",
-            "RATE_LIMIT_BYTES_PER_HOUR",
-            "CYXCLOUD_GRPC_ADDRESS",
-        ] {
-            cmd.env_remove(k);
-        }
-        cmd.args(["--gateway", &gw.url()])
-            .args(["--set", &format!("metrics.port={}", metrics.port())])
-            .args(["--set", &format!("holder={holder}")])
-            .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
-            .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
-            .env("RUST_LOG", "info");
         let log = gw
             .data_dir
             .parent()
             .unwrap()
             .join(format!("rebalancer-{holder}.log"));
-        let proc = Proc::spawn(holder, cmd, &log);
+        let proc = cyxcloud_testkit::spawn_rebalancer(
+            &gw.url(),
+            (ACCESS_KEY, SECRET_KEY),
+            metrics.port(),
+            &[format!("holder={holder}")],
+            &log,
+        );
         let health = wait_for_http(metrics, "/health", Duration::from_secs(60));
         // The port is ours (not another test's process that took it meanwhile).
         assert!(

@@ -164,22 +164,14 @@ impl Cluster {
     /// Starts `cyxcloud-rebalancer` against the gateway (default settings).
     pub fn start_rebalancer(&mut self) {
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cmd = Command::new(bin("cyxcloud-rebalancer"));
-        for k in [
-            "SCAN_INTERVAL_SECS",
-            "REPAIR_PARALLELISM",
-            "RATE_LIMIT_BYTES_PER_HOUR",
-            "CYXCLOUD_GRPC_ADDRESS",
-        ] {
-            cmd.env_remove(k);
-        }
-        cmd.env("RUST_LOG", "info")
-            .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
-            .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
-            .args(["--gateway", &self.grpc_url()])
-            .args(["--set", &format!("metrics.port={}", metrics.port())]);
         let log = self.dir.path().join("rebalancer.log");
-        self.rebalancer = Some(Proc::spawn("rebalancer", cmd, &log));
+        self.rebalancer = Some(cyxcloud_testkit::spawn_rebalancer(
+            &self.grpc_url(),
+            (ACCESS_KEY, SECRET_KEY),
+            metrics.port(),
+            &[],
+            &log,
+        ));
         wait_for_http(metrics, "/health", START);
     }
 

@@ -119,28 +119,14 @@ impl Cluster {
 
     /// Starts (or restarts) the rebalancer against the gateway; waits for its `/health`.
     pub fn start_rebalancer(&mut self) {
-        let mut cmd = Command::new(bin("cyxcloud-rebalancer"));
-        cmd.args(["--gateway", &self.grpc_url()])
-            .args(["--set", &format!("metrics.port={}", self.rebalancer_port)])
-            .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
-            .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
-            .env(
-                "RUST_LOG",
-                std::env::var("CYX_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            );
-        for k in [
-            "SCAN_INTERVAL_SECS",
-            "REPAIR_PARALLELISM",
-            "RATE_LIMIT_BYTES_PER_HOUR",
-            "CYXCLOUD_GRPC_ADDRESS",
-        ] {
-            cmd.env_remove(k);
-        }
-        for s in &self.opts.rebalancer_settings {
-            cmd.args(["--set", s]);
-        }
         let log = self.dir.path().join("rebalancer.log");
-        self.rebalancer = Some(Proc::spawn("cyxcloud-rebalancer", cmd, &log));
+        self.rebalancer = Some(crate::spawn_rebalancer(
+            &self.grpc_url(),
+            (ACCESS_KEY, SECRET_KEY),
+            self.rebalancer_port,
+            &self.opts.rebalancer_settings,
+            &log,
+        ));
         wait_for_http(self.rebalancer_addr(), "/health", Duration::from_secs(60));
     }
 

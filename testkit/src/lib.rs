@@ -23,6 +23,42 @@ pub mod services;
 
 pub mod cluster;
 
+/// Starts `cyxcloud-rebalancer` against the gateway at `grpc_url` with admin credentials
+/// `(access, secret)`, `/metrics` and `/health` on `metrics_port`, extra `--set` settings, its
+/// output in `log` (the environment's rebalancer variables are cleared, so only these count).
+pub fn spawn_rebalancer(
+    grpc_url: &str,
+    (access, secret): (&str, &str),
+    metrics_port: u16,
+    settings: &[String],
+    log: &Path,
+) -> Proc {
+    let mut cmd = Command::new(bin("cyxcloud-rebalancer"));
+    for k in [
+        "SCAN_INTERVAL_SECS",
+        "REPAIR_PARALLELISM",
+        "RATE_LIMIT_BYTES_PER_HOUR",
+        "AUDIT_PERIOD_SECS",
+        "GC_GRACE_SECS",
+        "CYXCLOUD_GRPC_ADDRESS",
+        "CYXCLOUD_SECRET_KEY_FILE",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd.args(["--gateway", grpc_url])
+        .args(["--set", &format!("metrics.port={metrics_port}")])
+        .env("CYXCLOUD_ACCESS_KEY", access)
+        .env("CYXCLOUD_SECRET_KEY", secret)
+        .env(
+            "RUST_LOG",
+            std::env::var("CYX_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    for s in settings {
+        cmd.args(["--set", s]);
+    }
+    Proc::spawn("cyxcloud-rebalancer", cmd, log)
+}
+
 pub use tempfile::{TempDir, tempdir};
 
 /// Returns a free TCP port on 127.0.0.1 that this process has not handed out before.
