@@ -28,12 +28,7 @@ impl ControlService {
     }
 
     fn caller<T>(&self, req: &Request<T>) -> Result<Caller> {
-        let token = bearer(req.metadata()).ok_or_else(|| {
-            Error::Unauthenticated(
-                "missing `authorization: Bearer <token>` (call Authenticate)".into(),
-            )
-        })?;
-        self.gw.accounts.verify(token)
+        caller_of(&self.gw, req.metadata())
     }
 
     fn finish<T>(
@@ -42,13 +37,31 @@ impl ControlService {
         started: Instant,
         r: Result<T>,
     ) -> Result<Response<T>, Status> {
-        let code = match &r {
-            Ok(_) => "ok",
-            Err(e) => e.code().as_str(),
-        };
-        self.gw.metrics.observe(method, code, started);
-        r.map(Response::new).map_err(Status::from)
+        respond(&self.gw, method, started, r)
     }
+}
+
+/// Who calls, from the request's `authorization: Bearer <token>` (every gRPC service).
+pub fn caller_of(gw: &Gateway, md: &tonic::metadata::MetadataMap) -> Result<Caller> {
+    let token = bearer(md).ok_or_else(|| {
+        Error::Unauthenticated("missing `authorization: Bearer <token>` (call Authenticate)".into())
+    })?;
+    gw.accounts.verify(token)
+}
+
+/// Records a call's outcome under `method` and turns it into the gRPC response.
+pub fn respond<T>(
+    gw: &Gateway,
+    method: &str,
+    started: Instant,
+    r: Result<T>,
+) -> Result<Response<T>, Status> {
+    let code = match &r {
+        Ok(_) => "ok",
+        Err(e) => e.code().as_str(),
+    };
+    gw.metrics.observe(method, code, started);
+    r.map(Response::new).map_err(Status::from)
 }
 
 /// The bearer token of a request's metadata.

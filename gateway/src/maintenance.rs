@@ -81,13 +81,7 @@ impl MaintenanceService {
     }
 
     fn admin<T>(&self, req: &Request<T>) -> Result<()> {
-        let token = crate::control::bearer(req.metadata()).ok_or_else(|| {
-            Error::Unauthenticated(
-                "missing `authorization: Bearer <token>` (call Authenticate)".into(),
-            )
-        })?;
-        let caller = self.gw.accounts.verify(token)?;
-        if !caller.admin {
+        if !crate::control::caller_of(&self.gw, req.metadata())?.admin {
             return Err(Error::PermissionDenied(
                 "the maintenance API is for the rebalancer and admins".into(),
             ));
@@ -101,12 +95,7 @@ impl MaintenanceService {
         started: Instant,
         r: Result<T>,
     ) -> Result<Response<T>, Status> {
-        let code = match &r {
-            Ok(_) => "ok",
-            Err(e) => e.code().as_str(),
-        };
-        self.gw.metrics.observe(method, code, started);
-        r.map(Response::new).map_err(Status::from)
+        crate::control::respond(&self.gw, method, started, r)
     }
 
     /// The worst `limit` degraded chunks (not in `exclude`), with totals over all of them.

@@ -11,7 +11,6 @@
 //! audit score. A node that cannot be reached is not scored here: it goes offline after missed
 //! heartbeats and its shards are repaired as lost.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use futures::StreamExt;
 use tonic::transport::Channel;
 
 use crate::metrics::Metrics;
+use crate::nodes::NodeChannels;
 
 /// Challenges computed per verified retrieval (the gateway keeps at most this many).
 const CHALLENGES: usize = 4;
@@ -49,7 +49,7 @@ pub struct Auditor {
     rate: RateLimit,
     metrics: Metrics,
     progress: Arc<Mutex<AuditProgress>>,
-    channels: HashMap<String, Channel>,
+    channels: NodeChannels,
 }
 
 /// One shard's audit outcome; `None` when the node could not be asked.
@@ -71,7 +71,7 @@ impl Auditor {
             rate,
             metrics,
             progress,
-            channels: HashMap::new(),
+            channels: NodeChannels::default(),
         }
     }
 
@@ -80,25 +80,6 @@ impl Auditor {
     fn batch_size(&self, stored: u64) -> u32 {
         let steps = (self.period.as_secs_f64() / self.interval.as_secs_f64().max(0.001)).max(1.0);
         ((stored as f64 / steps).ceil() * 2.0).clamp(1.0, 1000.0) as u32
-    }
-
-    async fn node(&mut self, address: &str) -> Result<ChunkServiceClient<Channel>, String> {
-        let ch = match self.channels.get(address) {
-            Some(c) => c.clone(),
-            None => {
-                let c = tonic::transport::Endpoint::from_shared(address.to_string())
-                    .map_err(|e| format!("bad address {address}: {e}"))?
-                    .connect_timeout(Duration::from_secs(5))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                self.channels.insert(address.to_string(), c.clone());
-                c
-            }
-        };
-        Ok(
-            ChunkServiceClient::new(ch)
-                .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES),
-        )
     }
 }
 
@@ -244,7 +225,7 @@ impl Worker for Auditor {
             if s.nonce.is_empty() {
                 self.rate.take(s.shard_size as u64).await;
             }
-            match self.node(&s.address).await {
+            match self.channels.client(&s.address) {
                 Ok(c) => jobs.push(audit_one(c, s)),
                 Err(e) => tracing::warn!(node = %s.node_id, error = %e, "cannot audit"),
             }

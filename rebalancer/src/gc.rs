@@ -19,9 +19,9 @@ use cyxcloud_client::Client;
 use cyxcloud_daemon::worker::WorkError;
 use cyxcloud_daemon::{Step, Worker};
 use cyxcloud_proto::v1;
-use cyxcloud_proto::v1::chunk_service_client::ChunkServiceClient;
 
 use crate::metrics::Metrics;
+use crate::nodes::NodeChannels;
 
 /// Hashes per page of a listing and per reference check.
 const PAGE: u32 = 10_000;
@@ -41,6 +41,7 @@ pub struct Collector {
     grace: Duration,
     metrics: Metrics,
     progress: Arc<Mutex<GcProgress>>,
+    channels: NodeChannels,
     /// (node, hash) → when first found unreferenced.
     candidates: HashMap<(String, Vec<u8>), Instant>,
 }
@@ -59,6 +60,7 @@ impl Collector {
             grace,
             metrics,
             progress,
+            channels: NodeChannels::default(),
             candidates: HashMap::new(),
         }
     }
@@ -72,12 +74,7 @@ impl Collector {
             })
             .await?
             .into_inner();
-        let ch = tonic::transport::Endpoint::from_shared(t.address.clone())?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await?;
-        let mut c = ChunkServiceClient::new(ch)
-            .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES);
+        let mut c = self.channels.client(&t.address)?;
         let mut after = Vec::new();
         let mut out = Vec::new();
         loop {

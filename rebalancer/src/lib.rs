@@ -13,6 +13,7 @@ pub mod audit;
 pub mod config;
 pub mod gc;
 pub mod metrics;
+pub mod nodes;
 pub mod planner;
 pub mod repair;
 

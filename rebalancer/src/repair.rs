@@ -30,6 +30,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::metrics::Metrics;
+use crate::nodes::NodeChannels;
 use crate::planner::{
     self, ChunkView, NodeState, NodeView, PlanError, Reason, ShardState, ShardView,
 };
@@ -100,7 +101,7 @@ pub struct Repairer {
     rate: RateLimit,
     metrics: Metrics,
     progress: Arc<Mutex<Progress>>,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: NodeChannels,
     jobs: JoinSet<Job>,
     in_flight: BTreeMap<Hash, Instant>,
     retry: HashMap<Hash, Retry>,
@@ -140,7 +141,7 @@ impl Repairer {
             rate,
             metrics,
             progress,
-            channels: Arc::new(Mutex::new(HashMap::new())),
+            channels: NodeChannels::default(),
             jobs: JoinSet::new(),
             in_flight: BTreeMap::new(),
             retry: HashMap::new(),
@@ -495,44 +496,21 @@ struct JobCtx {
     holder: String,
     lease: Duration,
     rate: RateLimit,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: NodeChannels,
     addresses: Arc<HashMap<String, String>>,
     /// Nodes whose shards can be read: online or draining.
     readable: Arc<std::collections::HashSet<String>>,
 }
 
 impl JobCtx {
-    async fn node(&self, id: &str) -> Result<ChunkServiceClient<Channel>, String> {
+    fn node(&self, id: &str) -> Result<ChunkServiceClient<Channel>, String> {
         let address = self
             .addresses
             .get(id)
             .ok_or_else(|| format!("node {id} has no address"))?;
-        let cached = self
-            .channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(address)
-            .cloned();
-        let ch = match cached {
-            Some(c) => c,
-            None => {
-                let c = tonic::transport::Endpoint::from_shared(address.clone())
-                    .map_err(|e| format!("node {id}: bad address {address}: {e}"))?
-                    .connect_timeout(Duration::from_secs(5))
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .map_err(|e| format!("node {id}: cannot connect to {address}: {e}"))?;
-                self.channels
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(address.clone(), c.clone());
-                c
-            }
-        };
-        Ok(ChunkServiceClient::new(ch)
-            .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES))
+        self.channels
+            .client(address)
+            .map_err(|e| format!("node {id}: {e}"))
     }
 
     async fn run(
@@ -550,7 +528,7 @@ impl JobCtx {
         let mut late = Vec::new();
         for r in plan.repairs {
             if r.reason == Reason::NotStored && self.readable.contains(&r.from) {
-                let held = match self.node(&r.from).await {
+                let held = match self.node(&r.from) {
                     Ok(mut c) => c
                         .has_shards(v1::HasShardsRequest {
                             hashes: vec![hash_of(r.index)],
@@ -735,7 +713,7 @@ impl JobCtx {
         let ctx = &self;
         let runs = commands.into_iter().map(|(node, cmd, _)| async move {
             let moved = cmd.sources.len() as u64 + 1 + cmd.more_targets.len() as u64;
-            let r = match ctx.node(&node).await {
+            let r = match ctx.node(&node) {
                 Ok(mut c) => {
                     let mut req = tonic::Request::new(cmd);
                     // Allow for slow links: a minute, plus a second per 10 MB moved.
