@@ -4,7 +4,8 @@
 //! `k` data + `m` parity shards behind the [`codec::Codec`] trait, the on-disk shard record format
 //! ([`record`]), blake3 integrity ([`hash`]), client-side encryption ([`crypto`]), the whole
 //! per-chunk pipeline that ties them together ([`chunk`]), shard placement as a pure function
-//! ([`placement`]) and the Ed25519 capability tokens that nodes check ([`token`]).
+//! ([`placement`]), the Ed25519 capability tokens that nodes check ([`token`]) and the node keys
+//! that registrations and heartbeats are signed with ([`identity`]).
 //!
 //! What must never live here: tokio, tonic, sqlx, rocksdb or any other IO runtime. Everything in
 //! this crate is a deterministic function of its inputs (plus the OS random source for key and
@@ -17,6 +18,7 @@ pub mod codec;
 pub mod crypto;
 pub mod error;
 pub mod hash;
+pub mod identity;
 pub mod placement;
 pub mod record;
 pub mod token;

@@ -603,7 +603,7 @@ fn check_key_shape(access_key: &str, secret: &str) -> Result<()> {
 }
 
 /// Constant-time equality.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

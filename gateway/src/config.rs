@@ -76,9 +76,15 @@ pub struct WritesConfig {
 pub struct NodesConfig {
     pub heartbeat_interval_ms: u64,
     pub missed_heartbeats: u32,
-    /// Refuse nodes without a machine API key from the operator account API.
+    /// Refuse new nodes without a machine API key from the operator account API, even with
+    /// the join token.
     pub require_machine_keys: bool,
     pub latency_probe_ms: u64,
+    /// The secret a new node presents to join (`NODE_JOIN_TOKEN` on the node); empty: new
+    /// nodes join only with a machine API key. A node bound to its key re-registers without it.
+    pub join_token: String,
+    /// Reads the join token from this file instead (trailing whitespace ignored).
+    pub join_token_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -166,6 +172,8 @@ impl Default for NodesConfig {
             missed_heartbeats: 3,
             require_machine_keys: false,
             latency_probe_ms: 10_000,
+            join_token: String::new(),
+            join_token_file: String::new(),
         }
     }
 }
@@ -213,6 +221,8 @@ pub const ENV: &[(&str, &str)] = &[
         "nodes.heartbeat_interval_ms",
     ),
     ("GATEWAY_REQUIRE_MACHINE_KEYS", "nodes.require_machine_keys"),
+    ("GATEWAY_NODE_JOIN_TOKEN", "nodes.join_token"),
+    ("GATEWAY_NODE_JOIN_TOKEN_FILE", "nodes.join_token_file"),
     ("GATEWAY_SUCCESS_THRESHOLD", "storage.success_threshold"),
     (
         "GATEWAY_INLINE_THRESHOLD_BYTES",
@@ -331,6 +341,12 @@ impl Config {
         if self.nodes.heartbeat_interval_ms < 50 {
             return bad("nodes.heartbeat_interval_ms must be at least 50".into());
         }
+        if !self.nodes.join_token.is_empty() && !self.nodes.join_token_file.is_empty() {
+            return bad("set nodes.join_token or nodes.join_token_file, not both".into());
+        }
+        if !self.nodes.join_token.is_empty() {
+            check_join_token(&self.nodes.join_token)?;
+        }
         if self.nodes.missed_heartbeats == 0 {
             return bad("nodes.missed_heartbeats must be at least 1".into());
         }
@@ -355,8 +371,36 @@ impl Config {
         let mut c = self.clone();
         c.database_url = redact(&c.database_url);
         c.redis_url = redact(&c.redis_url);
+        if !c.nodes.join_token.is_empty() {
+            c.nodes.join_token = "***".into();
+        }
         c
     }
+
+    /// The node join token: `nodes.join_token`, or the content of `nodes.join_token_file`;
+    /// `None` when neither is set.
+    pub fn join_token(&self) -> Result<Option<String>> {
+        if !self.nodes.join_token_file.is_empty() {
+            let path = &self.nodes.join_token_file;
+            let t = std::fs::read_to_string(path).map_err(|e| {
+                Error::Config(format!("cannot read nodes.join_token_file {path}: {e}"))
+            })?;
+            let t = t.trim_end().to_string();
+            check_join_token(&t)?;
+            return Ok(Some(t));
+        }
+        Ok((!self.nodes.join_token.is_empty()).then(|| self.nodes.join_token.clone()))
+    }
+}
+
+/// A join token is a secret: long enough not to be guessed, printable, one line.
+fn check_join_token(t: &str) -> Result<()> {
+    if t.len() < 16 || t.len() > 256 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::Config(
+            "the node join token must be 16 to 256 printable characters without spaces".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Hides the password of `scheme://user:password@host`.

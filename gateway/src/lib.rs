@@ -98,6 +98,9 @@ pub async fn open(
             require_machine_keys: config.nodes.require_machine_keys,
             latency_probe_ms: config.nodes.latency_probe_ms,
             gateway_id: gateway_id.clone(),
+            join_token_hash: config
+                .join_token()?
+                .map(|t| *blake3::hash(t.as_bytes()).as_bytes()),
         },
         signer.clone(),
         accounts.clone(),

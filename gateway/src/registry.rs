@@ -11,11 +11,13 @@
 //! the node refuses as stale (`retry`) has its hashes queued again.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use cyxcloud_core::Hash;
 use cyxcloud_core::token::TokenSigner;
+use cyxcloud_proto::signed::Signed;
 use cyxcloud_proto::v1;
 use prost::Message;
 
@@ -61,6 +63,8 @@ pub struct RegistryConfig {
     pub require_machine_keys: bool,
     pub latency_probe_ms: u64,
     pub gateway_id: String,
+    /// blake3 of the node join token, when one is configured.
+    pub join_token_hash: Option<[u8; 32]>,
 }
 
 /// The live node list and when it was read.
@@ -114,6 +118,23 @@ const VIEW_TTL: Duration = Duration::from_millis(250);
 const DELETE_BATCH: i64 = 1000;
 /// A delivered command without a result is delivered again after this long.
 const REDELIVER_NS: i64 = 60_000_000_000;
+/// How far a node's signing time may be from the gateway's clock.
+const MAX_CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
+
+/// Refuses a signing time too far from the gateway's clock (a replay of an old message, or a
+/// node whose clock is wrong: both must be told).
+fn check_clock(node: &str, signed_at_ms: u64) -> Result<()> {
+    let skew = signed_at_ms as i64 - now_ms();
+    if skew.abs() > MAX_CLOCK_SKEW_MS {
+        return Err(Error::Unauthenticated(format!(
+            "node {node:?} signed at a time {}s away from the gateway's clock (at most {}s \
+             allowed): a replayed message, or the node's clock is wrong",
+            skew / 1000,
+            MAX_CLOCK_SKEW_MS / 1000
+        )));
+    }
+    Ok(())
+}
 
 fn now_ms() -> i64 {
     now_ns() / 1_000_000
@@ -140,8 +161,9 @@ impl Registry {
         &self.cfg
     }
 
-    /// Checks a node's `authorization: Bearer <machine api key>` when keys are required.
-    async fn check_machine(&self, node_id: &str, api_key: Option<&str>) -> Result<()> {
+    /// Checks a node's `authorization: Bearer <machine api key>`: it must belong to this node
+    /// id; without one, `Ok(false)` (or a refusal when machine keys are required).
+    async fn check_machine(&self, node_id: &str, api_key: Option<&str>) -> Result<bool> {
         match api_key {
             Some(k) if !k.is_empty() => {
                 let m = self
@@ -155,25 +177,89 @@ impl Registry {
                         m.node_id
                     )));
                 }
-                Ok(())
+                Ok(true)
             }
             _ if self.cfg.require_machine_keys => Err(Error::Unauthenticated(
                 "this gateway requires a machine API key (authorization: Bearer <api_key>)".into(),
             )),
-            _ => Ok(()),
+            _ => Ok(false),
         }
     }
 
+    /// The credential a node id needs to bind its key: a machine API key (checked by
+    /// [`Self::check_machine`]) or the cluster's join token.
+    fn check_join(&self, req: &v1::RegisterRequest, has_machine_key: bool) -> Result<()> {
+        if has_machine_key {
+            return Ok(());
+        }
+        let Some(want) = &self.cfg.join_token_hash else {
+            return Err(Error::Unauthenticated(format!(
+                "node {:?} is not known here and this gateway admits new nodes only with a machine \
+                 API key from the operator account API (no join token is configured)",
+                req.node_id
+            )));
+        };
+        if req.join_token.is_empty() {
+            return Err(Error::Unauthenticated(format!(
+                "node {:?} is not known here: joining needs the cluster's join token \
+                 (NODE_JOIN_TOKEN on the node) or a machine API key",
+                req.node_id
+            )));
+        }
+        let got = blake3::hash(req.join_token.as_bytes());
+        if !crate::accounts::ct_eq(got.as_bytes(), want) {
+            return Err(Error::Unauthenticated(format!(
+                "node {:?}: wrong join token",
+                req.node_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Registers (or re-registers) a node. The registration must be signed by the node's key;
+    /// a node id binds to its key on its first registration, which needs a credential
+    /// ([`Self::check_join`]); afterwards only that key can register or heartbeat for it.
     pub async fn register(
         &self,
         req: &v1::RegisterRequest,
         api_key: Option<&str>,
+        peer: Option<SocketAddr>,
     ) -> Result<v1::RegisterResponse> {
         if req.node_id.is_empty() || req.node_id.len() > 128 {
             return Err(Error::invalid("node_id must be 1 to 128 characters"));
         }
         check_address(&req.grpc_address)?;
-        self.check_machine(&req.node_id, api_key).await?;
+        let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        if req.public_key.is_empty() || req.signature.is_empty() {
+            return Err(Error::Unauthenticated(format!(
+                "the registration of node {:?} is not signed with a node key \
+                 (this node is older than the gateway; upgrade cyxcloud-node)",
+                req.node_id
+            )));
+        }
+        req.verify(&req.public_key).map_err(|e| {
+            tracing::warn!(node = %req.node_id, %peer, error = %e, "refused a registration with a bad signature");
+            Error::Unauthenticated(format!("registration of node {:?}: {e}", req.node_id))
+        })?;
+        check_clock(&req.node_id, req.signed_at_ms)?;
+        let has_machine_key = self.check_machine(&req.node_id, api_key).await?;
+        let bound = self
+            .db
+            .opt(
+                "SELECT public_key FROM nodes WHERE id = $1",
+                args![req.node_id.as_str()],
+            )
+            .await?
+            .map(|r| r.opt_blob(0))
+            .transpose()?
+            .flatten();
+        match &bound {
+            Some(k) if k.as_slice() != req.public_key.as_slice() => {
+                return Err(self.foreign_key(&req.node_id, &peer, "registration"));
+            }
+            Some(_) => {}
+            None => self.check_join(req, has_machine_key)?,
+        }
         let topo = req.topology.clone().unwrap_or_default();
         let reported = state_of(req.state as i64);
         let state = match reported {
@@ -181,18 +267,20 @@ impl Registry {
             _ => v1::NodeState::Online,
         };
         let now = now_ms();
-        write_tx!(self.db, tx => {
+        let stored = write_tx!(self.db, tx => {
             let old = tx
                 .opt("SELECT state FROM nodes WHERE id = $1", args![req.node_id.as_str()])
                 .await?
                 .map(|r| r.i64(0))
                 .transpose()?;
-            tx.exec(
+            // The row changes only for the key it is bound to (or binds now, when unbound), and
+            // only for a newer signature than any seen: a race or a replay changes nothing.
+            let n = tx.exec(
                 "INSERT INTO nodes (id, name, address, peer_id, p2p_addresses, region, datacenter, rack, \
                  capacity_bytes, used_bytes, available_bytes, shard_count, reported_state, state, \
                  last_heartbeat_ms, registered_ns, latency_us, version, wallet_address, machine_id, \
-                 load_milli, connections, bytes_uploaded, bytes_downloaded) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, $17, $18, $19, 0, 0, 0, 0) \
+                 load_milli, connections, bytes_uploaded, bytes_downloaded, public_key, signed_ms) VALUES \
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, $17, $18, $19, 0, 0, 0, 0, $20, $21) \
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name, address = excluded.address, \
                  peer_id = excluded.peer_id, p2p_addresses = excluded.p2p_addresses, region = excluded.region, \
                  datacenter = excluded.datacenter, rack = excluded.rack, capacity_bytes = excluded.capacity_bytes, \
@@ -200,7 +288,10 @@ impl Registry {
                  shard_count = excluded.shard_count, reported_state = excluded.reported_state, \
                  state = excluded.state, last_heartbeat_ms = excluded.last_heartbeat_ms, \
                  version = excluded.version, wallet_address = excluded.wallet_address, \
-                 machine_id = excluded.machine_id",
+                 machine_id = excluded.machine_id, public_key = excluded.public_key, \
+                 signed_ms = excluded.signed_ms \
+                 WHERE (nodes.public_key IS NULL OR nodes.public_key = excluded.public_key) \
+                 AND nodes.signed_ms < excluded.signed_ms",
                 args![
                     req.node_id.as_str(),
                     req.name.as_str(),
@@ -220,16 +311,29 @@ impl Registry {
                     now_ns(),
                     req.version.as_str(),
                     req.wallet_address.as_str(),
-                    req.machine_id.as_str()
+                    req.machine_id.as_str(),
+                    req.public_key.clone(),
+                    req.signed_at_ms as i64
                 ],
             )
             .await?;
-            if old != Some(state as i64) {
+            if n > 0 && old != Some(state as i64) {
                 node_event(&mut tx, &req.node_id, state).await?;
             }
-            Ok(())
+            Ok(n > 0)
         });
+        if !stored {
+            tracing::warn!(node = %req.node_id, %peer, "refused a registration: replayed, or raced by another key");
+            return Err(Error::Unauthenticated(format!(
+                "registration of node {:?} refused: its signing time is not newer than the last \
+                 one seen (replayed), or another key bound the id first",
+                req.node_id
+            )));
+        }
         self.invalidate_view();
+        if bound.is_none() {
+            tracing::info!(node = %req.node_id, %peer, key = %hex::encode(&req.public_key), "node joined; its id is bound to its key");
+        }
         tracing::info!(node = %req.node_id, address = %req.grpc_address, state = ?state, "node registered");
         let ms = self.cfg.heartbeat_interval_ms;
         Ok(v1::RegisterResponse {
@@ -240,22 +344,52 @@ impl Registry {
         })
     }
 
+    /// The refusal of a node id's registration or heartbeat by a key other than its own.
+    fn foreign_key(&self, node: &str, peer: &str, what: &str) -> Error {
+        tracing::warn!(node, %peer, "refused a {what} for a node id bound to another key (an impostor, or a node whose data dir was replaced)");
+        Error::PermissionDenied(format!(
+            "node id {node:?} is bound to another node key; a {what} must be signed by it \
+             (a node that lost its data dir, and with it its key, joins again under a new node id)"
+        ))
+    }
+
     pub async fn heartbeat(
         &self,
         req: &v1::HeartbeatRequest,
         api_key: Option<&str>,
+        peer: Option<SocketAddr>,
     ) -> Result<v1::HeartbeatResponse> {
         self.check_machine(&req.node_id, api_key).await?;
+        let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        check_clock(&req.node_id, req.signed_at_ms)?;
         let now = now_ms();
         let reported = state_of(req.state as i64);
         let id = req.node_id.as_str();
         let (known, desired) = write_tx!(self.db, tx => {
             let Some(row) = tx
-                .opt("SELECT state, capacity_bytes FROM nodes WHERE id = $1", args![id])
+                .opt("SELECT state, public_key, signed_ms FROM nodes WHERE id = $1", args![id])
                 .await?
             else {
                 return Ok((false, v1::NodeState::Unspecified));
             };
+            // A node without a bound key registers again (signed) before it counts as alive.
+            let Some(key) = row.opt_blob(1)? else {
+                return Ok((false, v1::NodeState::Unspecified));
+            };
+            if let Err(e) = req.verify(&key) {
+                return Err(if req.signature.is_empty() {
+                    Error::Unauthenticated(format!("the heartbeat of node {id:?} is not signed"))
+                } else {
+                    tracing::warn!(node = id, %peer, error = %e, "refused a forged heartbeat");
+                    Error::PermissionDenied(format!("heartbeat of node {id:?}: {e}"))
+                });
+            }
+            if req.signed_at_ms as i64 <= row.i64(2)? {
+                tracing::warn!(node = id, %peer, "refused a replayed heartbeat");
+                return Err(Error::Unauthenticated(format!(
+                    "heartbeat of node {id:?}: its signing time is not newer than the last one seen (replayed)"
+                )));
+            }
             let old = state_of(row.i64(0)?);
             let mut state = match reported {
                 v1::NodeState::Draining | v1::NodeState::Drained => v1::NodeState::Draining,
@@ -267,7 +401,8 @@ impl Registry {
             tx.exec(
                 "UPDATE nodes SET used_bytes = $2, available_bytes = $3, shard_count = $4, \
                  load_milli = $5, connections = $6, reported_state = $7, state = $8, \
-                 last_heartbeat_ms = $9, bytes_uploaded = $10, bytes_downloaded = $11 WHERE id = $1",
+                 last_heartbeat_ms = $9, bytes_uploaded = $10, bytes_downloaded = $11, \
+                 signed_ms = $12 WHERE id = $1",
                 args![
                     id,
                     req.used_bytes,
@@ -279,7 +414,8 @@ impl Registry {
                     state as i64,
                     now,
                     req.bytes_uploaded,
-                    req.bytes_downloaded
+                    req.bytes_downloaded,
+                    req.signed_at_ms as i64
                 ],
             )
             .await?;

@@ -30,7 +30,7 @@ impl v1::node_registry_server::NodeRegistry for RegistryService {
         let r = self
             .gw
             .registry
-            .register(request.get_ref(), key.as_deref())
+            .register(request.get_ref(), key.as_deref(), request.remote_addr())
             .await;
         let code = r.as_ref().map_or_else(|e| e.code().as_str(), |_| "ok");
         self.gw.metrics.observe("Register", code, started);
@@ -46,7 +46,7 @@ impl v1::node_registry_server::NodeRegistry for RegistryService {
         let r = self
             .gw
             .registry
-            .heartbeat(request.get_ref(), key.as_deref())
+            .heartbeat(request.get_ref(), key.as_deref(), request.remote_addr())
             .await;
         let code = r.as_ref().map_or_else(|e| e.code().as_str(), |_| "ok");
         self.gw.metrics.observe("Heartbeat", code, started);

@@ -89,6 +89,7 @@ impl Gw {
             .env("GATEWAY_CHUNK_SIZE_BYTES", CHUNK.to_string())
             .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
             .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
+            .env("GATEWAY_NODE_JOIN_TOKEN", cyxcloud_testkit::JOIN_TOKEN)
             .args([
                 "--set",
                 "journal.poll_ms=50",
@@ -210,7 +211,8 @@ impl Node {
             .env("STORAGE_CAPACITY_GB", "10")
             .env("CYXWIZ_API_REGISTER", "false")
             .env("CENTRAL_REGISTER", "true")
-            .env("CENTRAL_ADDRESS", format!("http://{gateway_grpc}"));
+            .env("CENTRAL_ADDRESS", format!("http://{gateway_grpc}"))
+            .env("NODE_JOIN_TOKEN", cyxcloud_testkit::JOIN_TOKEN);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -979,4 +981,128 @@ async fn invalid_configuration_is_refused_before_binding() {
     assert!(!p.wait_exit(Duration::from_secs(30)).success());
     assert!(p.log().contains("GATEWAY_GRPC_PORT"), "{}", p.log());
     assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+}
+
+/// A signed registration of `id` at a dead address, as an attacker with its own key sends it.
+fn impostor(id: &str, key: &cyxcloud_core::identity::NodeKey, token: &str) -> v1::RegisterRequest {
+    use cyxcloud_proto::signed::Signed;
+    let mut r = v1::RegisterRequest {
+        node_id: id.into(),
+        grpc_address: "http://127.0.0.1:1".into(),
+        capacity_bytes: 1 << 50,
+        state: v1::NodeState::Online as i32,
+        public_key: key.public_key().to_vec(),
+        join_token: token.into(),
+        ..Default::default()
+    };
+    r.sign(key, crate::common::signed_at());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_without_a_nodes_key_cannot_take_over_its_id_or_join() {
+    use cyxcloud_core::identity::NodeKey;
+    use cyxcloud_proto::signed::Signed;
+    use cyxcloud_proto::v1::node_registry_client::NodeRegistryClient;
+    let gw = Gw::start(None, vec![]);
+    let nodes = start_nodes(7, &gw);
+    let mut ctl = gw.control().await;
+    wait_online(&mut ctl, 7).await;
+    ctl.create_bucket(v1::CreateBucketRequest {
+        name: "held".into(),
+        public_read: false,
+    })
+    .await
+    .unwrap();
+    let data = test_data(7, CHUNK + 1000);
+    let e = write_file(&mut ctl, "held", "f.bin", &data, &[])
+        .await
+        .unwrap();
+    let addresses = |s: &v1::ClusterStatusResponse| {
+        let mut a: Vec<(String, String)> = s
+            .nodes
+            .iter()
+            .map(|n| (n.node_id.clone(), n.address.clone()))
+            .collect();
+        a.sort();
+        a
+    };
+    let status = |mut c: Ctl| async move {
+        c.cluster_status(v1::ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let before = addresses(&status(ctl.clone()).await);
+
+    // An attacker on the network, even one who learnt the join token, with its own key.
+    let mut reg = NodeRegistryClient::new(channel(&gw.url()).await);
+    let thief = NodeKey::generate().unwrap();
+    for n in &nodes[..5] {
+        let err = reg
+            .register(impostor(&n.id, &thief, cyxcloud_testkit::JOIN_TOKEN))
+            .await
+            .unwrap_err();
+        assert_eq!(error_code(&err), ErrorCode::PermissionDenied, "{err:?}");
+    }
+    // A new id without the token: refused, and a 1 PB fake node is not admitted.
+    let err = reg
+        .register(impostor("fake-pb", &thief, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&err), ErrorCode::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("join token"), "{err:?}");
+    let err = reg
+        .register(impostor("fake-pb", &thief, "guessed-token-0123456789"))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&err), ErrorCode::Unauthenticated, "{err:?}");
+    // A forged heartbeat for a real node.
+    let mut hb = v1::HeartbeatRequest {
+        node_id: nodes[0].id.clone(),
+        state: v1::NodeState::Draining as i32,
+        ..Default::default()
+    };
+    hb.sign(&thief, crate::common::signed_at());
+    let err = reg.heartbeat(hb).await.unwrap_err();
+    assert_eq!(error_code(&err), ErrorCode::PermissionDenied, "{err:?}");
+
+    // Nothing changed: same nodes at the same addresses, all online, the file reads back.
+    let after = status(ctl.clone()).await;
+    assert_eq!(addresses(&after), before);
+    assert!(
+        after
+            .nodes
+            .iter()
+            .all(|n| n.state == v1::NodeState::Online as i32)
+    );
+    assert_eq!(read_file(&mut ctl, id_ref(e.id), 0, 0).await.unwrap(), data);
+    let log = gw.proc.as_ref().unwrap().log();
+    assert!(
+        log.contains("refused a registration for a node id bound to another key")
+            && log.contains("refused a forged heartbeat"),
+        "the gateway warns of the impostor:\n{log}"
+    );
+
+    // A real node process with a wrong join token does not join and says why.
+    let stranger = Node::start(
+        "stranger",
+        gw.grpc,
+        &[("NODE_JOIN_TOKEN", "not-the-token-0123456789")],
+    );
+    eventually("the stranger to log its refusal", || async {
+        stranger
+            .proc
+            .log()
+            .contains("wrong join token")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        status(ctl.clone())
+            .await
+            .nodes
+            .iter()
+            .all(|n| n.node_id != "stranger")
+    );
 }

@@ -22,7 +22,7 @@ use cyxcloud_proto::v1;
 use proptest::prelude::*;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{Backend, config};
+use crate::common::{Backend, SignedRegistry, config};
 
 const NODES: usize = 8;
 const FILES: u8 = 3;
@@ -207,7 +207,7 @@ impl World {
     async fn register(&self, i: usize) {
         self.gw
             .registry
-            .register(
+            .register_signed(
                 &v1::RegisterRequest {
                     node_id: format!("node-{i}"),
                     name: format!("node-{i}"),
@@ -368,7 +368,7 @@ impl World {
             put_seq: n.seq,
             ..Default::default()
         };
-        let resp = self.gw.registry.heartbeat(&req, None).await.unwrap();
+        let resp = self.gw.registry.heartbeat_signed(&req, None).await.unwrap();
         for cmd in resp.commands {
             if let Some(v1::node_command::Command::Delete(d)) = &cmd.command {
                 n.delete(&d.hashes, d.put_epoch, d.put_seq);

@@ -12,7 +12,7 @@ use cyxcloud_gateway::writes::{BeginParams, Committed, FileAttrs};
 use cyxcloud_proto::{ErrorCode, v1};
 
 use crate::both_backends;
-use crate::common::{Backend, Fixture, eventually, fixture_with};
+use crate::common::{Backend, Fixture, SignedRegistry, eventually, fixture_with};
 use crate::store::check_consistent;
 
 both_backends!(
@@ -21,6 +21,7 @@ both_backends!(
     abandoned_writes_expire_and_release_their_shards,
     node_states_follow_heartbeats,
     machine_keys_are_enforced_when_required,
+    node_ids_are_bound_to_their_keys,
     knowing_a_content_id_does_not_link_someone_elses_data,
 );
 
@@ -31,7 +32,7 @@ pub(crate) async fn register_nodes(f: &Fixture, n: usize) -> Vec<String> {
     for i in 0..n {
         let id = format!("node-{i}");
         f.gw.registry
-            .register(
+            .register_signed(
                 &v1::RegisterRequest {
                     node_id: id.clone(),
                     name: id.clone(),
@@ -394,7 +395,7 @@ async fn identical_chunks_are_stored_once_and_released_at_the_last_reference(b: 
     for n in &nodes {
         let r =
             f.gw.registry
-                .heartbeat(&hb(n, 10, vec![]), None)
+                .heartbeat_signed(&hb(n, 10, vec![]), None)
                 .await
                 .unwrap();
         for cmd in &r.commands {
@@ -421,7 +422,7 @@ async fn identical_chunks_are_stored_once_and_released_at_the_last_reference(b: 
                 refused_once = true;
                 let again =
                     f.gw.registry
-                        .heartbeat(&hb(n, 11, vec![result(&id, false, true)]), None)
+                        .heartbeat_signed(&hb(n, 11, vec![result(&id, false, true)]), None)
                         .await
                         .unwrap();
                 assert_eq!(f.gw.registry.command_state(&id).await.unwrap().0, 3);
@@ -443,7 +444,7 @@ async fn identical_chunks_are_stored_once_and_released_at_the_last_reference(b: 
             // Report success: the command is done and not delivered again.
             let r2 =
                 f.gw.registry
-                    .heartbeat(&hb(n, 12, vec![result(&id, true, false)]), None)
+                    .heartbeat_signed(&hb(n, 12, vec![result(&id, true, false)]), None)
                     .await
                     .unwrap();
             assert!(r2.commands.is_empty());
@@ -545,7 +546,7 @@ async fn node_states_follow_heartbeats(b: Backend) {
     let reg = &f.gw.registry;
     let start = cyxcloud_gateway::journal::head(&f.gw.db).await.unwrap();
     let r = reg
-        .register(
+        .register_signed(
             &v1::RegisterRequest {
                 node_id: "n1".into(),
                 grpc_address: "http://127.0.0.1:1".into(),
@@ -564,7 +565,7 @@ async fn node_states_follow_heartbeats(b: Backend) {
     assert_eq!(r.heartbeat_interval_ms, 100);
     assert_eq!(r.token_public_keys, vec![f.gw.signer.public_key().to_vec()]);
     let e = reg
-        .register(
+        .register_signed(
             &v1::RegisterRequest {
                 node_id: "bad".into(),
                 grpc_address: "not-a-url".into(),
@@ -599,19 +600,19 @@ async fn node_states_follow_heartbeats(b: Backend) {
         available_bytes: 500,
         ..Default::default()
     };
-    reg.heartbeat(&hb(v1::NodeState::Online, "n1"), None)
+    reg.heartbeat_signed(&hb(v1::NodeState::Online, "n1"), None)
         .await
         .unwrap();
     assert_eq!(reg.nodes().await.unwrap()[0].state, v1::NodeState::Online);
     let r = reg
-        .heartbeat(&hb(v1::NodeState::Draining, "n1"), None)
+        .heartbeat_signed(&hb(v1::NodeState::Draining, "n1"), None)
         .await
         .unwrap();
     assert_eq!(r.desired_state, v1::NodeState::Drained as i32);
     assert_eq!(reg.nodes().await.unwrap()[0].state, v1::NodeState::Drained);
     // Unknown nodes are told to register again.
     let r = reg
-        .heartbeat(&hb(v1::NodeState::Online, "ghost"), None)
+        .heartbeat_signed(&hb(v1::NodeState::Online, "ghost"), None)
         .await
         .unwrap();
     assert!(r.reregister);
@@ -657,11 +658,11 @@ async fn machine_keys_are_enforced_when_required(b: Backend) {
         grpc_address: "http://127.0.0.1:9".into(),
         ..Default::default()
     };
-    let e = f.gw.registry.register(&req, None).await.unwrap_err();
+    let e = f.gw.registry.register_signed(&req, None).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unauthenticated);
     let e =
         f.gw.registry
-            .register(&req, Some("cyxk_forged"))
+            .register_signed(&req, Some("cyxk_forged"))
             .await
             .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unauthenticated);
@@ -671,15 +672,18 @@ async fn machine_keys_are_enforced_when_required(b: Backend) {
     };
     let e =
         f.gw.registry
-            .register(&other, Some(&key))
+            .register_signed(&other, Some(&key))
             .await
             .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unauthenticated);
     assert!(f.gw.registry.nodes().await.unwrap().is_empty());
-    f.gw.registry.register(&req, Some(&key)).await.unwrap();
+    f.gw.registry
+        .register_signed(&req, Some(&key))
+        .await
+        .unwrap();
     let e =
         f.gw.registry
-            .heartbeat(
+            .heartbeat_signed(
                 &v1::HeartbeatRequest {
                     node_id: "n-key".into(),
                     ..Default::default()
@@ -689,6 +693,128 @@ async fn machine_keys_are_enforced_when_required(b: Backend) {
             .await
             .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unauthenticated);
+}
+
+async fn node_ids_are_bound_to_their_keys(b: Backend) {
+    use crate::common::{JOIN_TOKEN, signed_at};
+    use cyxcloud_core::identity::NodeKey;
+    use cyxcloud_proto::signed::Signed;
+    let f = fixture_with(b, |_| {}).await;
+    let reg = &f.gw.registry;
+    let key = NodeKey::generate().unwrap();
+    let thief = NodeKey::generate().unwrap();
+    let register = |k: &NodeKey, token: &str, at: u64| {
+        let mut r = v1::RegisterRequest {
+            node_id: "n1".into(),
+            grpc_address: "http://127.0.0.1:9".into(),
+            capacity_bytes: 1000,
+            public_key: k.public_key().to_vec(),
+            join_token: token.into(),
+            ..Default::default()
+        };
+        r.sign(k, at);
+        r
+    };
+    let code = |r: cyxcloud_gateway::error::Result<v1::RegisterResponse>| r.unwrap_err().code();
+    // Joining needs the join token.
+    assert_eq!(
+        code(
+            reg.register(&register(&key, "", signed_at()), None, None)
+                .await
+        ),
+        ErrorCode::Unauthenticated
+    );
+    assert_eq!(
+        code(
+            reg.register(
+                &register(&key, "wrong-token-0123456789", signed_at()),
+                None,
+                None
+            )
+            .await
+        ),
+        ErrorCode::Unauthenticated
+    );
+    // Unsigned, or signed by another key than the one it names: refused.
+    let mut unsigned = register(&key, JOIN_TOKEN, signed_at());
+    unsigned.signature.clear();
+    assert_eq!(
+        code(reg.register(&unsigned, None, None).await),
+        ErrorCode::Unauthenticated
+    );
+    let mut swapped = register(&key, JOIN_TOKEN, signed_at());
+    swapped.public_key = thief.public_key().to_vec();
+    assert_eq!(
+        code(reg.register(&swapped, None, None).await),
+        ErrorCode::Unauthenticated
+    );
+    // A signing time an hour old is refused (replay window).
+    let old = signed_at() - 3_600_000;
+    assert_eq!(
+        code(
+            reg.register(&register(&key, JOIN_TOKEN, old), None, None)
+                .await
+        ),
+        ErrorCode::Unauthenticated
+    );
+    assert!(reg.nodes().await.unwrap().is_empty());
+    // Joined: the id is bound to the key, and the key alone re-registers it.
+    let first = register(&key, JOIN_TOKEN, signed_at());
+    reg.register(&first, None, None).await.unwrap();
+    reg.register(&register(&key, "", signed_at()), None, None)
+        .await
+        .unwrap();
+    // The same registration again is a replay.
+    assert_eq!(
+        code(reg.register(&first, None, None).await),
+        ErrorCode::Unauthenticated
+    );
+    // Another key cannot take the id over, even with the join token.
+    let e = reg
+        .register(&register(&thief, JOIN_TOKEN, signed_at()), None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::PermissionDenied, "{e}");
+    assert_eq!(reg.nodes().await.unwrap()[0].address, "http://127.0.0.1:9");
+    // Heartbeats: signed by the bound key, newer each time.
+    let hb = |k: &NodeKey, at: u64| {
+        let mut h = v1::HeartbeatRequest {
+            node_id: "n1".into(),
+            used_bytes: 1,
+            available_bytes: 999,
+            ..Default::default()
+        };
+        h.sign(k, at);
+        h
+    };
+    let good = hb(&key, signed_at());
+    assert!(!reg.heartbeat(&good, None, None).await.unwrap().reregister);
+    let e = reg.heartbeat(&good, None, None).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unauthenticated, "replayed: {e}");
+    let e = reg
+        .heartbeat(&hb(&thief, signed_at()), None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::PermissionDenied, "forged: {e}");
+    let mut unsigned = hb(&key, signed_at());
+    unsigned.signature.clear();
+    let e = reg.heartbeat(&unsigned, None, None).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unauthenticated, "unsigned: {e}");
+    let mut altered = hb(&key, signed_at());
+    altered.available_bytes = 1 << 50;
+    let e = reg.heartbeat(&altered, None, None).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::PermissionDenied, "altered: {e}");
+    assert_eq!(reg.nodes().await.unwrap()[0].available_bytes, 999);
+    // A gateway without a join token admits new nodes only with a machine API key.
+    let closed = fixture_with(b, |c| c.nodes.join_token.clear()).await;
+    let e = closed
+        .gw
+        .registry
+        .register(&register(&key, JOIN_TOKEN, signed_at()), None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unauthenticated);
+    assert!(e.to_string().contains("machine API key"), "{e}");
 }
 
 async fn knowing_a_content_id_does_not_link_someone_elses_data(b: Backend) {

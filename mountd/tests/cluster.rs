@@ -88,6 +88,7 @@ impl Cluster {
         cmd.env("RUST_LOG", "info")
             .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
             .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
+            .env("GATEWAY_NODE_JOIN_TOKEN", cyxcloud_testkit::JOIN_TOKEN)
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
             .arg("--data-dir")
@@ -133,6 +134,7 @@ impl Cluster {
             .env("CYXWIZ_API_REGISTER", "false")
             .env("CENTRAL_REGISTER", "true")
             .env("CENTRAL_ADDRESS", format!("http://{}", self.grpc))
+            .env("NODE_JOIN_TOKEN", cyxcloud_testkit::JOIN_TOKEN)
             .env_remove("CYXCLOUD_TOKEN_PUBLIC_KEYS")
             .env_remove("BOOTSTRAP_PEERS");
         let proc = Proc::spawn(&format!("node-{i}"), cmd, &dir.join("node.log"));

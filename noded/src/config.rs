@@ -45,6 +45,8 @@ pub const ENV: &[(&str, &str)] = &[
     ("CENTRAL_REGISTER", "central.register"),
     ("HEARTBEAT_INTERVAL_SECS", "central.heartbeat_interval_secs"),
     ("CYXCLOUD_TOKEN_PUBLIC_KEYS", "central.token_public_keys"),
+    ("NODE_JOIN_TOKEN", "central.join_token"),
+    ("NODE_JOIN_TOKEN_FILE", "central.join_token_file"),
     ("CYXWIZ_API_URL", "cyxwiz_api.base_url"),
     ("CYXWIZ_API_REGISTER", "cyxwiz_api.register"),
     ("METRICS_PORT", "metrics.port"),
@@ -150,6 +152,11 @@ pub struct CentralSection {
     /// Ed25519 public keys (64 hex) whose capability tokens are accepted besides the keys the
     /// gateway hands out at registration.
     pub token_public_keys: Vec<String>,
+    /// The cluster's join token (the gateway's `nodes.join_token`), needed once: at the first
+    /// registration, which binds the node id to the node's key (`node.key` in the data dir).
+    pub join_token: String,
+    /// Reads the join token from this file instead (trailing whitespace ignored).
+    pub join_token_file: String,
 }
 
 impl Default for CentralSection {
@@ -159,6 +166,8 @@ impl Default for CentralSection {
             register: true,
             heartbeat_interval_secs: 30,
             token_public_keys: Vec::new(),
+            join_token: String::new(),
+            join_token_file: String::new(),
         }
     }
 }
@@ -364,6 +373,12 @@ impl Config {
             parse_public_key(k)
                 .map_err(|r| invalid("central.token_public_keys", format!("{k:?}: {r}")))?;
         }
+        if !c.join_token.is_empty() && !c.join_token_file.is_empty() {
+            return Err(invalid(
+                "central.join_token",
+                "set join_token or join_token_file, not both",
+            ));
+        }
         if self.cyxwiz_api.register && self.cyxwiz_api.api_key.is_empty() {
             http_url("cyxwiz_api.base_url", &self.cyxwiz_api.base_url)?;
         }
@@ -440,7 +455,21 @@ impl Config {
         if !self.cyxwiz_api.api_key.is_empty() {
             v["cyxwiz_api"]["api_key"] = "<redacted>".into();
         }
+        if !self.central.join_token.is_empty() {
+            v["central"]["join_token"] = "<redacted>".into();
+        }
         v
+    }
+
+    /// The join token: `central.join_token`, or the content of `central.join_token_file`.
+    pub fn join_token(&self) -> Result<String> {
+        let c = &self.central;
+        if c.join_token_file.is_empty() {
+            return Ok(c.join_token.clone());
+        }
+        std::fs::read_to_string(&c.join_token_file)
+            .map(|t| t.trim_end().to_string())
+            .map_err(|e| Error::io("cannot read central.join_token_file", &c.join_token_file, e))
     }
 }
 

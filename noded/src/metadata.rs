@@ -185,6 +185,39 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// The node's identity key file (mode 0600): the 32-byte Ed25519 seed whose public key the
+/// gateway binds the node id to at the first registration. Losing it means joining again
+/// under a new node id.
+pub const KEY_FILE: &str = "node.key";
+
+/// Loads the node's identity key, creating it on first start.
+pub fn load_or_create_key(data_dir: &Path) -> Result<cyxcloud_core::identity::NodeKey> {
+    use cyxcloud_core::identity::NodeKey;
+    let path = data_dir.join(KEY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let seed: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::BadMetadata {
+                    path: path.clone(),
+                    reason: format!("a node key is 32 bytes, this file has {}", bytes.len()),
+                })?;
+            Ok(NodeKey::from_seed(seed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = NodeKey::generate().map_err(|e| Error::BadMetadata {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            crate::login::write_private(&path, &*key.seed())?;
+            tracing::info!(path = %path.display(), public_key = %hex::encode(key.public_key()), "created the node identity key");
+            Ok(key)
+        }
+        Err(e) => Err(Error::io("cannot read", path, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +234,25 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn the_node_key_is_made_once_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let k = load_or_create_key(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            load_or_create_key(dir.path()).unwrap().public_key(),
+            k.public_key()
+        );
+        std::fs::write(dir.path().join(KEY_FILE), b"short").unwrap();
+        let e = load_or_create_key(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("32 bytes"), "{e}");
     }
 
     #[test]

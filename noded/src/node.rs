@@ -267,6 +267,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit> {
                 gc_rate: gc_rate.clone(),
                 peer_id: p2p.peer_id().to_string(),
                 p2p_addresses: p2p.listen_addresses(),
+                key: crate::metadata::load_or_create_key(&data_dir)?,
+                join_token: cfg.join_token()?,
+                signed_at: Default::default(),
             },
             shutdown.clone(),
         )))

@@ -11,14 +11,20 @@
 //! is unreachable the node keeps serving and retries with backoff; its first successful contact
 //! is always a fresh Register, so a restarted gateway (empty registry) learns of it again.
 //!
-//! With machine credentials, every call carries `authorization: Bearer <api_key>`.
+//! Every registration and heartbeat is signed with the node's key (`node.key`, see
+//! [`crate::metadata::load_or_create_key`]) and stamped with a strictly increasing time, so the
+//! gateway can bind the node id to the key and refuse forgeries and replays. The first
+//! registration carries the join token (`NODE_JOIN_TOKEN`); with machine credentials, every
+//! call carries `authorization: Bearer <api_key>`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cyxcloud_core::identity::NodeKey;
 use cyxcloud_daemon::Shutdown;
+use cyxcloud_proto::signed::Signed;
 use cyxcloud_proto::v1::node_registry_client::NodeRegistryClient;
 use cyxcloud_proto::v1::{
     CommandResult, HeartbeatRequest, HeartbeatResponse, NodeState, RegisterRequest,
@@ -55,6 +61,11 @@ pub struct Client {
     pub gc_rate: cyxcloud_daemon::RateLimit,
     pub peer_id: String,
     pub p2p_addresses: Vec<String>,
+    /// The node's identity key and the cluster join token.
+    pub key: NodeKey,
+    pub join_token: String,
+    /// The last signing time used (unix ms), so each message is newer than the one before.
+    pub signed_at: Arc<AtomicU64>,
 }
 
 fn load_per_core() -> f64 {
@@ -71,6 +82,20 @@ impl Client {
             address: self.cfg.central.address.clone(),
             status: Box::new(status),
         }
+    }
+
+    /// A signing time newer than any used before (the gateway refuses replays).
+    fn stamp(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let prev = self
+            .signed_at
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(0);
+        now.max(prev + 1)
     }
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
@@ -97,7 +122,7 @@ impl Client {
 
     async fn register(&self, client: &mut NodeRegistryClient<Channel>) -> Result<RegisterResponse> {
         let u = self.shards.usage();
-        let req = RegisterRequest {
+        let mut req = RegisterRequest {
             node_id: self.node_id.clone(),
             name: self.name.clone(),
             grpc_address: self.grpc_address.clone(),
@@ -115,7 +140,12 @@ impl Client {
                 .as_ref()
                 .map(|c| c.machine_id.clone())
                 .unwrap_or_default(),
+            public_key: self.key.public_key().to_vec(),
+            signed_at_ms: 0,
+            signature: Vec::new(),
+            join_token: self.join_token.clone(),
         };
+        req.sign(&self.key, self.stamp());
         let resp = client
             .register(self.request(req))
             .await
@@ -136,7 +166,7 @@ impl Client {
     ) -> HeartbeatRequest {
         let u = self.shards.usage();
         let mark = self.shards.put_mark();
-        HeartbeatRequest {
+        let mut req = HeartbeatRequest {
             node_id: self.node_id.clone(),
             used_bytes: u.used_bytes,
             available_bytes: u.available_bytes(),
@@ -150,7 +180,11 @@ impl Client {
             put_epoch: mark.epoch,
             put_seq: mark.seq,
             corrupt_shards: corrupt.iter().map(|h| h.0.to_vec()).collect(),
-        }
+            signed_at_ms: 0,
+            signature: Vec::new(),
+        };
+        req.sign(&self.key, self.stamp());
+        req
     }
 
     fn interval(&self, r: &RegisterResponse) -> Duration {

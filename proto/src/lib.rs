@@ -8,6 +8,7 @@
 //! for clients).
 
 pub mod convert;
+pub mod signed;
 pub mod status;
 
 /// Generated messages and services of package `cyxcloud.v1`.

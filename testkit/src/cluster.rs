@@ -249,6 +249,7 @@ impl Cluster {
             ])
             .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
             .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
+            .env("GATEWAY_NODE_JOIN_TOKEN", crate::JOIN_TOKEN)
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
             .env(
@@ -279,10 +280,13 @@ impl Cluster {
     pub fn start_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         let mut cmd = Command::new(bin("cyxcloud-node"));
-        cmd.arg("--config").arg(&n.config).env(
-            "RUST_LOG",
-            std::env::var("CYX_TEST_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        cmd.arg("--config")
+            .arg(&n.config)
+            .env("NODE_JOIN_TOKEN", crate::JOIN_TOKEN)
+            .env(
+                "RUST_LOG",
+                std::env::var("CYX_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            );
         let log = n.dir.join("node.log");
         n.proc = Some(Proc::spawn(&n.id, cmd, &log));
     }

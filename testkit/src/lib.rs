@@ -61,6 +61,9 @@ pub fn spawn_rebalancer(
 
 pub use tempfile::{TempDir, tempdir};
 
+/// The node join token of every test cluster's gateway, which its nodes present.
+pub const JOIN_TOKEN: &str = "cyxcloud-test-join-token-0123456789";
+
 /// Returns a free TCP port on 127.0.0.1 that this process has not handed out before.
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);

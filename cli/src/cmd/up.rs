@@ -7,6 +7,10 @@
 //! line, restarting a daemon that crashes; and on Ctrl-C (or SIGTERM) stops everything in
 //! order: drive, rebalancer, nodes, gateway. Run again, it finds
 //! all data: node ids, RocksDB stores and the metadata database live in the data dir.
+//!
+//! Secure by default: the gateway admits new nodes only with the cluster's join token, which
+//! `up` generates once (`join-token`, 0600) and hands to its nodes; each node binds its id to
+//! its own key at its first registration.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -63,6 +67,25 @@ fn credentials(data: &Path) -> anyhow::Result<Credentials> {
     f.write_all(&serde_json::to_vec_pretty(&creds)?)?;
     f.sync_all()?;
     Ok(creds)
+}
+
+/// The node join token of this cluster: generated once and kept (0600) in `join-token` in the
+/// data dir; the gateway admits new nodes only with it, and `up` hands it to its nodes.
+fn join_token_file(data: &Path) -> anyhow::Result<PathBuf> {
+    let path = data.join("join-token");
+    if path.exists() {
+        return Ok(path);
+    }
+    let mut raw = [0u8; 32];
+    getrandom(&mut raw)?;
+    let mut opts = std::fs::OpenOptions::new();
+    std::os::unix::fs::OpenOptionsExt::mode(opts.write(true).create_new(true), 0o600);
+    let mut f = opts
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(cyxcloud_core::Hash::of(&raw).to_hex().as_bytes())?;
+    f.sync_all()?;
+    Ok(path)
 }
 
 fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
@@ -167,6 +190,7 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create {}", a.data_dir.display()))?;
     let data = std::fs::canonicalize(&a.data_dir)?;
     let creds = credentials(&data)?;
+    let join_token = join_token_file(&data)?;
     let logs = data.join("logs");
     let gateway_bin = procs::sibling("cyxcloud-gateway")?;
     let node_bin = procs::sibling("cyxcloud-node")?;
@@ -177,7 +201,7 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
 
     // Gateway.
     let gw_dir = data.join("gateway");
-    let (port, c) = (a.port, creds.clone());
+    let (port, c, token) = (a.port, creds.clone(), join_token.clone());
     let gw_log = logs.join("gateway.log");
     let mut gateway = Supervised::start(Box::new(move || {
         let mut cmd = Command::new(&gateway_bin);
@@ -188,6 +212,8 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
             .env("GATEWAY_GRPC_PORT", grpc_port.to_string())
             .env("CYXCLOUD_ACCESS_KEY", &c.access_key)
             .env("CYXCLOUD_SECRET_KEY", &c.secret_key)
+            .env("GATEWAY_NODE_JOIN_TOKEN_FILE", &token)
+            .env_remove("GATEWAY_NODE_JOIN_TOKEN")
             .env_remove("DATABASE_URL");
         procs::spawn("gateway", cmd, &gw_log, true)
     }))?;
@@ -223,9 +249,10 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
         let config = format!(
             "[node]\nid = \"{id}\"\nname = \"{id}\"\n\n[storage]\ndata_dir = \"{dir}\"\nmax_capacity_gb = {capacity}\n\n\
              [network]\nbind_address = \"127.0.0.1\"\ngrpc_port = {g}\np2p_port = {p}\n\n\
-             [central]\naddress = \"{grpc}\"\nregister = true\n\n[cyxwiz_api]\nregister = false\n\n\
-             [metrics]\nenabled = true\nport = {m}\n",
-            dir = dir.display()
+             [central]\naddress = \"{grpc}\"\nregister = true\njoin_token_file = \"{token}\"\n\n\
+             [cyxwiz_api]\nregister = false\n\n[metrics]\nenabled = true\nport = {m}\n",
+            dir = dir.display(),
+            token = join_token.display()
         );
         let cfg_path = dir.join("config.toml");
         std::fs::write(&cfg_path, config)?;
@@ -233,7 +260,10 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
         let first = i == 0;
         nodes.push(Supervised::start(Box::new(move || {
             let mut cmd = Command::new(&bin);
-            cmd.arg("--config").arg(&cfg_path);
+            cmd.arg("--config")
+                .arg(&cfg_path)
+                .env_remove("NODE_JOIN_TOKEN")
+                .env_remove("NODE_JOIN_TOKEN_FILE");
             if !first {
                 cmd.env("BOOTSTRAP_PEERS", &bootstrap);
             }

@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "worker leases", M0006),
     (7, "repair grants", M0007),
     (8, "audits", M0008),
+    (9, "node keys", M0009),
 ];
 
 const M0001: &str = r#"
@@ -326,6 +327,13 @@ CREATE TABLE node_audits (
     last_ms BIGINT NOT NULL,
     last_error TEXT NOT NULL
 );
+"#;
+
+/// Node identity: the public key a node id is bound to at its first signed registration, and
+/// the newest signing time seen from it (older ones are replays).
+const M0009: &str = r#"
+ALTER TABLE nodes ADD COLUMN public_key {BLOB};
+ALTER TABLE nodes ADD COLUMN signed_ms BIGINT NOT NULL DEFAULT 0;
 "#;
 
 /// Rewrites the dialect tokens of `sql` for `backend`.

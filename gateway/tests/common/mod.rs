@@ -43,6 +43,7 @@ pub fn config(backend: Backend) -> (Config, tempfile::TempDir, Option<PgDb>) {
     c.storage.verify_commits = false;
     c.storage.chunk_size_bytes = 1 << 20;
     c.nodes.heartbeat_interval_ms = 200;
+    c.nodes.join_token = JOIN_TOKEN.into();
     let pg = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => {
@@ -170,5 +171,71 @@ where
             "timed out waiting for {what}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The join token every fixture's gateway is configured with.
+pub const JOIN_TOKEN: &str = "test-join-token-0123456789";
+
+/// The identity key of a test node (deterministic per node id).
+pub fn node_key(id: &str) -> cyxcloud_core::identity::NodeKey {
+    cyxcloud_core::identity::NodeKey::from_seed(*blake3::hash(id.as_bytes()).as_bytes())
+}
+
+/// A signing time newer than every one used before in this test process.
+pub fn signed_at() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let prev = LAST
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| Some(now.max(l + 1)))
+        .unwrap();
+    now.max(prev + 1)
+}
+
+/// Registrations and heartbeats as a real node sends them: signed with the node's key, the
+/// first one carrying the join token.
+pub trait SignedRegistry {
+    async fn register_signed(
+        &self,
+        req: &cyxcloud_proto::v1::RegisterRequest,
+        api_key: Option<&str>,
+    ) -> cyxcloud_gateway::error::Result<cyxcloud_proto::v1::RegisterResponse>;
+    async fn heartbeat_signed(
+        &self,
+        req: &cyxcloud_proto::v1::HeartbeatRequest,
+        api_key: Option<&str>,
+    ) -> cyxcloud_gateway::error::Result<cyxcloud_proto::v1::HeartbeatResponse>;
+}
+
+impl SignedRegistry for cyxcloud_gateway::registry::Registry {
+    async fn register_signed(
+        &self,
+        req: &cyxcloud_proto::v1::RegisterRequest,
+        api_key: Option<&str>,
+    ) -> cyxcloud_gateway::error::Result<cyxcloud_proto::v1::RegisterResponse> {
+        use cyxcloud_proto::signed::Signed;
+        let key = node_key(&req.node_id);
+        let mut req = req.clone();
+        req.public_key = key.public_key().to_vec();
+        if req.join_token.is_empty() {
+            req.join_token = JOIN_TOKEN.into();
+        }
+        req.sign(&key, signed_at());
+        self.register(&req, api_key, None).await
+    }
+
+    async fn heartbeat_signed(
+        &self,
+        req: &cyxcloud_proto::v1::HeartbeatRequest,
+        api_key: Option<&str>,
+    ) -> cyxcloud_gateway::error::Result<cyxcloud_proto::v1::HeartbeatResponse> {
+        use cyxcloud_proto::signed::Signed;
+        let mut req = req.clone();
+        req.sign(&node_key(&req.node_id), signed_at());
+        self.heartbeat(&req, api_key, None).await
     }
 }
