@@ -445,16 +445,13 @@ fn report(
     candidates: &[&v1::ShardLocation],
     problem: v1::ShardProblem,
 ) -> v1::ShardReport {
-    let node_id = candidates
-        .iter()
-        .find(|c| c.index == index)
-        .map(|c| c.node_id.clone())
-        .unwrap_or_default();
+    let loc = candidates.iter().find(|c| c.index == index);
     v1::ShardReport {
         chunk_id: meta.id.0.to_vec(),
         index,
-        node_id,
+        node_id: loc.map(|c| c.node_id.clone()).unwrap_or_default(),
         problem: problem as i32,
+        token: loc.map(|c| c.token.clone()).unwrap_or_default(),
     }
 }
 
@@ -468,5 +465,6 @@ fn report_loc(
         index: loc.index,
         node_id: loc.node_id.clone(),
         problem: problem as i32,
+        token: loc.token.clone(),
     }
 }

@@ -11,6 +11,11 @@
 //! * A failed audit, and a corrupt shard the node's own scrub reports in its heartbeat, mark
 //!   the shard corrupt and queue its repair (the rebalancer rebuilds it elsewhere), and count
 //!   in the node's record (`node_audits`): audits, failures, consecutive failures, last error.
+//! * A reader's report of a corrupt or missing shard is evidence, not a verdict ([`reported`]):
+//!   it is taken only with the read token the reader was issued for that shard, and only puts
+//!   the shard first in line for an audit; the audit decides. A report the audit finds false
+//!   counts against its reporter, and a reporter with [`FALSE_REPORT_LIMIT`] false reports in
+//!   an hour is refused until the hour is over.
 
 use cyxcloud_core::Hash;
 use cyxcloud_core::token::{Capability, Op, Role, Scope};
@@ -25,6 +30,15 @@ const CORRUPT: i64 = v1::ShardState::Corrupt as i64;
 const ONLINE: i64 = v1::NodeState::Online as i64;
 /// Challenges kept per shard (one retrieval pays for this many cheap audits).
 pub const CHALLENGES_PER_SHARD: usize = 4;
+/// False reports (found intact by the audit) a reporter may make per hour.
+pub const FALSE_REPORT_LIMIT: i64 = 20;
+/// Reports of one reporter waiting for verification at most.
+pub const MAX_PENDING_REPORTS: i64 = 256;
+/// Reported shards handed out per audit batch on top of the scheduled ones.
+const SUSPECTS_PER_BATCH: i64 = 256;
+/// A read token still counts for a report this long after it expired.
+const REPORT_GRACE_SECS: u64 = 3600;
+const HOUR_MS: i64 = 3_600_000;
 
 fn now_ms() -> i64 {
     now_ns() / 1_000_000
@@ -128,7 +142,33 @@ pub async fn batch(gw: &Gateway, limit: u32, min_age_ms: u64) -> Result<v1::Audi
                 args![STORED, ONLINE, cutoff],
             )
             .await?;
-        let rows = tx
+        // Reported shards first (not handed out in the last minute: one audit at a time), then
+        // the ones audited longest ago. Reports older than a day (their shard gone or its node
+        // offline since) are dropped.
+        tx.exec("DELETE FROM shard_reports WHERE reported_ms < $1", args![now - 24 * HOUR_MS])
+            .await?;
+        let mut rows = tx
+            .all(
+                "SELECT s.chunk_id, s.idx, s.hash, s.node_id, n.address, c.shard_size, s.audited_ms \
+                 FROM shards s JOIN nodes n ON n.id = s.node_id JOIN chunks c ON c.id = s.chunk_id \
+                 WHERE s.state = $1 AND n.state = $2 AND EXISTS \
+                 (SELECT 1 FROM shard_reports r WHERE r.chunk_id = s.chunk_id AND r.idx = s.idx \
+                 AND r.node_id = s.node_id AND r.claimed_ms < $3) ORDER BY s.audited_ms LIMIT $4",
+                args![STORED, ONLINE, now - 60_000, SUSPECTS_PER_BATCH],
+            )
+            .await?;
+        for r in &rows {
+            tx.exec(
+                "UPDATE shard_reports SET claimed_ms = $4 WHERE chunk_id = $1 AND idx = $2 AND node_id = $3",
+                args![&r.hash(0)?, r.u32(1)?, r.text(3)?, now],
+            )
+            .await?;
+        }
+        let suspects: std::collections::HashSet<(Hash, u32)> = rows
+            .iter()
+            .map(|r| Ok((r.hash(0)?, r.u32(1)?)))
+            .collect::<Result<_>>()?;
+        for r in tx
             .all(
                 "SELECT s.chunk_id, s.idx, s.hash, s.node_id, n.address, c.shard_size, s.audited_ms \
                  FROM shards s JOIN nodes n ON n.id = s.node_id JOIN chunks c ON c.id = s.chunk_id \
@@ -136,7 +176,12 @@ pub async fn batch(gw: &Gateway, limit: u32, min_age_ms: u64) -> Result<v1::Audi
                  ORDER BY s.audited_ms, s.chunk_id, s.idx LIMIT $4",
                 args![STORED, ONLINE, cutoff, limit],
             )
-            .await?;
+            .await?
+        {
+            if !suspects.contains(&(r.hash(0)?, r.u32(1)?)) {
+                rows.push(r);
+            }
+        }
         let mut shards = Vec::with_capacity(rows.len());
         for r in &rows {
             let (chunk, idx, hash, node) = (r.hash(0)?, r.u32(1)?, r.hash(2)?, r.text(3)?);
@@ -234,6 +279,7 @@ pub async fn report(db: &Db, results: &[v1::AuditResult]) -> Result<u32> {
                 continue;
             }
             record(&mut tx, &r.node_id, r.ok, &r.error).await?;
+            settle_reports(&mut tx, chunk, r.index, &r.node_id, r.ok).await?;
             if r.ok {
                 for c in &r.challenges {
                     tx.exec(
@@ -289,6 +335,156 @@ pub async fn node_reported_corrupt(tx: &mut Tx, node: &str, hashes: &[Vec<u8>]) 
                 tracing::warn!(node, shard = %h, "node reported a corrupt shard");
             }
         }
+    }
+    Ok(())
+}
+
+/// A reader's report, checked: the stored chunk key and the shard index and node it names.
+type Suspect = (Hash, u32, String);
+
+/// Takes readers' reports of corrupt or missing shards as evidence: each must carry the read
+/// token the caller was issued for that shard on that node (signed by this cluster, for a Get
+/// of that very shard, expired at most an hour ago); a report naming a shard the caller was
+/// not issued a read of refuses the whole request. A checked report changes no shard state: it
+/// puts the shard first in line for an audit ([`batch`]), whose outcome decides
+/// ([`report`]). Returns how many shards were queued for verification.
+pub async fn reported(gw: &Gateway, reporter: &str, reports: &[v1::ShardReport]) -> Result<u32> {
+    let mut verifier = cyxcloud_core::token::TokenVerifier::new();
+    verifier
+        .add_key(&gw.signer.public_key())
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let now = now_ms();
+    let window_from = now - HOUR_MS;
+    // A reporter whose reports were found false too often is not heard for the hour.
+    if let Some(r) = gw
+        .db
+        .opt(
+            "SELECT false_reports FROM reporters WHERE user_id = $1 AND window_start_ms > $2",
+            args![reporter, window_from],
+        )
+        .await?
+        && r.i64(0)? >= FALSE_REPORT_LIMIT
+    {
+        tracing::warn!(
+            reporter,
+            "refused shard reports from a reporter with too many false ones"
+        );
+        return Err(Error::PermissionDenied(format!(
+            "shard reports refused: {FALSE_REPORT_LIMIT} or more of this account's reports in \
+             the last hour were found false by an audit"
+        )));
+    }
+    let mut suspects: Vec<Suspect> = Vec::new();
+    for rep in reports {
+        let problem = v1::ShardProblem::try_from(rep.problem).unwrap_or_default();
+        if !matches!(
+            problem,
+            v1::ShardProblem::Corrupt | v1::ShardProblem::Missing
+        ) {
+            // Unreachable is a node problem the registry sees; nothing to verify per shard.
+            continue;
+        }
+        let content = Hash::from_slice(&rep.chunk_id)
+            .ok_or_else(|| Error::invalid("reports[].chunk_id must be 32 bytes"))?;
+        let not_issued = || {
+            Error::PermissionDenied(format!(
+                "a report names shard {} of chunk {content} on node {:?}, which this caller \
+                 was not issued a read of (reports carry the read token of the shard)",
+                rep.index, rep.node_id
+            ))
+        };
+        let cap = verifier
+            .verify(
+                &rep.token,
+                crate::db::now_secs().saturating_sub(REPORT_GRACE_SECS),
+            )
+            .map_err(|_| not_issued())?;
+        // A content id may name several stored encodings: the shard on that node is meant.
+        let rows = gw
+            .db
+            .all(
+                "SELECT s.chunk_id, s.hash FROM shards s JOIN chunks c ON c.id = s.chunk_id \
+                 WHERE c.content_id = $1 AND s.idx = $2 AND s.node_id = $3 AND s.state = $4",
+                args![&content, rep.index, rep.node_id.as_str(), STORED],
+            )
+            .await?;
+        let mut covered = false;
+        for r in &rows {
+            let (key, hash) = (r.hash(0)?, r.hash(1)?);
+            if cap.check(Op::Get, &hash, &rep.node_id).is_ok() {
+                covered = true;
+                suspects.push((key, rep.index, rep.node_id.clone()));
+            }
+        }
+        if !covered && !rows.is_empty() {
+            return Err(not_issued());
+        }
+    }
+    if suspects.is_empty() {
+        return Ok(0);
+    }
+    let queued = write_tx!(gw.db, tx => {
+        let pending = tx
+            .one(
+                "SELECT COUNT(*) FROM shard_reports WHERE reporter = $1",
+                args![reporter],
+            )
+            .await?
+            .i64(0)?;
+        if pending + suspects.len() as i64 > MAX_PENDING_REPORTS {
+            return Err(Error::PermissionDenied(format!(
+                "shard reports refused: this account has {pending} reports waiting for \
+                 verification (at most {MAX_PENDING_REPORTS})"
+            )));
+        }
+        let mut queued = 0;
+        for (key, idx, node) in &suspects {
+            queued += tx
+                .exec(
+                    "INSERT INTO shard_reports (chunk_id, idx, node_id, reporter, reported_ms) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    args![key, *idx, node.as_str(), reporter, now],
+                )
+                .await? as u32;
+        }
+        Ok(queued)
+    });
+    tracing::info!(reporter, queued, "shard reports queued for verification");
+    Ok(queued)
+}
+
+/// Settles the reports of shard `(chunk, idx)` on `node` after its audit: found intact, each
+/// reporter is counted one false report (a new hourly window when the last one is over).
+async fn settle_reports(
+    tx: &mut Tx,
+    chunk: &Hash,
+    idx: u32,
+    node: &str,
+    intact: bool,
+) -> Result<()> {
+    let reporters: Vec<String> = tx
+        .all(
+            "DELETE FROM shard_reports WHERE chunk_id = $1 AND idx = $2 AND node_id = $3 RETURNING reporter",
+            args![chunk, idx, node],
+        )
+        .await?
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<Result<_>>()?;
+    if !intact {
+        return Ok(());
+    }
+    let now = now_ms();
+    for reporter in reporters {
+        tx.exec(
+            "INSERT INTO reporters (user_id, false_reports, window_start_ms) VALUES ($1, 1, $2) \
+             ON CONFLICT (user_id) DO UPDATE SET \
+             false_reports = CASE WHEN reporters.window_start_ms > $3 THEN reporters.false_reports + 1 ELSE 1 END, \
+             window_start_ms = CASE WHEN reporters.window_start_ms > $3 THEN reporters.window_start_ms ELSE $2 END",
+            args![reporter.as_str(), now, now - HOUR_MS],
+        )
+        .await?;
+        tracing::warn!(reporter = %reporter, node, chunk = %chunk, index = idx, "a shard reported bad was found intact by its audit (a false report)");
     }
     Ok(())
 }

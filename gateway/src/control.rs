@@ -573,20 +573,8 @@ impl v1::control_server::Control for ControlService {
         &self,
         request: Request<v1::ReportShardsRequest>,
     ) -> Result<Response<v1::Empty>, Status> {
-        rpc!(self, "ReportShards", request, |_caller, r| {
-            let mut reports = Vec::new();
-            for rep in &r.reports {
-                let id = Hash::from_slice(&rep.chunk_id)
-                    .ok_or_else(|| Error::invalid("chunk_id must be 32 bytes"))?;
-                let state = match v1::ShardProblem::try_from(rep.problem) {
-                    Ok(v1::ShardProblem::Corrupt) => v1::ShardState::Corrupt,
-                    Ok(v1::ShardProblem::Missing) => v1::ShardState::Lost,
-                    // Unreachable is a node problem the registry sees; nothing to record per shard.
-                    _ => continue,
-                };
-                reports.push((id, rep.index, rep.node_id.clone(), state));
-            }
-            crate::layout::report_shards(&self.gw.db, &reports).await?;
+        rpc!(self, "ReportShards", request, |caller, r| {
+            crate::audits::reported(&self.gw, &caller.user_id, &r.reports).await?;
             Ok(v1::Empty {})
         })
     }
@@ -616,6 +604,9 @@ impl v1::control_server::Control for ControlService {
         request: Request<v1::ClusterStatusRequest>,
     ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
         rpc!(self, "ClusterStatus", request, |caller, _r| {
+            if !caller.admin {
+                return self.gw.caller_status(&caller).await;
+            }
             let mut status = self.gw.cluster_status().await?;
             if caller.admin {
                 status.workers = self.gw.worker_status();
@@ -786,6 +777,32 @@ impl Gateway {
             .collect()
     }
 
+    /// What a caller who is not an admin may see: its own buckets, files, bytes and quota (and
+    /// the journal position, to follow changes from).
+    pub async fn caller_status(&self, caller: &Caller) -> Result<v1::ClusterStatusResponse> {
+        let c = self
+            .db
+            .one(
+                "SELECT (SELECT COUNT(*) FROM inodes WHERE kind = 4 AND owner_id = $1), \
+                 (SELECT COUNT(*) FROM inodes WHERE kind = 1 AND owner_id = $1), \
+                 (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM inodes WHERE kind = 1 AND owner_id = $1)",
+                crate::db::args![caller.user_id.as_str()],
+            )
+            .await?;
+        let (quota, used) = self.accounts.usage(&caller.user_id).await?;
+        Ok(v1::ClusterStatusResponse {
+            buckets: c.u64(0)?,
+            files: c.u64(1)?,
+            logical_bytes: c.u64(2)?,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            journal_seq: crate::journal::head(&self.db).await?,
+            caller_only: true,
+            quota_bytes: quota,
+            used_bytes: used,
+            ..Default::default()
+        })
+    }
+
     pub async fn cluster_status(&self) -> Result<v1::ClusterStatusResponse> {
         let nodes = self.registry.nodes().await?;
         let c = self
@@ -837,6 +854,9 @@ impl Gateway {
             version: env!("CARGO_PKG_VERSION").to_string(),
             journal_seq: crate::journal::head(&self.db).await?,
             workers: Vec::new(),
+            caller_only: false,
+            quota_bytes: 0,
+            used_bytes: 0,
         })
     }
 }

@@ -478,31 +478,6 @@ pub(crate) async fn resize(tx: &mut Tx, inode: &Inode, size: u64, now: i64) -> R
     Ok(())
 }
 
-/// Records shard problems reported by readers: the shard's state changes and a repair is queued.
-pub async fn report_shards(db: &Db, reports: &[(Hash, u32, String, v1::ShardState)]) -> Result<()> {
-    crate::db::write_tx!(db, tx => {
-        for (content_id, idx, node, state) in reports {
-            // A content id may name several stored encodings: the shard on that node is meant.
-            let keys: Vec<Hash> = tx
-                .all(
-                    "UPDATE shards SET state = $4 WHERE chunk_id IN (SELECT id FROM chunks WHERE content_id = $1) \
-                     AND idx = $2 AND node_id = $3 RETURNING chunk_id",
-                    args![content_id, *idx, node.as_str(), *state as i64],
-                )
-                .await?
-                .iter()
-                .map(|r| r.hash(0))
-                .collect::<Result<_>>()?;
-            for key in keys {
-                queue_repair(&mut tx, &key, *idx, "reported by a reader").await?;
-                touch_users(&mut tx, &key).await?;
-            }
-        }
-        Ok(())
-    });
-    Ok(())
-}
-
 /// Marks every file using chunk `key` as changed, so cached layouts (with shard locations)
 /// are read again.
 pub(crate) async fn touch_users(tx: &mut Tx, key: &Hash) -> Result<()> {

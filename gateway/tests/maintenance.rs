@@ -52,6 +52,10 @@ struct Rebalancer {
 
 impl Rebalancer {
     fn start(gw: &Gw, holder: &str) -> Rebalancer {
+        Self::start_with(gw, holder, &[])
+    }
+
+    fn start_with(gw: &Gw, holder: &str, settings: &[String]) -> Rebalancer {
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = gw
             .data_dir
@@ -62,7 +66,7 @@ impl Rebalancer {
             &gw.url(),
             (ACCESS_KEY, SECRET_KEY),
             metrics.port(),
-            &[format!("holder={holder}")],
+            &[&[format!("holder={holder}")], settings].concat(),
             &log,
         );
         let health = wait_for_http(metrics, "/health", Duration::from_secs(60));
@@ -325,9 +329,18 @@ async fn grants_and_commits(database_url: Option<String>) {
     );
     // Garbage collection (queued by the first, refused move) leaves the named copy alone.
     tokio::time::sleep(Duration::from_millis(3 * crate::cluster::HEARTBEAT_MS)).await;
+    let token = m
+        .node_token(v1::NodeTokenRequest {
+            node_id: target.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
     let present = node
         .has_shards(v1::HasShardsRequest {
             hashes: vec![c.shards[3].hash.clone()],
+            token,
         })
         .await
         .unwrap()
@@ -615,4 +628,198 @@ async fn audit_batches_hand_out_each_shard_once_per_period_and_failures_lower_th
         .into_inner();
     let n = st.nodes.iter().find(|n| n.node_id == s.node_id).unwrap();
     assert_eq!(n.audit.as_ref().unwrap().failures, 1);
+}
+
+/// `problem` reports of the first `n` shards of each chunk of `layout`, with their read tokens.
+fn reports_of(l: &v1::GetLayoutResponse, n: usize, with_token: bool) -> Vec<v1::ShardReport> {
+    l.chunks
+        .iter()
+        .flat_map(|c| {
+            let id = c.info.as_ref().unwrap().id.clone();
+            c.shards.iter().take(n).map(move |s| v1::ShardReport {
+                chunk_id: id.clone(),
+                index: s.index,
+                node_id: s.node_id.clone(),
+                problem: v1::ShardProblem::Corrupt as i32,
+                token: if with_token { s.token.clone() } else { vec![] },
+            })
+        })
+        .collect()
+}
+
+async fn layout_of(ctl: &mut crate::cluster::Ctl, id: u64) -> v1::GetLayoutResponse {
+    ctl.get_layout(v1::GetLayoutRequest {
+        entry: Some(id_ref(id)),
+        offset: 0,
+        length: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_readers_false_corruption_reports_change_nothing_and_get_it_refused() {
+    let gw = Gw::start(None, vec![]);
+    let _nodes = start_nodes(7, &gw);
+    let mut admin = gw.control().await;
+    wait_online(&mut admin, 7).await;
+    let user = |name: &'static str| {
+        let mut admin = admin.clone();
+        let url = gw.url();
+        async move {
+            let u = admin
+                .create_user(v1::CreateUserRequest {
+                    name: name.into(),
+                    quota_bytes: 0,
+                    admin: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut c = crate::cluster::control(&url, &u.access_key, &u.secret_key).await;
+            bucket(&mut c, name).await;
+            c
+        }
+    };
+    let mut alice = user("alice").await;
+    let mut bob = user("bob").await;
+    // Bob stores the same bytes as Alice: one deduplicated chunk, so his layout names her
+    // shards and carries read tokens for them.
+    let data = test_data(21, CHUNK / 2);
+    let a = write_file(&mut alice, "alice", "mine", &data, &[])
+        .await
+        .unwrap();
+    let b = write_file(&mut bob, "bob", "copy", &data, &[])
+        .await
+        .unwrap();
+    let la = layout_of(&mut alice, a.id).await;
+    let lb = layout_of(&mut bob, b.id).await;
+    assert_eq!(la.chunks[0].shards, {
+        // Same shards at the same nodes (tokens differ per grant).
+        let mut s = lb.chunks[0].shards.clone();
+        for (x, y) in s.iter_mut().zip(&la.chunks[0].shards) {
+            x.token = y.token.clone();
+        }
+        s
+    });
+
+    // Without the read token, or with one for another shard: refused, nothing queued.
+    let e = bob
+        .report_shards(v1::ReportShardsRequest {
+            reports: reports_of(&lb, 5, false),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    // (A read token covers the shards of one node: take one of another node.)
+    let all = reports_of(&lb, 14, true);
+    let other = all.iter().find(|r| r.node_id != all[0].node_id).unwrap();
+    let mut swapped = vec![all[0].clone()];
+    swapped[0].token = other.token.clone();
+    let e = bob
+        .report_shards(v1::ReportShardsRequest { reports: swapped })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+
+    // With his tokens: accepted as evidence; the shards stay Stored until an audit decides.
+    let five = reports_of(&lb, 5, true);
+    bob.report_shards(v1::ReportShardsRequest {
+        reports: five.clone(),
+    })
+    .await
+    .unwrap();
+    let stored = |l: &v1::GetLayoutResponse| {
+        l.chunks
+            .iter()
+            .flat_map(|c| &c.shards)
+            .all(|s| s.state == v1::ShardState::Stored as i32)
+    };
+    assert!(stored(&layout_of(&mut alice, a.id).await));
+    // The next audit batch asks exactly the reported shards first (the rest are not due).
+    let mut m = maintenance(&gw.url(), ACCESS_KEY, SECRET_KEY).await;
+    let batch = m
+        .audit_batch(v1::AuditBatchRequest {
+            limit: 1,
+            min_age_ms: 3_600_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut asked: Vec<(u32, String)> = batch
+        .shards
+        .iter()
+        .map(|s| (s.index, s.node_id.clone()))
+        .collect();
+    asked.sort();
+    let mut want: Vec<(u32, String)> = five.iter().map(|r| (r.index, r.node_id.clone())).collect();
+    want.sort();
+    assert_eq!(asked, want);
+    // The audits find them intact: five false reports on Bob's record, no shard touched.
+    m.report_audits(v1::ReportAuditsRequest {
+        results: batch
+            .shards
+            .iter()
+            .map(|s| v1::AuditResult {
+                chunk_key: s.chunk_key.clone(),
+                index: s.index,
+                hash: s.hash.clone(),
+                node_id: s.node_id.clone(),
+                ok: true,
+                error: String::new(),
+                challenges: vec![],
+            })
+            .collect(),
+    })
+    .await
+    .unwrap();
+    assert!(stored(&layout_of(&mut alice, a.id).await));
+
+    // A real rebalancer audits what Bob keeps reporting; every report is found false, and
+    // after FALSE_REPORT_LIMIT of them in the hour he is not heard any more.
+    let _r = Rebalancer::start_with(
+        &gw,
+        "auditor",
+        &[
+            "audit_interval_ms=100".into(),
+            "audit_period_secs=86400".into(),
+        ],
+    );
+    let refused = eventually("Bob's reports to be refused", || {
+        let mut bob = bob.clone();
+        async move {
+            let l = layout_of(&mut bob, b.id).await;
+            match bob
+                .report_shards(v1::ReportShardsRequest {
+                    reports: reports_of(&l, 5, true),
+                })
+                .await
+            {
+                Err(e) if e.code() == tonic::Code::PermissionDenied => Some(e),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(refused.message().contains("found false"), "{refused:?}");
+    // Alice's file is whole, every shard still Stored, nothing was repaired.
+    assert_eq!(
+        read_file(&mut alice, id_ref(a.id), 0, 0).await.unwrap(),
+        data
+    );
+    assert!(stored(&layout_of(&mut alice, a.id).await));
+    assert_eq!(
+        m.degraded(v1::DegradedRequest {
+            limit: 10,
+            exclude: vec![]
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .total,
+        0
+    );
+    let log = gw.proc.as_ref().unwrap().log();
+    assert!(log.contains("found intact by its audit"), "{log}");
 }

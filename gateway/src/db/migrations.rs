@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "repair grants", M0007),
     (8, "audits", M0008),
     (9, "node keys", M0009),
+    (10, "shard reports", M0010),
 ];
 
 const M0001: &str = r#"
@@ -334,6 +335,26 @@ CREATE TABLE node_audits (
 const M0009: &str = r#"
 ALTER TABLE nodes ADD COLUMN public_key {BLOB};
 ALTER TABLE nodes ADD COLUMN signed_ms BIGINT NOT NULL DEFAULT 0;
+"#;
+
+/// Readers' shard reports waiting for verification (an audit of that shard), and each
+/// reporter's count of reports an audit found false, per hour.
+const M0010: &str = r#"
+CREATE TABLE shard_reports (
+    chunk_id {BLOB} NOT NULL,
+    idx BIGINT NOT NULL,
+    node_id TEXT NOT NULL,
+    reporter TEXT NOT NULL,
+    reported_ms BIGINT NOT NULL,
+    claimed_ms BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (chunk_id, idx, node_id, reporter)
+);
+CREATE INDEX shard_reports_reporter ON shard_reports (reporter);
+CREATE TABLE reporters (
+    user_id TEXT PRIMARY KEY,
+    false_reports BIGINT NOT NULL,
+    window_start_ms BIGINT NOT NULL
+);
 "#;
 
 /// Rewrites the dialect tokens of `sql` for `backend`.
