@@ -12,6 +12,8 @@
 # --storage-gb N, --name NAME, --region R, --datacenter D, --rack K,
 # --public-address URL (how others reach this node's gRPC, e.g. http://203.0.113.7:50051),
 # --grpc-port P, --p2p-port P, --metrics-port P, --bootstrap MULTIADDR,
+# --join-token-file F (the cluster's join token, the gateway's /etc/cyxcloud/join-token;
+# without it the one already in /etc/cyxcloud/join-token, or the operator account, is used),
 # --email E --password-file F (the operator account: first login of the node),
 # --yes (never ask: flags and defaults only), --timeout SECS (wait for registration, 120).
 set -eu
@@ -21,6 +23,7 @@ die() { echo "install-node: $*" >&2; exit 1; }
 
 package="" gateway="" storage_gb="" name="" region="" datacenter="" rack="" public_address=""
 grpc_port=50051 p2p_port=4001 metrics_port=9090 bootstrap="" email="" password_file=""
+join_token_file=""
 yes=0 timeout=120
 while [ $# -gt 0 ]; do
   case $1 in
@@ -36,6 +39,7 @@ while [ $# -gt 0 ]; do
     --p2p-port) p2p_port=$2; shift ;;
     --metrics-port) metrics_port=$2; shift ;;
     --bootstrap) bootstrap=$2; shift ;;
+    --join-token-file) join_token_file=$2; shift ;;
     --email) email=$2; shift ;;
     --password-file) password_file=$2; shift ;;
     --yes | -y) yes=1 ;;
@@ -113,6 +117,15 @@ if [ -n "$email" ]; then
     > /etc/cyxcloud/node.env
 fi
 umask 027
+if [ -n "$join_token_file" ]; then
+  [ -r "$join_token_file" ] || die "cannot read the join token file $join_token_file"
+  if [ "$(readlink -f "$join_token_file")" != /etc/cyxcloud/join-token ]; then
+    install -m 0640 -g cyxcloud "$join_token_file" /etc/cyxcloud/join-token
+  fi
+elif [ ! -e /etc/cyxcloud/join-token ] && [ -z "$email" ]; then
+  echo "install-node: no join token (--join-token-file) and no operator account (--email):" \
+    "the gateway will refuse this node until /etc/cyxcloud/join-token holds the cluster's token" >&2
+fi
 cat > /etc/cyxcloud/node.toml <<TOML
 # Written by install-node.sh on $(date -u +%Y-%m-%dT%H:%M:%SZ); edit and restart the service.
 [node]
@@ -137,6 +150,7 @@ bootstrap_peers = $peers
 [central]
 address = "$grpc"
 register = true
+join_token_file = "/etc/cyxcloud/join-token"
 
 [cyxwiz_api]
 base_url = "$http"

@@ -196,6 +196,11 @@ pub struct NodeStartArgs {
     /// Gateway gRPC address the node registers with (without it the node runs standalone).
     #[arg(long, env = "CENTRAL_ADDRESS")]
     pub central: Option<String>,
+    /// File holding the cluster's join token (the gateway's `nodes.join_token`), needed by a
+    /// node joining the cluster for the first time (`NODE_JOIN_TOKEN` in the environment works
+    /// too); once joined, the node's own key identifies it.
+    #[arg(long, env = "NODE_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
     /// Log in to the operator account API (CyxWiz) to register the machine for payment; the
     /// node then prompts for email and password on first start, so run `cyxcloud-node` once in
     /// a terminal first.

@@ -17,8 +17,25 @@ use cyxcloud_proto::ErrorCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Restores the default action of SIGPIPE (Rust ignores it, so a write to a closed pipe is an
+/// error that `println!` turns into a panic): `cyxcloud status | head` then ends quietly, as
+/// every Unix tool does when its reader goes away. Upload and download write files, not
+/// stdout, so nothing is left half done by it.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL before any thread starts; no handler
+    // runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
+    // `up` supervises daemons: it must outlive its reader to stop them in order.
+    if !matches!(cli.command, args::Command::Up(_)) {
+        default_sigpipe();
+    }
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     let _ = tracing_subscriber::fmt()

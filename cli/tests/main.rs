@@ -60,6 +60,31 @@ impl Env {
     }
 }
 
+/// A user who is not an admin, made through the Control API: its (access key, secret key).
+fn new_user(e: &Env, name: &str) -> (String, String) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = cyxcloud_client::Client::connect(cyxcloud_client::ClientConfig::new(
+            e.cluster.grpc_url(),
+            ACCESS_KEY,
+            SECRET_KEY,
+        ))
+        .await
+        .unwrap();
+        let u = c
+            .control()
+            .create_user(cyxcloud_proto::v1::CreateUserRequest {
+                name: name.into(),
+                quota_bytes: 0,
+                admin: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (u.access_key, u.secret_key)
+    })
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -276,6 +301,63 @@ fn every_command_of_the_guide_with_its_output() {
     let json: serde_json::Value =
         serde_json::from_str(&e.ok(&["--json", "status", "-b", "mybucket"])).unwrap();
     assert_eq!(json["objects"], 4);
+
+    // A user who is not an admin sees its own usage, nothing of the nodes or the cluster.
+    let (ak, sk) = new_user(&e, "carol");
+    let as_carol = |args: &[&str]| -> String {
+        let out = e
+            .cmd()
+            .args(args)
+            .env("CYXCLOUD_ACCESS_KEY", &ak)
+            .env("CYXCLOUD_SECRET_KEY", &sk)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let mine = work.path().join("carols.txt");
+    std::fs::write(&mine, b"carol's bytes").unwrap();
+    as_carol(&["upload", mine.to_str().unwrap(), "-b", "carols"]);
+    let out = as_carol(&["status", "-v"]);
+    assert!(
+        out.contains("Your account") && out.contains("Buckets:      1"),
+        "{out}"
+    );
+    assert!(out.contains("Objects:      1 (13 B)"), "{out}");
+    for hidden in [
+        "NODE",
+        "online of",
+        "127.0.0.1",
+        "WORKER",
+        "Chunks",
+        "Capacity",
+    ] {
+        assert!(!out.contains(hidden), "a user sees {hidden:?}:\n{out}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&as_carol(&["--json", "status", "-v"])).unwrap();
+    assert!(v.get("nodes").is_none() && v["files"] == 1, "{v}");
+
+    // Output into a pipe whose reader is gone: the command ends quietly (SIGPIPE), no panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = e
+        .cmd()
+        .args(["status", "-v"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+    // `up --help` describes what it starts, each of which exists.
+    let help = e.ok(&["up", "--help"]);
+    assert!(help.contains("rebalancer"), "{help}");
+    assert!(cyxcloud_testkit::bin("cyxcloud-rebalancer").exists());
 
     // Errors: bad credentials exit 4, unreachable gateway exits 5 with a clear message.
     let bad = e
@@ -800,6 +882,8 @@ fn node_stop_drain_moves_the_data_away_then_stops_the_node() {
     let e = Env::new(14, 256 * 1024);
     let dir = e.home.path().join("node");
     let d = dir.to_str().unwrap();
+    let token = e.home.path().join("join-token");
+    std::fs::write(&token, cyxcloud_testkit::JOIN_TOKEN).unwrap();
     let out = e.ok(&[
         "node",
         "start",
@@ -809,6 +893,8 @@ fn node_stop_drain_moves_the_data_away_then_stops_the_node() {
         d,
         "--central",
         &e.cluster.grpc_url(),
+        "--join-token-file",
+        token.to_str().unwrap(),
     ]);
     assert!(out.contains("✓ Node started"), "{out}");
     let status = || -> serde_json::Value {

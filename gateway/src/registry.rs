@@ -627,6 +627,13 @@ impl Registry {
         let mut tasks = Vec::new();
         for n in nodes.iter() {
             let (id, addr) = (n.id.clone(), n.address.clone());
+            let token = self.signer.sign(&cyxcloud_core::token::Capability {
+                role: cyxcloud_core::token::Role::Gateway,
+                ops: cyxcloud_core::token::Op::Get as u8,
+                node_id: id.clone(),
+                expires_at: crate::db::now_secs() + 60,
+                scope: cyxcloud_core::token::Scope::Shards(Vec::new()),
+            });
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
                 let ok = async {
@@ -639,7 +646,7 @@ impl Registry {
                         .ok()?;
                     let t = Instant::now();
                     v1::chunk_service_client::ChunkServiceClient::new(ch)
-                        .stats(v1::StatsRequest {})
+                        .stats(v1::StatsRequest { token })
                         .await
                         .ok()?;
                     Some(t.elapsed())

@@ -244,10 +244,9 @@ fn check_session_owner(caller: &Caller, s: &Session) -> Result<()> {
     if caller.admin || caller.user_id == s.user_id {
         Ok(())
     } else {
-        Err(Error::PermissionDenied(format!(
-            "write {} belongs to another user",
-            s.id
-        )))
+        Err(Error::PermissionDenied(
+            "this write belongs to another user".into(),
+        ))
     }
 }
 
@@ -693,6 +692,13 @@ impl Writes {
                 continue;
             };
             let ch = self.channel(&addr);
+            let token = self.signer.sign(&cyxcloud_core::token::Capability {
+                role: cyxcloud_core::token::Role::Gateway,
+                ops: Op::Get as u8,
+                node_id: node.clone(),
+                expires_at: crate::db::now_secs() + 60,
+                scope: cyxcloud_core::token::Scope::Shards(hashes.clone()),
+            });
             tasks.push(tokio::spawn(async move {
                 let Ok(ch) = ch else {
                     return (node, hashes, None);
@@ -702,6 +708,7 @@ impl Writes {
                     v1::chunk_service_client::ChunkServiceClient::new(ch).has_shards(
                         v1::HasShardsRequest {
                             hashes: hashes.iter().map(|h| h.0.to_vec()).collect(),
+                            token,
                         },
                     ),
                 )

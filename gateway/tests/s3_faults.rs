@@ -136,3 +136,89 @@ fn s3_objects_survive_four_dead_nodes_repair_and_four_more() {
         assert_eq!(l.contents().len(), objects.len());
     });
 }
+
+/// An object that cannot be read is answered 503 `ServiceUnavailable` before any byte (not a
+/// `200` with its Content-Length and no body); when it stops being readable mid-transfer, the
+/// connection is cut short of its Content-Length, so no client takes it for complete.
+#[test]
+fn an_unreadable_object_is_a_503_before_any_byte_and_a_failure_mid_stream_cuts_the_connection() {
+    use super::{CHUNK, now_secs, signed_headers, signed_send};
+    use std::io::{Read, Write};
+    let mut cl = cluster(7, &[]);
+    let addr = cl.http_addr();
+    assert_eq!(signed_send(addr, "PUT", "/fails", "", &[], b"").status, 200);
+    let small = data(300_000, 5);
+    assert_eq!(
+        signed_send(addr, "PUT", "/fails/small", "", &[], &small).status,
+        200
+    );
+    let big = data(32 * CHUNK as usize, 6);
+    assert_eq!(
+        signed_send(addr, "PUT", "/fails/big", "", &[], &big).status,
+        200
+    );
+
+    // A GET of the big object: the head and the first bytes arrive; the client then reads
+    // nothing while three of the seven nodes die (6 of each chunk's 14 shards: unreadable).
+    let empty = cyxcloud_gateway::s3::sigv4::sha256_hex(b"");
+    let (hs, ..) = signed_headers(
+        addr,
+        "GET",
+        "/fails/big",
+        "",
+        &[],
+        &empty,
+        super::SECRET_KEY,
+        now_secs(),
+    );
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut req = format!("GET /fails/big HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (k, v) in &hs {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let head_end = loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed before the head");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}", big.len())),
+        "{head}"
+    );
+    for i in 0..3 {
+        cl.kill_node(i);
+    }
+    // The rest of the transfer ends early (EOF or reset), with a true prefix of the object.
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = &got[head_end..];
+    assert!(
+        body.len() < big.len(),
+        "{} of {} bytes: the transfer was not cut",
+        body.len(),
+        big.len()
+    );
+    assert_eq!(body, &big[..body.len()]);
+
+    // Now nothing of either object can be served: 503 with an S3 error, before any byte.
+    for key in ["/fails/small", "/fails/big"] {
+        let r = signed_send(addr, "GET", key, "", &[], b"");
+        assert_eq!(r.status, 503, "{key}: {}", r.text());
+        assert_eq!(r.code(), "ServiceUnavailable", "{key}: {}", r.text());
+    }
+}

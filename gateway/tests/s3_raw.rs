@@ -356,14 +356,63 @@ fn truncated_and_bad_bodies(addr: SocketAddr) {
     assert_eq!((r.status, r.code().as_str()), (400, "EntityTooLarge"));
 }
 
+/// The base64 Content-MD5 of `b`.
+fn content_md5(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(hex::decode(md5_hex(b)).unwrap())
+}
+
 fn malformed_requests(addr: SocketAddr) {
+    // DeleteObjects must carry Content-MD5 (or a checksum), and it must match.
+    let list = b"<Delete><Object><Key>nothing</Key></Object></Delete>";
+    let r = signed_send(addr, "POST", "/rootstyle", "delete", &[], list);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "InvalidRequest"),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("Content-MD5"), "{}", r.text());
+    let wrong = content_md5(b"another body");
+    let r = signed_send(
+        addr,
+        "POST",
+        "/rootstyle",
+        "delete",
+        &[("content-md5", &wrong)],
+        list,
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "BadDigest"),
+        "{}",
+        r.text()
+    );
+    let right = content_md5(list);
+    let r = signed_send(
+        addr,
+        "POST",
+        "/rootstyle",
+        "delete",
+        &[("content-md5", &right)],
+        list,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
     for bad in [
         &b"<Delete><Object><Key>a</Key></Delete>"[..],
         b"not xml",
         b"<Delete></Delete>",
         b"<Other/>",
     ] {
-        let r = signed_send(addr, "POST", "/rootstyle", "delete", &[], bad);
+        let md5 = content_md5(bad);
+        let r = signed_send(
+            addr,
+            "POST",
+            "/rootstyle",
+            "delete",
+            &[("content-md5", &md5)],
+            bad,
+        );
         assert_eq!(
             (r.status, r.code().as_str()),
             (400, "MalformedXML"),

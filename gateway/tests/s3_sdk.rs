@@ -1216,6 +1216,16 @@ async fn auth_errors(endpoint: &str) {
     let unknown = sdk_with(endpoint, "NOSUCHKEY0000", SECRET_KEY, |b| b);
     let (code, status) = err(unknown.list_buckets().send().await);
     assert_eq!((code.as_str(), status), ("InvalidAccessKeyId", 403));
+    // A request signed for another region (validly, by the SDK) is refused as AWS does.
+    let elsewhere = sdk_with(endpoint, ACCESS_KEY, SECRET_KEY, |b| {
+        b.region(aws_sdk_s3::config::Region::new("eu-west-1"))
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+    });
+    let (code, status) = err(elsewhere.list_buckets().send().await);
+    assert_eq!(
+        (code.as_str(), status),
+        ("AuthorizationHeaderMalformed", 400)
+    );
     // A client whose clock is an hour off (without retries: the SDK corrects its clock from
     // the refusal's Date header and retries, which must then succeed).
     let skewed = |retry: bool| {

@@ -462,14 +462,26 @@ impl Config {
     }
 
     /// The join token: `central.join_token`, or the content of `central.join_token_file`.
+    /// A missing file is not an error (a node that has joined no longer needs the token, and
+    /// an operator may delete it): the node goes on without one, and a gateway that does not
+    /// know it yet says so.
     pub fn join_token(&self) -> Result<String> {
         let c = &self.central;
         if c.join_token_file.is_empty() {
             return Ok(c.join_token.clone());
         }
-        std::fs::read_to_string(&c.join_token_file)
-            .map(|t| t.trim_end().to_string())
-            .map_err(|e| Error::io("cannot read central.join_token_file", &c.join_token_file, e))
+        match std::fs::read_to_string(&c.join_token_file) {
+            Ok(t) => Ok(t.trim_end().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %c.join_token_file, "the join token file does not exist; a node that has not joined yet cannot join without it");
+                Ok(String::new())
+            }
+            Err(e) => Err(Error::io(
+                "cannot read central.join_token_file",
+                &c.join_token_file,
+                e,
+            )),
+        }
     }
 }
 

@@ -214,6 +214,8 @@ impl ChunkSvc {
 
     fn has(&self, req: HasShardsRequest) -> Result<HasShardsResponse> {
         let hashes = parse_hashes(&req.hashes)?;
+        // Not an oracle for strangers: only who may read these shards learns whether they are here.
+        self.tokens.check(&req.token, Op::Get, &hashes)?;
         let present = hashes
             .iter()
             .map(|h| self.shards.contains(h))
@@ -396,9 +398,12 @@ impl ChunkService for ChunkSvc {
 
     async fn stats(
         &self,
-        _request: Request<StatsRequest>,
+        request: Request<StatsRequest>,
     ) -> std::result::Result<Response<StatsResponse>, Status> {
-        self.metrics.request("stats", "ok");
-        Ok(Response::new(self.stats()))
+        let r = self
+            .tokens
+            .check(&request.get_ref().token, Op::Get, &[])
+            .map(|_| self.stats());
+        self.finish("stats", r).map(Response::new)
     }
 }

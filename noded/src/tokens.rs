@@ -59,6 +59,17 @@ impl Tokens {
             return Err(Error::NoTrustedKeys);
         }
         let cap = v.verify(token, unix_now())?;
+        // Even with no shard named (listing, stats), the token must be for this node and op.
+        if cap.node_id != self.node_id {
+            return Err(cyxcloud_core::token::TokenError::WrongNode {
+                token_node: cap.node_id,
+                this_node: self.node_id.clone(),
+            }
+            .into());
+        }
+        if cap.ops & op as u8 == 0 {
+            return Err(cyxcloud_core::token::TokenError::OpNotGranted { op }.into());
+        }
         for h in hashes {
             cap.check(op, h, &self.node_id)?;
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cyxcloud_core::Hash;
 use cyxcloud_proto::ErrorCode;
-use cyxcloud_proto::v1::{NodeState, StatsRequest};
+use cyxcloud_proto::v1::NodeState;
 
 use crate::startup::run_to_exit;
 use crate::support::gateway::FakeGateway;
@@ -31,7 +31,7 @@ async fn drain_flag_refuses_new_shards_keeps_serving_reads() {
     );
     assert!(cyxcloud_proto::status::is_retryable(&s));
     assert!(get(&mut c, "drain-node", &Hash::of(&a)).await.unwrap() == a);
-    let st = c.stats(StatsRequest {}).await.unwrap().into_inner();
+    let st = stats(&mut c, "drain-node").await;
     assert_eq!(st.state, NodeState::Draining as i32);
     let mut cmd = node.command();
     cmd.arg("--drain");

@@ -322,11 +322,11 @@ async fn repair_transfer_and_delete_commands_run_end_to_end() {
         )],
     );
     assert!(result_of(&gw, "delete-1").await.ok);
-    assert_eq!(has(&mut ca, &[hs[0]]).await, vec![false]);
+    assert_eq!(has(&mut ca, "cmd-a", &[hs[0]]).await, vec![false]);
     let refused = result_of(&gw, "delete-client").await;
     assert!(!refused.ok);
     assert!(refused.error.contains("may not Delete"), "{refused:?}");
-    assert_eq!(has(&mut cb, &[hs[1]]).await, vec![true]);
+    assert_eq!(has(&mut cb, "cmd-b", &[hs[1]]).await, vec![true]);
 
     // A delete is bound to the heartbeat after which the gateway decided it: C holds shards 0
     // and 2 (transfer, repair); shard 2 is put again after that heartbeat, as a new write of
@@ -361,7 +361,10 @@ async fn repair_transfer_and_delete_commands_run_end_to_end() {
         .insert("cmd-c".into(), vec![delete_c("delete-bound", epoch, seq)]);
     let r = result_of(&gw, "delete-bound").await;
     assert!(r.ok, "{r:?}");
-    assert_eq!(has(&mut cc, &[hs[0], hs[2]]).await, vec![false, true]);
+    assert_eq!(
+        has(&mut cc, "cmd-c", &[hs[0], hs[2]]).await,
+        vec![false, true]
+    );
     let log = c.log();
     assert!(
         log.lines()
@@ -375,13 +378,16 @@ async fn repair_transfer_and_delete_commands_run_end_to_end() {
         vec![delete_c("delete-other", other, u64::MAX)],
     );
     assert!(result_of(&gw, "delete-other").await.ok);
-    assert_eq!(has(&mut cc, &[hs[2]]).await, vec![true]);
+    assert_eq!(has(&mut cc, "cmd-c", &[hs[2]]).await, vec![true]);
     // Bound to a heartbeat after the put, it goes; then C holds nothing.
     gw.state()
         .commands
         .insert("cmd-c".into(), vec![delete_c("delete-after", 0, 0)]);
     assert!(result_of(&gw, "delete-after").await.ok);
-    assert_eq!(has(&mut cc, &[hs[0], hs[2]]).await, vec![false, false]);
+    assert_eq!(
+        has(&mut cc, "cmd-c", &[hs[0], hs[2]]).await,
+        vec![false, false]
+    );
     let m = c.metrics_text();
     assert!(
         m.contains("cyxcloud_node_commands_total{kind=\"repair\",result=\"ok\"}"),
@@ -458,8 +464,8 @@ async fn a_direct_repair_rebuilds_every_lost_shard_from_one_fetch_and_checks_its
         let e = cc.repair(command(t, put_a.clone())).await.unwrap_err();
         assert_eq!(e.code(), code, "{e:?}");
     }
-    assert_eq!(has(&mut cc, &[hs[2]]).await, vec![false]);
-    assert_eq!(has(&mut ca, &[hs[3]]).await, vec![false]);
+    assert_eq!(has(&mut cc, "rep-c", &[hs[2]]).await, vec![false]);
+    assert_eq!(has(&mut ca, "rep-a", &[hs[3]]).await, vec![false]);
 
     // A bad token for the pushed shard: the local one is stored, the push is reported.
     let r = cc

@@ -61,7 +61,7 @@ async fn shards_round_trip_from_one_byte_to_64_mib_with_ranges_and_survive_resta
     let unknown = Hash::of(b"never stored");
     let mut query: Vec<Hash> = stored.iter().map(|s| s.0).collect();
     query.insert(2, unknown);
-    let present = has(&mut c, &query).await;
+    let present = has(&mut c, "rt-node", &query).await;
     assert_eq!(present, vec![true, true, false, true, true, true]);
     let nonce = [9u8; 32];
     let proof = c
@@ -78,7 +78,19 @@ async fn shards_round_trip_from_one_byte_to_64_mib_with_ranges_and_survive_resta
     expect.update(&nonce);
     expect.update(&stored[2].1);
     assert_eq!(proof, expect.finalize().as_bytes().to_vec());
-    let stats = c.stats(StatsRequest {}).await.unwrap().into_inner();
+    // Stats needs a token of this node: without one, or with another node's, refused.
+    assert_code(
+        c.stats(StatsRequest { token: vec![] }).await,
+        ErrorCode::Unauthenticated,
+    );
+    assert_code(
+        c.stats(StatsRequest {
+            token: gateway_token("other-node", &[Op::Get]),
+        })
+        .await,
+        ErrorCode::PermissionDenied,
+    );
+    let stats = stats(&mut c, "rt-node").await;
     assert_eq!(stats.node_id, "rt-node");
     assert_eq!(stats.shard_count, 5);
     let total: u64 = sizes.iter().map(|s| *s as u64 + 60).sum();
@@ -295,9 +307,20 @@ async fn every_bad_request_gets_a_precise_status_and_changes_nothing() {
     let bad_has = c
         .has_shards(HasShardsRequest {
             hashes: vec![vec![0; 33]],
+            token: gateway_token("bad-node", &[Op::Get]),
         })
         .await;
     assert_code(bad_has, ErrorCode::InvalidArgument);
+    // HasShards is no oracle: without a token, or with a token for other shards, refused.
+    for token in [vec![], rw_token("bad-node", &[Hash::of(b"other")])] {
+        let r = c
+            .has_shards(HasShardsRequest {
+                hashes: vec![gh.0.to_vec()],
+                token,
+            })
+            .await;
+        assert!(r.is_err(), "{r:?}");
+    }
     // Challenge: nonce bounds.
     for n in [0usize, 15, 65] {
         let r = c
@@ -339,9 +362,12 @@ async fn every_bad_request_gets_a_precise_status_and_changes_nothing() {
     assert_code(r, ErrorCode::PermissionDenied);
 
     // Nothing changed: one shard, the good one, intact.
-    assert_eq!(has(&mut c, &[gh, h, wrong]).await, vec![true, false, false]);
+    assert_eq!(
+        has(&mut c, "bad-node", &[gh, h, wrong]).await,
+        vec![true, false, false]
+    );
     assert!(get(&mut c, "bad-node", &gh).await.unwrap() == good);
-    let stats = c.stats(StatsRequest {}).await.unwrap().into_inner();
+    let stats = stats(&mut c, "bad-node").await;
     assert_eq!(stats.shard_count, 1);
     assert_eq!(stats.used_bytes, 5060);
     let m = node.metrics_text();
@@ -417,6 +443,6 @@ async fn garbage_on_the_put_stream_is_invalid_argument() {
         s.message()
     );
     let mut c = node.client().await;
-    let st = c.stats(StatsRequest {}).await.unwrap().into_inner();
+    let st = stats(&mut c, "garbage-node").await;
     assert_eq!(st.shard_count, 0);
 }

@@ -46,7 +46,7 @@ async fn kill_9_during_a_stream_of_puts_loses_no_acknowledged_shard() {
     node.wait_ready();
     let mut c = node.client().await;
     let hashes: Vec<Hash> = acked.iter().map(|a| a.0).collect();
-    let present = has(&mut c, &hashes).await;
+    let present = has(&mut c, "crash-node", &hashes).await;
     let lost: Vec<_> = hashes
         .iter()
         .zip(&present)
@@ -63,11 +63,7 @@ async fn kill_9_during_a_stream_of_puts_loses_no_acknowledged_shard() {
         assert_eq!(data, random(*seed, data.len()), "shard {h} intact");
         assert_eq!(Hash::of(&data), *h);
     }
-    let stats = c
-        .stats(cyxcloud_proto::v1::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = stats(&mut c, "crash-node").await;
     assert!(stats.shard_count >= acked.len() as u64);
 }
 
@@ -119,7 +115,7 @@ async fn a_shard_corrupted_on_disk_is_reported_and_never_served() {
     assert_code(get(&mut c, "rot-node", &hblob).await, ErrorCode::Corrupt);
     // Challenges of a corrupt shard cannot succeed either; the shard is quarantined.
     assert_eq!(
-        has(&mut c, &[ha, hb, hblob]).await,
+        has(&mut c, "rot-node", &[ha, hb, hblob]).await,
         vec![false, true, false]
     );
     assert!(get(&mut c, "rot-node", &hb).await.unwrap() == b);
@@ -170,7 +166,10 @@ async fn the_scrub_finds_a_corrupt_shard_nobody_reads() {
     node.wait_metric("cyxcloud_corrupt_shards_total", 1.0);
     let mut c = node.client().await;
     let hashes: Vec<Hash> = shards.iter().map(|d| Hash::of(d)).collect();
-    assert_eq!(has(&mut c, &hashes).await, vec![true, false, true]);
+    assert_eq!(
+        has(&mut c, "scrub-node", &hashes).await,
+        vec![true, false, true]
+    );
     assert!(node.log().contains("corrupt shard detected"));
 }
 
@@ -190,7 +189,10 @@ async fn puts_beyond_capacity_are_refused_cleanly() {
     assert!(s.message().contains("not enough space"), "{}", s.message());
     assert!(cyxcloud_proto::status::is_retryable(&s));
     let hashes: Vec<Hash> = shards.iter().map(|s| Hash::of(s)).collect();
-    assert_eq!(has(&mut c, &hashes).await, vec![true, true, true, false]);
+    assert_eq!(
+        has(&mut c, "full-node", &hashes).await,
+        vec![true, true, true, false]
+    );
     let used = node.metric("cyxcloud_storage_used_bytes");
     assert_eq!(used, 300_180.0);
     assert!(used <= node.metric("cyxcloud_storage_capacity_bytes"));

@@ -528,10 +528,18 @@ impl JobCtx {
         let mut late = Vec::new();
         for r in plan.repairs {
             if r.reason == Reason::NotStored && self.readable.contains(&r.from) {
+                let token = m
+                    .node_token(v1::NodeTokenRequest {
+                        node_id: r.from.clone(),
+                    })
+                    .await
+                    .map(|t| t.into_inner().token)
+                    .unwrap_or_default();
                 let held = match self.node(&r.from) {
                     Ok(mut c) => c
                         .has_shards(v1::HasShardsRequest {
                             hashes: vec![hash_of(r.index)],
+                            token,
                         })
                         .await
                         .map(|h| h.into_inner().present.first().copied().unwrap_or(false))

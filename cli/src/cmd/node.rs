@@ -90,6 +90,12 @@ async fn start(cli: &Cli, a: &NodeStartArgs) -> anyhow::Result<ExitCode> {
             .env("CENTRAL_REGISTER", "true"),
         None => cmd.env("CENTRAL_REGISTER", "false"),
     };
+    if let Some(f) = &a.join_token_file {
+        let f =
+            std::fs::canonicalize(f).with_context(|| format!("join token file {}", f.display()))?;
+        cmd.env("NODE_JOIN_TOKEN_FILE", f)
+            .env_remove("NODE_JOIN_TOKEN");
+    }
     cmd.env(
         "CYXWIZ_API_REGISTER",
         if a.login { "true" } else { "false" },

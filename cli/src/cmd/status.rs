@@ -85,11 +85,46 @@ fn state_name(s: i32) -> &'static str {
     }
 }
 
+/// What a user who is not an admin is shown: its own usage (the gateway tells it nothing of
+/// the nodes or the cluster's totals).
+fn account_view(cli: &Cli, c: &v1::ClusterStatusResponse) -> anyhow::Result<ExitCode> {
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "gateway": "online", "version": c.version, "scope": "account",
+                "buckets": c.buckets, "files": c.files, "logical_bytes": c.logical_bytes,
+                "used_bytes": c.used_bytes,
+                "quota_bytes": (c.quota_bytes > 0).then_some(c.quota_bytes),
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("CyxCloud Storage Status\n");
+    println!("Gateway Status: ● Online  (version {})\n", c.version);
+    println!("  Your account (cluster details are for admins)");
+    println!("  Buckets:      {}", c.buckets);
+    println!("  Objects:      {} ({})", c.files, human(c.logical_bytes));
+    if c.quota_bytes > 0 {
+        println!(
+            "  Quota:        {} used of {}",
+            human(c.used_bytes),
+            human(c.quota_bytes)
+        );
+    } else {
+        println!("  Quota:        {} used, no limit", human(c.used_bytes));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cluster_view(
     cli: &Cli,
     a: &StatusArgs,
     c: &v1::ClusterStatusResponse,
 ) -> anyhow::Result<ExitCode> {
+    if c.caller_only {
+        return account_view(cli, c);
+    }
     let online = c
         .nodes
         .iter()

@@ -320,15 +320,15 @@ pub(crate) fn join(dir_path: &str, name: &str) -> String {
     }
 }
 
-/// Refuses callers that do not own `inode` (admins may touch everything).
+/// Refuses callers that do not own `inode` (admins may touch everything). The refusal names
+/// nothing of the entry (no id, no name): the caller learns only that it is not theirs.
 pub(crate) fn check_owner(caller: &Caller, inode: &Inode) -> Result<()> {
     if caller.admin || inode.owner_id == caller.user_id || inode.id == ROOT_ID {
         Ok(())
     } else {
-        Err(Error::PermissionDenied(format!(
-            "entry {} belongs to another user",
-            inode.id
-        )))
+        Err(Error::PermissionDenied(
+            "this entry belongs to another user".into(),
+        ))
     }
 }
 

@@ -105,7 +105,8 @@ async fn secret(s: &State, access_key: &str) -> S3Result<(zeroize::Zeroizing<Str
         })
 }
 
-fn check_scope(c: &Credential, amz_date: &str, code: Code) -> S3Result<()> {
+/// The credential scope must be today's date (as signed), this gateway's region and `s3`.
+fn check_scope(c: &Credential, amz_date: &str, region: &str, code: Code) -> S3Result<()> {
     if !amz_date.starts_with(&c.date) {
         return Err(S3Error::new(
             code,
@@ -115,6 +116,21 @@ fn check_scope(c: &Credential, amz_date: &str, code: Code) -> S3Result<()> {
                 &amz_date[..8.min(amz_date.len())]
             ),
         ));
+    }
+    if c.region != region {
+        let what = if code == Code::AuthorizationHeaderMalformed {
+            "The authorization header is malformed"
+        } else {
+            "Error parsing the X-Amz-Credential parameter"
+        };
+        return Err(S3Error::new(
+            code,
+            format!(
+                "{what}; the region '{}' is wrong; expecting '{region}'",
+                c.region
+            ),
+        )
+        .with("Region", region));
     }
     if c.service != "s3" {
         return Err(S3Error::new(
@@ -194,7 +210,12 @@ async fn header_auth(
     if let Some(e) = skewed(s, t) {
         return Err(e);
     }
-    check_scope(&a.credential, &amz_date, Code::AuthorizationHeaderMalformed)?;
+    check_scope(
+        &a.credential,
+        &amz_date,
+        &s.cfg.region,
+        Code::AuthorizationHeaderMalformed,
+    )?;
     let payload_header = header(headers, "x-amz-content-sha256").ok_or_else(|| {
         S3Error::new(
             Code::InvalidRequest,
@@ -266,6 +287,7 @@ async fn presigned_auth(
     check_scope(
         &credential,
         amz_date,
+        &s.cfg.region,
         Code::AuthorizationQueryParametersError,
     )?;
     let now = now_secs();

@@ -7,7 +7,10 @@
 //!   was fully read and verified; any failure aborts, so nothing is created.
 //! * Downloads: the layout (with read tokens) is built in process for the caller, then
 //!   [`Client::read_stream`] fetches chunk by chunk from the fastest `k` shards; a range only
-//!   touches the chunks it covers.
+//!   touches the chunks it covers. The first piece is read before the response starts
+//!   ([`Data::body`]): an object that cannot be read is a 503 with an S3 error, never a `200`
+//!   with no bytes; a chunk that fails later aborts the connection, so the client sees a
+//!   transfer shorter than its Content-Length, never a short file reported as complete.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -210,9 +213,29 @@ impl Data {
         })
     }
 
-    /// A streaming body of `range` of a layout.
-    pub fn body(&self, layout: ReadLayout, range: Range<u64>) -> Body {
-        Body::from_stream(self.stream(layout, range))
+    /// A streaming body of `range` of a layout, whose first piece has been read: when it
+    /// cannot be, the error (503 `ServiceUnavailable` when shards are missing) goes out
+    /// instead of a response.
+    pub async fn body(&self, layout: ReadLayout, range: Range<u64>) -> S3Result<Body> {
+        use futures::StreamExt;
+        let mut stream = self.stream(layout, range);
+        let first = match stream.next().await {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "an object cannot be read; answering 503 before any byte");
+                return Err(S3Error::from_client(e, On::Object));
+            }
+            None => return Ok(Body::empty()),
+        };
+        let rest = stream.map(|piece| {
+            piece.map_err(|e| {
+                tracing::warn!(error = %e, "an object stopped being readable mid-transfer; aborting the connection");
+                e
+            })
+        });
+        Ok(Body::from_stream(
+            futures::stream::once(async move { Ok(first) }).chain(rest),
+        ))
     }
 
     /// The bytes of `range` of a layout, chunk by chunk.

@@ -237,7 +237,9 @@ impl S3Error {
     pub fn from_client(e: ClientError, on: On) -> Self {
         match e {
             ClientError::Rpc { code, message, .. } => from_code(code, message, on),
-            e @ (ClientError::Connect { .. } | ClientError::NotEnoughShards { .. }) => {
+            e @ (ClientError::Connect { .. }
+            | ClientError::NotEnoughShards { .. }
+            | ClientError::Unrecoverable { .. }) => {
                 S3Error::new(Code::ServiceUnavailable, e.to_string())
             }
             e => S3Error::internal(e),

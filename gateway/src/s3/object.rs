@@ -704,7 +704,7 @@ pub async fn get(s: &State, r: &mut Req, head: bool) -> S3Result<Response> {
     if let Some(l) = layout
         && want.end > want.start
     {
-        *resp.body_mut() = s.data.body(l, want);
+        *resp.body_mut() = s.data.body(l, want).await?;
     }
     Ok(resp)
 }
@@ -769,6 +769,17 @@ async fn unmark_dir(s: &State, caller: &Caller, bucket: &str, dir: &str) -> crat
 pub async fn delete_many(s: &State, r: &mut Req) -> S3Result<Response> {
     let bucket = r.bucket().to_string();
     let (_, caller) = authorize(s, r, &bucket, Access::Write).await?;
+    // As AWS: a multi-object delete must prove its body intact (the digest is checked while
+    // the body is read), so a corrupted list can never delete the wrong keys.
+    let has_digest = r.header("content-md5").is_some()
+        || r.header("x-amz-trailer").is_some()
+        || Algo::ALL.iter().any(|a| r.header(&a.header()).is_some());
+    if !has_digest {
+        return Err(S3Error::new(
+            Code::InvalidRequest,
+            "Missing required header for this request: Content-MD5 (or an x-amz-checksum-* header)",
+        ));
+    }
     let body = read_small_body(r).await?;
     let doc = xml::parse(&body).map_err(S3Error::malformed_xml)?;
     if doc.name != "Delete" {

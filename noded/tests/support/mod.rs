@@ -401,14 +401,29 @@ pub async fn get(
     get_range(c, node, hash, 0, 0).await.map(|(d, _)| d)
 }
 
-pub async fn has(c: &mut ChunkServiceClient<Channel>, hashes: &[Hash]) -> Vec<bool> {
+/// Which of `hashes` node `node` holds (asked with a gateway token).
+pub async fn has(c: &mut ChunkServiceClient<Channel>, node: &str, hashes: &[Hash]) -> Vec<bool> {
     c.has_shards(cyxcloud_proto::v1::HasShardsRequest {
         hashes: hashes.iter().map(|h| h.0.to_vec()).collect(),
+        token: gateway_token(node, &[Op::Get]),
     })
     .await
     .unwrap()
     .into_inner()
     .present
+}
+
+/// The node's figures (asked with a gateway token).
+pub async fn stats(
+    c: &mut ChunkServiceClient<Channel>,
+    node: &str,
+) -> cyxcloud_proto::v1::StatsResponse {
+    c.stats(cyxcloud_proto::v1::StatsRequest {
+        token: gateway_token(node, &[Op::Get]),
+    })
+    .await
+    .unwrap()
+    .into_inner()
 }
 
 /// Asserts a status carries `code` (both the gRPC code and the stable x-cyx-code).
