@@ -31,6 +31,10 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub secret_key: Option<String>,
+    /// CA certificate (PEM) that certifies an https:// gateway: the cluster CA (`cyxcloud up`
+    /// prints its path) or the CA of the operator's certificate.
+    #[arg(long, global = true, env = "CYXCLOUD_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// Config file (default ~/.config/cyxcloud/config.toml).
     #[arg(long, global = true, env = "CYXCLOUD_CONFIG")]
     pub config: Option<PathBuf>,

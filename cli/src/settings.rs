@@ -1,5 +1,6 @@
 //! Where the CLI finds its gateway and credentials: flags and environment first
-//! (`--gateway`, `CYXCLOUD_GATEWAY`, `CYXCLOUD_ACCESS_KEY`, `CYXCLOUD_SECRET_KEY`), then
+//! (`--gateway`, `CYXCLOUD_GATEWAY`, `CYXCLOUD_ACCESS_KEY`, `CYXCLOUD_SECRET_KEY`,
+//! `--ca-cert`/`CYXCLOUD_CA_CERT`), then
 //! `~/.config/cyxcloud/config.toml`, then defaults. Scripts need no config file.
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ struct FileConfig {
     gateway: Option<String>,
     access_key: Option<String>,
     secret_key: Option<String>,
+    ca_cert: Option<PathBuf>,
 }
 
 /// Resolved connection settings.
@@ -25,6 +27,9 @@ pub struct Settings {
     pub gateway: String,
     pub access_key: String,
     pub secret_key: String,
+    /// The CA certificate (PEM) for an https:// gateway, and its file.
+    pub ca_pem: Option<Vec<u8>>,
+    pub ca_cert: Option<PathBuf>,
 }
 
 pub fn config_dir() -> PathBuf {
@@ -72,9 +77,19 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<Settings> {
             path.display()
         );
     }
+    let ca_cert = cli.ca_cert.clone().or(file.ca_cert);
+    let ca_pem = match &ca_cert {
+        Some(p) => Some(
+            std::fs::read(p)
+                .with_context(|| format!("cannot read CA certificate {}", p.display()))?,
+        ),
+        None => None,
+    };
     Ok(Settings {
         gateway: gateway.trim_end_matches('/').to_string(),
         access_key,
         secret_key,
+        ca_pem,
+        ca_cert,
     })
 }

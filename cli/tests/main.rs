@@ -575,20 +575,48 @@ fn up_starts_everything_and_finds_its_data_again() {
     };
     let (access, secret) = (field("Access key:"), field("Secret key:"));
     assert!(!access.is_empty() && !secret.is_empty(), "{log}");
+    // Secure by default: TLS, with the cluster CA it prints.
     assert!(
-        log.contains(&format!("S3 endpoint:  http://127.0.0.1:{port}")),
+        log.contains(&format!("S3 endpoint:  https://127.0.0.1:{port}")),
         "{log}"
     );
-    let cli = |args: &[&str]| -> Output {
-        Command::new(env!("CARGO_BIN_EXE_cyxcloud"))
-            .args(args)
-            .env("CYXCLOUD_GATEWAY", format!("http://127.0.0.1:{port}"))
+    let ca = log
+        .lines()
+        .find(|l| l.trim_start().starts_with("CA:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_default()
+        .to_string();
+    assert!(ca.ends_with("ca.pem") && Path::new(&ca).exists(), "{log}");
+    let cli_with = |args: &[&str], ca: Option<&str>| -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cyxcloud"));
+        c.args(args)
+            .env("CYXCLOUD_GATEWAY", format!("https://127.0.0.1:{port}"))
             .env("CYXCLOUD_ACCESS_KEY", &access)
             .env("CYXCLOUD_SECRET_KEY", &secret)
             .env("HOME", home.path())
-            .output()
-            .unwrap()
+            .env_remove("CYXCLOUD_CA_CERT");
+        if let Some(ca) = ca {
+            c.env("CYXCLOUD_CA_CERT", ca);
+        }
+        c.output().unwrap()
     };
+    let cli = |args: &[&str]| cli_with(args, Some(&ca));
+    // Without the CA the CLI refuses to talk to the gateway, and says why.
+    let refused = cli_with(&["list", "persist"], None);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("CA certificate"),
+        "{}",
+        text(&refused.stderr)
+    );
+    // Plaintext to the TLS port gets nothing.
+    assert!(
+        !matches!(
+            cyxcloud_testkit::http_get(([127, 0, 0, 1], port).into(), "/health"),
+            Ok((200, _))
+        ),
+        "the gateway answered plaintext"
+    );
     let work = tempdir().unwrap();
     let f = work.path().join("keep.bin");
     write_file(&f, 5 * MIB + 1, 21);

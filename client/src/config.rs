@@ -26,6 +26,10 @@ pub struct ClientConfig {
     pub wait_all_shards: bool,
     /// Connect timeout for gateway and nodes.
     pub connect_timeout: Duration,
+    /// The CA certificate(s) (PEM) that certify an `https://` gateway: the cluster CA, or the
+    /// CA of the operator's certificate. Nodes are verified against the cluster CA the gateway
+    /// hands out at authentication.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl ClientConfig {
@@ -47,6 +51,13 @@ impl ClientConfig {
             tail_min: Duration::from_millis(200),
             wait_all_shards: false,
             connect_timeout: Duration::from_secs(5),
+            ca_pem: None,
         }
+    }
+
+    /// Trusts the CA certificate(s) of the PEM file `path` for the gateway.
+    pub fn with_ca_file(mut self, path: &std::path::Path) -> std::io::Result<Self> {
+        self.ca_pem = Some(std::fs::read(path)?);
+        Ok(self)
     }
 }

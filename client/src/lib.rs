@@ -14,6 +14,7 @@
 //! Depends on `core` and `proto` only; never on a daemon crate.
 
 pub mod config;
+pub mod discover;
 pub mod error;
 pub mod keys;
 pub mod nodes;

@@ -67,6 +67,8 @@ pub struct NodePool {
     latency: Mutex<HashMap<String, Ewma>>,
     connect_timeout: Duration,
     streams: Arc<Semaphore>,
+    /// The cluster CA that certifies `https://` nodes.
+    ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for NodePool {
@@ -76,12 +78,13 @@ impl std::fmt::Debug for NodePool {
 }
 
 impl NodePool {
-    pub fn new(connect_timeout: Duration, max_streams: usize) -> Self {
+    pub fn new(connect_timeout: Duration, max_streams: usize, ca_pem: Option<Vec<u8>>) -> Self {
         NodePool {
             channels: Mutex::new(HashMap::new()),
             latency: Mutex::new(HashMap::new()),
             connect_timeout,
             streams: Arc::new(Semaphore::new(max_streams.max(1))),
+            ca_pem,
         }
     }
 
@@ -90,12 +93,12 @@ impl NodePool {
         let ch = match map.get(address) {
             Some(c) => c.clone(),
             None => {
-                let ep = endpoint(address, self.connect_timeout).map_err(|e: ClientError| {
-                    ShardError::Unreachable {
+                let ep = endpoint(address, self.connect_timeout, self.ca_pem.as_deref()).map_err(
+                    |e: ClientError| ShardError::Unreachable {
                         address: address.into(),
                         reason: e.to_string(),
-                    }
-                })?;
+                    },
+                )?;
                 let c = ep.connect_lazy();
                 map.insert(address.to_string(), c.clone());
                 c
@@ -104,6 +107,11 @@ impl NodePool {
         Ok(ChunkServiceClient::new(ch)
             .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES))
+    }
+
+    /// The cluster CA that certifies `https://` nodes, if the cluster runs TLS.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.ca_pem.as_deref()
     }
 
     /// Latest latency estimate for a node, if this client has talked to it.

@@ -63,10 +63,14 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Builds a channel with settings suited to large streams (big HTTP/2 windows).
-pub(crate) fn endpoint(address: &str, connect_timeout: Duration) -> Result<Endpoint> {
-    let ep = Endpoint::from_shared(address.to_string())
-        .map_err(|_| ClientError::BadAddress(address.to_string()))?;
+/// Builds a channel with settings suited to large streams (big HTTP/2 windows); an `https://`
+/// address is verified against `ca_pem`.
+pub(crate) fn endpoint(
+    address: &str,
+    connect_timeout: Duration,
+    ca_pem: Option<&[u8]>,
+) -> Result<Endpoint> {
+    let ep = cyxcloud_proto::channel::endpoint(address, ca_pem).map_err(ClientError::BadAddress)?;
     Ok(ep
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
@@ -79,7 +83,7 @@ pub(crate) fn endpoint(address: &str, connect_timeout: Duration) -> Result<Endpo
 impl Client {
     /// Connects to the gateway and authenticates with the access key and secret.
     pub async fn connect(cfg: ClientConfig) -> Result<Client> {
-        let channel = endpoint(&cfg.gateway, cfg.connect_timeout)?
+        let channel = endpoint(&cfg.gateway, cfg.connect_timeout, cfg.ca_pem.as_deref())?
             .connect()
             .await
             .map_err(|e| ClientError::Connect {
@@ -87,8 +91,10 @@ impl Client {
                 reason: source_chain(&e),
             })?;
         let token = Arc::new(RwLock::new(Token::default()));
-        let user_id = authenticate(&channel, &cfg, &token).await?;
-        let nodes = NodePool::new(cfg.connect_timeout, cfg.max_shard_streams);
+        let (user_id, node_ca) = authenticate(&channel, &cfg, &token).await?;
+        // Nodes are certified by the cluster CA, which the (verified) gateway names.
+        let node_ca = node_ca.or_else(|| cfg.ca_pem.clone());
+        let nodes = NodePool::new(cfg.connect_timeout, cfg.max_shard_streams, node_ca);
         Ok(Client {
             inner: Arc::new(Inner {
                 cfg,
@@ -145,11 +151,12 @@ impl Client {
     }
 }
 
+/// Authenticates; returns the user id and the cluster CA the gateway names, if any.
 async fn authenticate(
     channel: &Channel,
     cfg: &ClientConfig,
     token: &Arc<RwLock<Token>>,
-) -> Result<String> {
+) -> Result<(String, Option<Vec<u8>>)> {
     let mut c = ControlClient::new(channel.clone());
     let r = c
         .authenticate(v1::AuthenticateRequest {
@@ -163,7 +170,8 @@ async fn authenticate(
         value: r.token,
         expires_at: r.expires_at,
     };
-    Ok(r.user_id)
+    let node_ca = (!r.node_ca.is_empty()).then(|| r.node_ca.into_bytes());
+    Ok((r.user_id, node_ca))
 }
 
 pub(crate) fn unix_now() -> i64 {

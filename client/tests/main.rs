@@ -327,3 +327,136 @@ async fn files_survive_four_dead_nodes_of_fourteen() {
     );
     let _ = Bytes::new();
 }
+
+/// The data path over TLS 1.3 end to end: the gateway's ports, every node's port (certified by
+/// the cluster CA for the node's own key at registration), the rebalancer, node-to-node
+/// repair. Clients verify; a client that does not trust the CA, or speaks plaintext to a TLS
+/// port, is refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_cluster_serves_verified_clients_repairs_and_refuses_the_rest() {
+    let mut c = Cluster::start(ClusterOptions {
+        nodes: 8,
+        chunk_size: Some(256 * 1024),
+        tls: true,
+        ..Default::default()
+    });
+    let ca = std::fs::read(c.ca_path()).expect("the cluster CA");
+    let config = |url: String, ca: Option<Vec<u8>>| {
+        let mut cfg = ClientConfig::new(url, ACCESS_KEY, SECRET_KEY);
+        cfg.shard_timeout = Duration::from_secs(20);
+        cfg.ca_pem = ca;
+        cfg
+    };
+    assert!(c.grpc_url().starts_with("https://"));
+    let client = Client::connect(config(c.grpc_url(), Some(ca.clone())))
+        .await
+        .expect("a client trusting the cluster CA");
+    bucket(&client, "sealed").await;
+    let d = data(900_000, 9);
+    put(&client, "sealed", "f", &d, UploadOptions::default()).await;
+    assert!(get(&client, "sealed", "f", ReadOptions::default()).await == d);
+    // Every node serves TLS: the layout names https:// addresses.
+    let l = client
+        .control()
+        .get_layout(v1::GetLayoutRequest {
+            entry: Some(path_ref("sealed", "f")),
+            offset: 0,
+            length: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        l.chunks
+            .iter()
+            .flat_map(|ch| &ch.shards)
+            .all(|s| s.address.starts_with("https://")),
+        "{l:?}"
+    );
+    // Discovery over https finds the Control endpoint.
+    assert_eq!(
+        cyxcloud_client::discover::grpc_address(&c.http_url(), Some(&ca))
+            .await
+            .unwrap(),
+        c.grpc_url()
+    );
+
+    // A client trusting another CA is refused, saying why; so is one that has no CA.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = cyxcloud_daemon::tls::ClusterCa::load_or_create(elsewhere.path()).unwrap();
+    let e = Client::connect(config(
+        c.grpc_url(),
+        Some(other.cert_pem().as_bytes().to_vec()),
+    ))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("UnknownIssuer") || e.contains("invalid peer certificate"),
+        "{e}"
+    );
+    let e = Client::connect(config(c.grpc_url(), None))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("CA certificate"), "{e}");
+    let e = cyxcloud_client::discover::http_get(
+        &c.http_url(),
+        "/health",
+        Some(other.cert_pem().as_bytes()),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("TLS"), "{e}");
+    // Plaintext to the TLS ports: the gateway's gRPC and HTTP ports and a node's port.
+    let plain = c.grpc_url().replace("https://", "http://");
+    assert!(Client::connect(config(plain, None)).await.is_err());
+    assert!(
+        !matches!(
+            cyxcloud_testkit::http_get(c.http_addr(), "/health"),
+            Ok((200, _))
+        ),
+        "the HTTP port answered plaintext"
+    );
+    let node_plain = c.nodes[0].grpc_url().replace("https://", "http://");
+    let r = tokio::time::timeout(Duration::from_secs(10), async {
+        let ch = tonic::transport::Endpoint::from_shared(node_plain)
+            .unwrap()
+            .connect()
+            .await?;
+        v1::chunk_service_client::ChunkServiceClient::new(ch)
+            .stats(v1::StatsRequest::default())
+            .await
+            .map(|_| ())
+            .map_err(|s| Box::new(s) as Box<dyn std::error::Error + Send + Sync>)
+    })
+    .await
+    .expect("a plaintext call to a TLS node port ends");
+    assert!(r.is_err(), "a node answered plaintext");
+
+    // A node dies: the rebalancer rebuilds its shards, node to node, over TLS.
+    c.kill_node(1);
+    let dead = c.nodes[1].id.clone();
+    cyxcloud_testkit::wait_until(Duration::from_secs(60), "the dead node offline", || {
+        let rt = tokio::runtime::Handle::current();
+        let st = tokio::task::block_in_place(|| {
+            rt.block_on(client.control().cluster_status(v1::ClusterStatusRequest {}))
+        })
+        .ok()?
+        .into_inner();
+        st.nodes
+            .iter()
+            .any(|n| n.node_id == dead && n.state == v1::NodeState::Offline as i32)
+            .then_some(())
+    });
+    tokio::task::block_in_place(|| c.wait_redundant(Duration::from_secs(120)));
+    let st = client
+        .control()
+        .cluster_status(v1::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.pending_repairs, 0, "{st:?}");
+    assert!(get(&client, "sealed", "f", ReadOptions::default()).await == d);
+}

@@ -268,12 +268,22 @@ impl ClusterCa {
     }
 }
 
-/// The certificate a server presents, swapped in place (a reload) for new handshakes.
+/// The certificate a server presents, swapped in place (a reload) for new handshakes, and
+/// the one for clients that name no server (they connect by IP address, which SNI cannot
+/// carry), when it differs.
 #[derive(Debug, Default)]
-struct Current(RwLock<Option<Arc<CertifiedKey>>>);
+struct Current(
+    RwLock<Option<Arc<CertifiedKey>>>,
+    RwLock<Option<Arc<CertifiedKey>>>,
+);
 
 impl ResolvesServerCert for Current {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if hello.server_name().is_none()
+            && let Some(k) = self.1.read().unwrap_or_else(|e| e.into_inner()).clone()
+        {
+            return Some(k);
+        }
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -305,6 +315,14 @@ fn certified(chain_pem: &[u8], key: PrivateKeyDer<'static>, what: &str) -> Resul
 impl ServerTls {
     /// A server presenting the PEM chain `chain_pem` with `key`.
     pub fn new(chain_pem: &[u8], key: PrivateKeyDer<'static>) -> Result<ServerTls> {
+        let s = Self::without_certificate()?;
+        s.set(chain_pem, key)?;
+        Ok(s)
+    }
+
+    /// A server with no certificate yet: every handshake fails until [`Self::set`] gives it
+    /// one (a node before its gateway certified it).
+    pub fn without_certificate() -> Result<ServerTls> {
         let current = Arc::new(Current::default());
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -312,12 +330,19 @@ impl ServerTls {
             .with_cert_resolver(current.clone());
         let mut config = config;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let s = ServerTls {
+        Ok(ServerTls {
             current,
             config: Arc::new(config),
-        };
-        s.set(chain_pem, key)?;
-        Ok(s)
+        })
+    }
+
+    /// Whether a certificate is installed.
+    pub fn has_certificate(&self) -> bool {
+        self.current
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// A server whose certificate chain and key are PEM files (re-read by [`Self::reload`]).
@@ -333,6 +358,15 @@ impl ServerTls {
         Ok(())
     }
 
+    /// Presents `chain_pem` with `key` to clients that name no server (by IP address), while
+    /// the main certificate serves names: an operator's certificate for a DNS name beside the
+    /// cluster CA's for the machine's addresses.
+    pub fn set_for_addresses(&self, chain_pem: &[u8], key: PrivateKeyDer<'static>) -> Result<()> {
+        let ck = certified(chain_pem, key, "certificate for addresses")?;
+        *self.current.1.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(ck));
+        Ok(())
+    }
+
     /// Re-reads the certificate files (on SIGHUP); on an error the old certificate stays.
     pub fn reload(&self, cert: &Path, key: &Path) -> Result<()> {
         let k = key_from_pem(&key.display().to_string(), &read(key)?)?;
@@ -343,17 +377,12 @@ impl ServerTls {
         tokio_rustls::TlsAcceptor::from(self.config.clone())
     }
 
-    /// The connections of `listener`, each past its TLS handshake. Handshakes run off the
-    /// accept loop (a slow or hostile client holds up nobody) and are bounded in time; a
-    /// failed one (plaintext, an old TLS version, a client that distrusts the certificate) is
-    /// logged at debug level and dropped. Ends when the stream is dropped.
-    pub fn incoming(
-        &self,
-        listener: TcpListener,
-    ) -> impl futures::Stream<Item = io::Result<TlsStream<TcpStream>>> + Send + 'static {
-        let (tx, rx) = tokio::sync::mpsc::channel::<TlsStream<TcpStream>>(64);
+    /// Accepts the connections of `listener` through TLS (see [`TlsListener`]).
+    pub fn listen(&self, listener: TcpListener) -> io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<(TlsStream<TcpStream>, SocketAddr)>(64);
         let acceptor = self.acceptor();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 let (tcp, peer): (TcpStream, SocketAddr) = tokio::select! {
                     _ = tx.closed() => return,
@@ -367,12 +396,13 @@ impl ServerTls {
                         }
                     },
                 };
+                // Small control calls must not wait for Nagle + delayed ACK.
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => {
-                            let _ = tx.send(s).await;
+                            let _ = tx.send((s, peer)).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed")
@@ -382,10 +412,68 @@ impl ServerTls {
                 });
             }
         });
-        futures::stream::unfold(
+        Ok(TlsListener {
             rx,
-            |mut rx| async move { rx.recv().await.map(|s| (Ok(s), rx)) },
-        )
+            local,
+            task: task.abort_handle(),
+        })
+    }
+
+    /// The connections of `listener` past their handshake, as the stream tonic serves.
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> io::Result<impl futures::Stream<Item = io::Result<TlsStream<TcpStream>>> + Send + 'static>
+    {
+        let l = self.listen(listener)?;
+        Ok(futures::stream::unfold(l, |mut l| async move {
+            l.next().await.map(|(s, _)| (Ok(s), l))
+        }))
+    }
+}
+
+/// A listener whose connections have passed their TLS handshake. Handshakes run off the accept
+/// loop (a slow or hostile client holds up nobody) and are bounded in time; a failed one
+/// (plaintext, an old TLS version, a client that distrusts the certificate) is logged at debug
+/// level and dropped. The accept loop stops when the listener is dropped.
+#[derive(Debug)]
+pub struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsListener {
+    /// The next connection; `None` once the accept loop is gone.
+    pub async fn next(&mut self) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
+        self.rx.recv().await
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.next().await {
+            Some(c) => c,
+            // The accept loop ended (the runtime is shutting down): accept nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
     }
 }
 
@@ -415,7 +503,7 @@ mod tests {
         use futures::StreamExt;
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let mut incoming = Box::pin(tls.incoming(l));
+        let mut incoming = Box::pin(tls.incoming(l).unwrap());
         tokio::spawn(async move {
             while let Some(Ok(mut s)) = incoming.next().await {
                 tokio::spawn(async move {
@@ -561,6 +649,46 @@ mod tests {
         std::fs::write(&key, "not a key").unwrap();
         assert!(tls.reload(&cert, &key).is_err());
         assert!(hello(addr, trusts(&b)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn clients_by_address_get_the_address_certificate_and_named_clients_the_main_one() {
+        let dir = tempfile_dir();
+        let (op, cluster) = (
+            ClusterCa::load_or_create(&dir.join("operator")).unwrap(),
+            ClusterCa::load_or_create(&dir.join("cluster")).unwrap(),
+        );
+        // The operator's certificate names only a DNS name; the cluster's, the address.
+        let named = op.issue(&["localhost".into()], 30).unwrap();
+        let tls = ServerTls::new(
+            named.chain_pem.as_bytes(),
+            key_from_pem("k", named.key_pem.unwrap().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let by_ip = cluster.issue(&["127.0.0.1".into()], 30).unwrap();
+        tls.set_for_addresses(
+            by_ip.chain_pem.as_bytes(),
+            key_from_pem("k", by_ip.key_pem.unwrap().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let addr = echo_server(&tls).await;
+        // By IP address (no SNI): the cluster's certificate.
+        assert!(
+            hello(addr, client_config(cluster.cert_pem().as_bytes()).unwrap())
+                .await
+                .is_ok()
+        );
+        // By name: the operator's.
+        let c = tokio_rustls::TlsConnector::from(Arc::new(
+            client_config(op.cert_pem().as_bytes()).unwrap(),
+        ));
+        let s = c
+            .connect(
+                ServerName::try_from("localhost".to_string()).unwrap(),
+                TcpStream::connect(addr).await.unwrap(),
+            )
+            .await;
+        assert!(s.is_ok(), "{:?}", s.err());
     }
 
     #[tokio::test]

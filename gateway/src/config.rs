@@ -41,6 +41,27 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The S3 API (`[s3]`).
     pub s3: crate::s3::S3Config,
+    /// TLS on the HTTP and gRPC ports (`[tls]`, docs/adr/0008).
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Serve the HTTP and gRPC ports over TLS 1.3. `false` serves plaintext: only for a
+    /// gateway behind a TLS-terminating proxy, or tests of the raw protocol.
+    pub enabled: bool,
+    /// The server's certificate chain and key (PEM), re-read on SIGHUP; empty: a certificate
+    /// from the cluster CA, made at each start.
+    pub cert_path: String,
+    pub key_path: String,
+    /// Where the cluster CA lives (`ca.pem`, `ca.key`): it certifies the gateway (unless
+    /// `cert_path` is set) and every node. Empty: `<data_dir>/tls`. Gateways sharing one
+    /// database must share it.
+    pub ca_dir: String,
+    /// Names (DNS names or IP addresses) the CA-made certificate carries besides the bind
+    /// host, 127.0.0.1, localhost and this machine's host name.
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -135,6 +156,19 @@ impl Default for Config {
             journal: JournalConfig::default(),
             cache: CacheConfig::default(),
             s3: crate::s3::S3Config::default(),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enabled: true,
+            cert_path: String::new(),
+            key_path: String::new(),
+            ca_dir: String::new(),
+            names: Vec::new(),
         }
     }
 }
@@ -230,6 +264,11 @@ pub const ENV: &[(&str, &str)] = &[
     ),
     ("GATEWAY_CHUNK_SIZE_BYTES", "storage.chunk_size_bytes"),
     ("GATEWAY_PROFILE", "storage.profile"),
+    ("GATEWAY_TLS", "tls.enabled"),
+    ("GATEWAY_TLS_CERT_PATH", "tls.cert_path"),
+    ("GATEWAY_TLS_KEY_PATH", "tls.key_path"),
+    ("GATEWAY_TLS_CA_DIR", "tls.ca_dir"),
+    ("GATEWAY_TLS_NAMES", "tls.names"),
 ];
 
 impl Config {
@@ -264,6 +303,15 @@ impl Config {
             self.data_dir().join("metadata.db").display().to_string()
         } else {
             self.database_url.clone()
+        }
+    }
+
+    /// The directory of the cluster CA.
+    pub fn ca_dir(&self) -> PathBuf {
+        if self.tls.ca_dir.is_empty() {
+            self.data_dir().join("tls")
+        } else {
+            PathBuf::from(&self.tls.ca_dir)
         }
     }
 
@@ -346,6 +394,9 @@ impl Config {
         }
         if !self.nodes.join_token.is_empty() {
             check_join_token(&self.nodes.join_token)?;
+        }
+        if self.tls.cert_path.is_empty() != self.tls.key_path.is_empty() {
+            return bad("tls.cert_path and tls.key_path go together".into());
         }
         if self.nodes.missed_heartbeats == 0 {
             return bad("nodes.missed_heartbeats must be at least 1".into());

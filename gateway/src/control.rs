@@ -131,6 +131,12 @@ impl v1::control_server::Control for ControlService {
                 expires_at: t.expires_at as i64,
                 user_id: t.caller.user_id,
                 admin: t.caller.admin,
+                node_ca: self
+                    .gw
+                    .tls
+                    .as_ref()
+                    .map(|t| t.ca.cert_pem().to_string())
+                    .unwrap_or_default(),
             });
         self.finish("Authenticate", started, res)
     }

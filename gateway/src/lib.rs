@@ -26,6 +26,7 @@ pub mod registry;
 pub mod registry_rpc;
 pub mod s3;
 pub mod state;
+pub mod tls;
 pub mod writes;
 
 use std::net::SocketAddr;
@@ -88,6 +89,11 @@ pub async fn open(
         config.auth.jwt_ttl_secs,
     );
     let new_admin_key = accounts.bootstrap_admin(admin_key).await?;
+    let tls = if config.tls.enabled {
+        Some(Arc::new(tls::GatewayTls::open(config)?))
+    } else {
+        None
+    };
     let signer = keys.token_signer();
     let gateway_id = format!("gw-{}", keys::random_id(10)?.to_lowercase());
     let registry = Registry::new(
@@ -104,6 +110,7 @@ pub async fn open(
         },
         signer.clone(),
         accounts.clone(),
+        tls.clone(),
     );
     let s = &config.storage;
     let writes = Writes::new(
@@ -125,6 +132,7 @@ pub async fn open(
         },
         registry.clone(),
         signer.clone(),
+        tls.clone(),
     );
     let metrics = metrics::Metrics::new();
     let workers = cyxcloud_daemon::Workers::new(stop.clone());
@@ -144,6 +152,7 @@ pub async fn open(
         gateway_id,
         repair_rate: Arc::default(),
         stop,
+        tls,
     };
     Ok((gw, new_admin_key))
 }
@@ -269,6 +278,7 @@ pub async fn run(
         .map_err(|e| Error::io("grpc listener", e))?;
     let mut tasks = Vec::new();
 
+    let scheme = if gw.tls.is_some() { "https" } else { "http" };
     let mut app = http::router(gw.clone());
     // Clients that only know the HTTP URL (the CLI's --gateway, mountd) find the Control API
     // here.
@@ -276,7 +286,7 @@ pub async fn run(
         "service": "cyxcloud-gateway",
         "version": env!("CARGO_PKG_VERSION"),
         "gateway_id": gw.gateway_id,
-        "grpc_address": format!("http://{grpc_addr}"),
+        "grpc_address": format!("{scheme}://{grpc_addr}"),
         "s3": extra_routes.is_some(),
     });
     app = app.route(
@@ -290,14 +300,38 @@ pub async fn run(
         app = app.merge(extra);
     }
     let sd = shutdown.clone();
+    enum HttpListener {
+        Plain(tokio::net::TcpListener),
+        Tls(cyxcloud_daemon::tls::TlsListener),
+    }
+    let http = match &gw.tls {
+        Some(t) => HttpListener::Tls(
+            t.server
+                .listen(http)
+                .map_err(|e| Error::io("https listener", e))?,
+        ),
+        None => HttpListener::Plain(http),
+    };
     tasks.push(tokio::spawn(async move {
-        let r = axum::serve(http, app)
-            .with_graceful_shutdown(async move { sd.wait().await })
-            .await;
+        let r = match http {
+            HttpListener::Tls(l) => {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(async move { sd.wait().await })
+                    .await
+            }
+            HttpListener::Plain(l) => {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(async move { sd.wait().await })
+                    .await
+            }
+        };
         if let Err(e) = r {
             tracing::error!(error = %e, "HTTP server failed");
         }
     }));
+    if let Some(t) = gw.tls.clone() {
+        tasks.push(tokio::spawn(reload_on_sighup(t, shutdown.clone())));
+    }
 
     let control = v1::control_server::ControlServer::new(control::ControlService::new(gw.clone()))
         .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
@@ -311,28 +345,46 @@ pub async fn run(
     .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES);
     let sd = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
-            .add_service(control)
-            .add_service(nodes)
-            .add_service(maintenance)
-            .serve_with_incoming_shutdown(
-                // Small control calls must not wait for Nagle + delayed ACK (~40 ms each).
-                tokio_stream::StreamExt::map(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                    |s| {
-                        s.inspect(|s| {
-                            let _ = s.set_nodelay(true);
-                        })
-                    },
-                ),
-                async move { sd.wait().await },
-            )
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "gRPC server failed");
+    let router = tonic::transport::Server::builder()
+        .add_service(control)
+        .add_service(nodes)
+        .add_service(maintenance);
+    let grpc_task = match &gw.tls {
+        Some(t) => {
+            let incoming = t
+                .server
+                .incoming(grpc)
+                .map_err(|e| Error::io("grpc TLS listener", e))?;
+            tokio::spawn(async move {
+                let r = router
+                    .serve_with_incoming_shutdown(incoming, async move { sd.wait().await })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+            })
         }
-    }));
+        None => tokio::spawn(async move {
+            let r = router
+                .serve_with_incoming_shutdown(
+                    // Small control calls must not wait for Nagle + delayed ACK (~40 ms each).
+                    tokio_stream::StreamExt::map(
+                        tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                        |s| {
+                            s.inspect(|s| {
+                                let _ = s.set_nodelay(true);
+                            })
+                        },
+                    ),
+                    async move { sd.wait().await },
+                )
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        }),
+    };
+    tasks.push(grpc_task);
 
     tasks.extend(start_workers(&gw));
     tracing::info!(
@@ -350,4 +402,28 @@ pub async fn run(
         new_admin_key,
         tasks,
     })
+}
+
+/// Re-reads the operator's certificate files on SIGHUP (a failed read keeps the old ones).
+async fn reload_on_sighup(tls: Arc<tls::GatewayTls>, shutdown: Shutdown) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: TLS certificates reload only at restart");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            r = hup.recv() => if r.is_none() { return },
+        }
+        match tls.reload() {
+            Ok(true) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Ok(false) => tracing::info!(
+                "SIGHUP: the TLS certificate comes from the cluster CA; nothing to reload"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the old one stays")
+            }
+        }
+    }
 }

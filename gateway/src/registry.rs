@@ -78,6 +78,7 @@ pub struct Registry {
     accounts: crate::accounts::Accounts,
     view: Arc<RwLock<LiveView>>,
     latency: Arc<Mutex<HashMap<String, u32>>>,
+    tls: Option<Arc<crate::tls::GatewayTls>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -146,6 +147,7 @@ impl Registry {
         cfg: RegistryConfig,
         signer: TokenSigner,
         accounts: crate::accounts::Accounts,
+        tls: Option<Arc<crate::tls::GatewayTls>>,
     ) -> Self {
         Registry {
             db,
@@ -154,6 +156,7 @@ impl Registry {
             accounts,
             view: Arc::new(RwLock::new((None, Arc::new(Vec::new())))),
             latency: Arc::new(Mutex::new(HashMap::new())),
+            tls,
         }
     }
 
@@ -336,11 +339,21 @@ impl Registry {
         }
         tracing::info!(node = %req.node_id, address = %req.grpc_address, state = ?state, "node registered");
         let ms = self.cfg.heartbeat_interval_ms;
+        // Over TLS, the node serves with a certificate of the cluster CA for its own key.
+        let (tls_certificate, ca_certificate) = match &self.tls {
+            Some(t) => (
+                t.issue_node(&req.grpc_address, &req.public_key)?,
+                t.ca.cert_pem().to_string(),
+            ),
+            None => (String::new(), String::new()),
+        };
         Ok(v1::RegisterResponse {
             token_public_keys: vec![self.signer.public_key().to_vec()],
             heartbeat_interval_secs: (ms / 1000).max(1) as u32,
             gateway_id: self.cfg.gateway_id.clone(),
             heartbeat_interval_ms: ms as u32,
+            tls_certificate,
+            ca_certificate,
         })
     }
 
@@ -627,6 +640,10 @@ impl Registry {
         let mut tasks = Vec::new();
         for n in nodes.iter() {
             let (id, addr) = (n.id.clone(), n.address.clone());
+            let ca = self
+                .tls
+                .as_ref()
+                .map(|t| t.ca.cert_pem().as_bytes().to_vec());
             let token = self.signer.sign(&cyxcloud_core::token::Capability {
                 role: cyxcloud_core::token::Role::Gateway,
                 ops: cyxcloud_core::token::Op::Get as u8,
@@ -637,7 +654,7 @@ impl Registry {
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
                 let ok = async {
-                    let ch = tonic::transport::Endpoint::from_shared(addr)
+                    let ch = cyxcloud_proto::channel::endpoint(&addr, ca.as_deref())
                         .ok()?
                         .connect_timeout(Duration::from_secs(2))
                         .timeout(Duration::from_secs(2))

@@ -44,6 +44,8 @@ pub struct Gateway {
     pub repair_rate: Arc<crate::maintenance::RepairRate>,
     /// Cancelled at shutdown (ends watch streams and background tasks).
     pub stop: CancellationToken,
+    /// TLS (cluster CA, server certificate), unless the cluster opted out.
+    pub tls: Option<Arc<crate::tls::GatewayTls>>,
 }
 
 fn encode_chunks(version: u64, chunks: &[ChunkLayout]) -> Vec<u8> {

@@ -67,6 +67,7 @@ pub struct Writes {
     registry: Registry,
     signer: TokenSigner,
     channels: Arc<Mutex<HashMap<String, tonic::transport::Channel>>>,
+    tls: Option<Arc<crate::tls::GatewayTls>>,
 }
 
 impl std::fmt::Debug for Writes {
@@ -397,13 +398,20 @@ pub struct BeginParams {
 }
 
 impl Writes {
-    pub fn new(db: Db, cfg: WriteConfig, registry: Registry, signer: TokenSigner) -> Self {
+    pub fn new(
+        db: Db,
+        cfg: WriteConfig,
+        registry: Registry,
+        signer: TokenSigner,
+        tls: Option<Arc<crate::tls::GatewayTls>>,
+    ) -> Self {
         Writes {
             db,
             cfg: Arc::new(cfg),
             registry,
             signer,
             channels: Arc::new(Mutex::new(HashMap::new())),
+            tls,
         }
     }
 
@@ -738,7 +746,8 @@ impl Writes {
         if let Some(c) = m.get(addr) {
             return Ok(c.clone());
         }
-        let c = tonic::transport::Endpoint::from_shared(addr.to_string())
+        let ca = self.tls.as_ref().map(|t| t.ca.cert_pem().as_bytes());
+        let c = cyxcloud_proto::channel::endpoint(addr, ca)
             .map_err(|e| Error::invalid(format!("node address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(3))
             .connect_lazy();

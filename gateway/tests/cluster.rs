@@ -90,6 +90,8 @@ impl Gw {
             .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
             .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
             .env("GATEWAY_NODE_JOIN_TOKEN", cyxcloud_testkit::JOIN_TOKEN)
+            // The raw protocol between processes; TLS itself is tested by client/tests.
+            .env("GATEWAY_TLS", "false")
             .args([
                 "--set",
                 "journal.poll_ms=50",

@@ -62,6 +62,9 @@ pub struct Args {
     /// The gateway's Control gRPC address (skips discovery through /api/info).
     #[arg(long, env = "CYXCLOUD_GRPC_ADDRESS")]
     pub grpc_address: Option<String>,
+    /// CA certificate (PEM) that certifies an https:// gateway (the cluster CA).
+    #[arg(long, env = "CYXCLOUD_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     #[arg(long, env = "CYXCLOUD_ACCESS_KEY", hide_env_values = true)]
     pub access_key: Option<String>,
     #[arg(long, env = "CYXCLOUD_SECRET_KEY", hide_env_values = true)]
@@ -85,6 +88,8 @@ pub struct Config {
     pub foreground: bool,
     pub gateway: String,
     pub grpc_address: Option<String>,
+    /// The CA certificate (PEM) for an https:// gateway.
+    pub ca_pem: Option<Vec<u8>>,
     pub access_key: String,
     pub secret_key: String,
     pub upload_delay: Duration,
@@ -103,6 +108,13 @@ impl Config {
                 .map_err(|e| Error::Config(format!("cache dir {}: {e}", d.display())))?,
             None => default_cache_dir(&mountpoint, a.bucket.as_deref()),
         };
+        let ca_pem = match &a.ca_cert {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .map_err(|e| Error::Config(format!("CA certificate {}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
         let cfg = Config {
             mountpoint,
             bucket: a.bucket.filter(|b| !b.is_empty()),
@@ -115,6 +127,7 @@ impl Config {
             foreground: a.foreground,
             gateway: a.gateway,
             grpc_address: a.grpc_address.filter(|s| !s.is_empty()),
+            ca_pem,
             access_key: a.access_key.unwrap_or_default(),
             secret_key: a.secret_key.unwrap_or_default(),
             upload_delay: Duration::from_millis(a.upload_delay_ms),

@@ -20,6 +20,7 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 pub struct Remote {
     gateway: String,
     grpc_address: Option<String>,
+    ca_pem: Option<Vec<u8>>,
     access_key: String,
     secret_key: String,
     client: tokio::sync::Mutex<Option<Client>>,
@@ -40,6 +41,7 @@ impl Remote {
         Remote {
             gateway: cfg.gateway.clone(),
             grpc_address: cfg.grpc_address.clone(),
+            ca_pem: cfg.ca_pem.clone(),
             access_key: cfg.access_key.clone(),
             secret_key: cfg.secret_key.clone(),
             client: tokio::sync::Mutex::new(None),
@@ -96,9 +98,12 @@ impl Remote {
     async fn connect(&self) -> Result<Client> {
         let address = match &self.grpc_address {
             Some(a) => a.clone(),
-            None => discover(&self.gateway).await?,
+            None => cyxcloud_client::discover::grpc_address(&self.gateway, self.ca_pem.as_deref())
+                .await
+                .map_err(|e| Error::Offline(e.to_string()))?,
         };
         let mut cc = ClientConfig::new(address, &self.access_key, &self.secret_key);
+        cc.ca_pem = self.ca_pem.clone();
         cc.connect_timeout = Duration::from_secs(3);
         cc.shard_timeout = Duration::from_secs(30);
         let c = tokio::time::timeout(RPC_TIMEOUT, Client::connect(cc))
@@ -163,88 +168,4 @@ impl Remote {
         self.observe(&r);
         r
     }
-}
-
-/// Finds the Control gRPC endpoint from the gateway's HTTP URL (`GET /api/info`).
-pub async fn discover(gateway: &str) -> Result<String> {
-    let (host, port) = host_port(gateway)?;
-    let fut = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-        s.write_all(
-            format!("GET /api/info HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
-    };
-    let raw = tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .map_err(|_| Error::Offline(format!("gateway {gateway} did not answer within 5 s")))?
-        .map_err(|e| Error::Offline(format!("cannot reach gateway {gateway}: {e}")))?;
-    let text = String::from_utf8_lossy(&raw);
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    if status != 200 {
-        return Err(Error::Offline(format!(
-            "gateway {gateway} answered {status} to /api/info"
-        )));
-    }
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    let v: serde_json::Value = serde_json::from_str(&body)
-        .map_err(|e| Error::Config(format!("gateway {gateway}: /api/info is not JSON: {e}")))?;
-    let addr = v["grpc_address"].as_str().ok_or_else(|| {
-        Error::Config(format!("gateway {gateway}: /api/info has no grpc_address"))
-    })?;
-    // The gateway may report a wildcard bind address: reach it through the host we used.
-    let (_, gport) = host_port(addr)?;
-    Ok(format!("http://{host}:{gport}"))
-}
-
-fn host_port(url: &str) -> Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .unwrap_or(url);
-    let authority = rest.split('/').next().unwrap_or_default();
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (
-            h.to_string(),
-            p.parse()
-                .map_err(|_| Error::Config(format!("bad port in {url:?}")))?,
-        ),
-        None => (authority.to_string(), 80),
-    };
-    if host.is_empty() {
-        return Err(Error::Config(format!("URL {url:?} has no host")));
-    }
-    Ok((host, port))
-}
-
-fn dechunk(mut b: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = b.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        b = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }

@@ -89,6 +89,7 @@ impl Cluster {
             .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
             .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
             .env("GATEWAY_NODE_JOIN_TOKEN", cyxcloud_testkit::JOIN_TOKEN)
+            .env("GATEWAY_TLS", "false")
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
             .arg("--data-dir")

@@ -105,7 +105,7 @@ fn shard(seed: u64, len: usize) -> Bytes {
 }
 
 async fn connect(url: &str) -> ChunkServiceClient<Channel> {
-    let ch = cyxcloud_node::net::endpoint(url)
+    let ch = cyxcloud_node::net::endpoint(url, None)
         .unwrap()
         .connect()
         .await

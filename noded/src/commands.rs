@@ -44,15 +44,22 @@ pub struct Executor {
     pub p2p: P2pHandle,
     /// Bytes a second deletes may free (the usage guide's garbage collection rate).
     pub gc_rate: cyxcloud_daemon::RateLimit,
+    /// The cluster CA peers are verified against (TLS clusters).
+    pub tls: Option<Arc<crate::tls::NodeTls>>,
 }
 
-/// Connects to another node's ChunkService.
-pub async fn connect(address: &str, node: &str) -> Result<ChunkServiceClient<Channel>> {
+/// Connects to another node's ChunkService (`https://`: verified against the cluster CA).
+pub async fn connect(
+    address: &str,
+    node: &str,
+    tls: Option<&crate::tls::NodeTls>,
+) -> Result<ChunkServiceClient<Channel>> {
     let peer = |reason: String| Error::Peer {
         node: node.to_string(),
         reason,
     };
-    let ch = crate::net::endpoint(address)
+    let ca = tls.and_then(|t| t.ca());
+    let ch = crate::net::endpoint(address, ca.as_deref())
         .map_err(|e| peer(format!("bad address {address:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(PEER_TIMEOUT)
@@ -237,7 +244,7 @@ impl Executor {
         let addr = self
             .address_of(&c.target_node_id, &c.target_address)
             .await?;
-        let mut client = connect(&addr, &c.target_node_id).await?;
+        let mut client = connect(&addr, &c.target_node_id, self.tls.as_deref()).await?;
         let n = data.len() as u64;
         push_shard(&mut client, &c.target_node_id, &hash, data, &c.target_token).await?;
         self.metrics.bytes_downloaded.inc_by(n);
@@ -258,7 +265,7 @@ impl Executor {
             });
         }
         let addr = self.address_of(&src.node_id, &src.address).await?;
-        let mut client = connect(&addr, &src.node_id).await?;
+        let mut client = connect(&addr, &src.node_id, self.tls.as_deref()).await?;
         let data = fetch_shard(&mut client, &src.node_id, &hash, &src.token).await?;
         if data.len() != shard_size {
             return Err(Error::SizeMismatch {
@@ -439,7 +446,7 @@ impl Executor {
             pushes.push(async move {
                 let r = async {
                     let addr = self.address_of(&t.node_id, &t.address).await?;
-                    let mut client = connect(&addr, &t.node_id).await?;
+                    let mut client = connect(&addr, &t.node_id, self.tls.as_deref()).await?;
                     let n = data.len() as u64;
                     push_shard(&mut client, &t.node_id, &hash, data, &t.token).await?;
                     Ok::<u64, Error>(n)

@@ -47,6 +47,8 @@ pub const ENV: &[(&str, &str)] = &[
     ("CYXCLOUD_TOKEN_PUBLIC_KEYS", "central.token_public_keys"),
     ("NODE_JOIN_TOKEN", "central.join_token"),
     ("NODE_JOIN_TOKEN_FILE", "central.join_token_file"),
+    ("CENTRAL_CA_CERT", "central.ca_cert_file"),
+    ("NODE_TLS", "network.enable_tls"),
     ("CYXWIZ_API_URL", "cyxwiz_api.base_url"),
     ("CYXWIZ_API_REGISTER", "cyxwiz_api.register"),
     ("METRICS_PORT", "metrics.port"),
@@ -118,7 +120,8 @@ pub struct NetworkSection {
     pub bind_address: String,
     pub grpc_port: u16,
     pub p2p_port: u16,
-    /// TLS for gRPC is not built yet: `true` is refused at startup.
+    /// Serve gRPC over TLS 1.3 with a certificate the gateway's cluster CA issues for this
+    /// node's key at registration. Also on whenever `[central] address` is `https://`.
     pub enable_tls: bool,
     /// libp2p multiaddrs of bootstrap peers, e.g. `/ip4/10.0.0.1/tcp/4001` (a `/p2p/<id>`
     /// suffix is optional).
@@ -157,6 +160,9 @@ pub struct CentralSection {
     pub join_token: String,
     /// Reads the join token from this file instead (trailing whitespace ignored).
     pub join_token_file: String,
+    /// The CA certificate (PEM file) that certifies an `https://` gateway: the cluster CA
+    /// (`ca.pem` in the gateway's `tls` dir), or the CA of the operator's certificate.
+    pub ca_cert_file: String,
 }
 
 impl Default for CentralSection {
@@ -168,6 +174,7 @@ impl Default for CentralSection {
             token_public_keys: Vec::new(),
             join_token: String::new(),
             join_token_file: String::new(),
+            ca_cert_file: String::new(),
         }
     }
 }
@@ -241,12 +248,10 @@ pub fn valid_id(s: &str) -> bool {
 }
 
 fn http_url(key: &'static str, url: &str) -> Result<()> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        invalid(
-            key,
-            format!("{url:?} must start with http:// (TLS is not built yet)"),
-        )
-    })?;
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| invalid(key, format!("{url:?} must start with https:// or http://")))?;
     let host = rest.split('/').next().unwrap_or("");
     if host.is_empty() {
         return Err(invalid(key, format!("{url:?} has no host")));
@@ -323,10 +328,19 @@ impl Config {
                 format!("{:?} is not an IP address", net.bind_address),
             )
         })?;
-        if net.enable_tls {
+        if self.tls_enabled() && !self.central.register {
             return Err(invalid(
                 "network.enable_tls",
-                "TLS for gRPC is not built yet; terminate TLS in front of the node or set false",
+                "a node serves TLS with a certificate its gateway issues: it needs [central] register = true",
+            ));
+        }
+        if self.central.register
+            && self.central.address.starts_with("https://")
+            && self.central.ca_cert_file.is_empty()
+        {
+            return Err(invalid(
+                "central.ca_cert_file",
+                "the gateway is https://: name the CA certificate that certifies it (CENTRAL_CA_CERT)",
             ));
         }
         for p in &net.bootstrap_peers {
@@ -446,7 +460,24 @@ impl Config {
         } else {
             bound.ip()
         };
-        format!("http://{}", SocketAddr::new(ip, bound.port()))
+        let scheme = if self.tls_enabled() { "https" } else { "http" };
+        format!("{scheme}://{}", SocketAddr::new(ip, bound.port()))
+    }
+
+    /// Whether the gRPC port serves TLS: asked for, or implied by an `https://` gateway.
+    pub fn tls_enabled(&self) -> bool {
+        self.network.enable_tls || self.central.address.starts_with("https://")
+    }
+
+    /// The CA certificate configured for the gateway, if any.
+    pub fn central_ca(&self) -> Result<Option<Vec<u8>>> {
+        let f = &self.central.ca_cert_file;
+        if f.is_empty() {
+            return Ok(None);
+        }
+        std::fs::read(f)
+            .map(Some)
+            .map_err(|e| Error::io("cannot read central.ca_cert_file", f, e))
     }
 
     /// The effective configuration as JSON with secrets redacted (logged at start).
@@ -546,7 +577,14 @@ mod tests {
             ),
             (
                 "network.enable_tls",
-                Box::new(|c| c.network.enable_tls = true),
+                Box::new(|c| {
+                    c.network.enable_tls = true;
+                    c.central.register = false;
+                }),
+            ),
+            (
+                "central.ca_cert_file",
+                Box::new(|c| c.central.address = "https://gw:50052".into()),
             ),
             (
                 "network.bootstrap_peers",

@@ -118,6 +118,8 @@ pub enum Error {
     P2p(String),
     #[error("control socket {path}: {reason}")]
     Control { path: PathBuf, reason: String },
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

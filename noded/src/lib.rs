@@ -35,6 +35,7 @@ pub mod registry_client;
 pub mod scrub;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod tokens;
 
 pub use config::Config;

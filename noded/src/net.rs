@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 use crate::metrics::Metrics;
 
@@ -20,42 +20,44 @@ pub const STREAM_WINDOW: u32 = 8 << 20;
 pub const CONNECTION_WINDOW: u32 = 16 << 20;
 pub const MAX_FRAME: u32 = 1 << 20;
 
-/// A client endpoint tuned like the node's server.
-pub fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
+/// A client endpoint tuned like the node's server; an `https://` peer is verified against
+/// `ca_pem`, the cluster CA.
+pub fn endpoint(url: &str, ca_pem: Option<&[u8]>) -> Result<tonic::transport::Endpoint, String> {
+    Ok(cyxcloud_proto::channel::endpoint(url, ca_pem)?
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .tcp_nodelay(true))
 }
 
-/// A TCP connection that reports its lifetime and traffic to the metrics.
-pub struct CountedStream {
-    inner: TcpStream,
+/// A connection (TCP, or TLS over TCP) that reports its lifetime and traffic to the metrics
+/// (over TLS, the bytes inside the encryption).
+pub struct CountedStream<S = TcpStream> {
+    inner: S,
     metrics: Metrics,
 }
 
-impl CountedStream {
-    fn new(inner: TcpStream, metrics: Metrics) -> Self {
+impl<S> CountedStream<S> {
+    fn new(inner: S, metrics: Metrics) -> Self {
         metrics.active_connections.inc();
         CountedStream { inner, metrics }
     }
 }
 
-impl Drop for CountedStream {
+impl<S> Drop for CountedStream<S> {
     fn drop(&mut self) {
         self.metrics.active_connections.dec();
     }
 }
 
-impl Connected for CountedStream {
-    type ConnectInfo = TcpConnectInfo;
-    fn connect_info(&self) -> TcpConnectInfo {
+impl<S: Connected> Connected for CountedStream<S> {
+    type ConnectInfo = S::ConnectInfo;
+    fn connect_info(&self) -> S::ConnectInfo {
         self.inner.connect_info()
     }
 }
 
-impl AsyncRead for CountedStream {
+impl<S: AsyncRead + Unpin> AsyncRead for CountedStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -71,7 +73,7 @@ impl AsyncRead for CountedStream {
     }
 }
 
-impl AsyncWrite for CountedStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountedStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -130,4 +132,24 @@ pub fn incoming(
             }
         }
     })
+}
+
+/// Connections of `listener` past their TLS handshake, counted.
+pub fn incoming_tls(
+    listener: TcpListener,
+    tls: &cyxcloud_daemon::tls::ServerTls,
+    metrics: Metrics,
+) -> io::Result<
+    impl Stream<Item = io::Result<CountedStream<tokio_rustls::server::TlsStream<TcpStream>>>>
+    + Send
+    + 'static,
+> {
+    let l = tls.listen(listener)?;
+    Ok(futures::stream::unfold(
+        (l, metrics),
+        |(mut l, m)| async move {
+            let (s, _) = l.next().await?;
+            Some((Ok(CountedStream::new(s, m.clone())), (l, m)))
+        },
+    ))
 }

@@ -152,6 +152,16 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit> {
     );
     meta.write(&data_dir)?;
 
+    let key = crate::metadata::load_or_create_key(&data_dir)?;
+    let tls = if cfg.tls_enabled() {
+        Some(Arc::new(crate::tls::NodeTls::open(
+            &data_dir,
+            &key,
+            cfg.central_ca()?,
+        )?))
+    } else {
+        None
+    };
     let gc = cfg.storage.gc_rate_mb_per_sec as f64 * 1e6;
     let gc_rate = cyxcloud_daemon::RateLimit::new(gc, gc);
     let svc = ChunkSvc {
@@ -167,24 +177,37 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit> {
             metrics: metrics.clone(),
             p2p: p2p.clone(),
             gc_rate: gc_rate.clone(),
+            tls: tls.clone(),
         },
     };
     let grpc_shutdown = shutdown.clone();
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .initial_stream_window_size(crate::net::STREAM_WINDOW)
-            .initial_connection_window_size(crate::net::CONNECTION_WINDOW)
-            .max_frame_size(crate::net::MAX_FRAME)
-            .add_service(
-                ChunkServiceServer::new(svc)
-                    .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming_shutdown(
-                crate::net::incoming(grpc_listener, metrics.clone()),
-                async move { grpc_shutdown.wait().await },
-            ),
-    );
+    let router = tonic::transport::Server::builder()
+        .initial_stream_window_size(crate::net::STREAM_WINDOW)
+        .initial_connection_window_size(crate::net::CONNECTION_WINDOW)
+        .max_frame_size(crate::net::MAX_FRAME)
+        .add_service(
+            ChunkServiceServer::new(svc)
+                .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES),
+        );
+    let grpc = match &tls {
+        Some(t) => {
+            let incoming = crate::net::incoming_tls(grpc_listener, &t.server, metrics.clone())
+                .map_err(|e| Error::io("cannot listen on", grpc_addr.to_string(), e))?;
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(
+                        incoming,
+                        async move { grpc_shutdown.wait().await },
+                    )
+                    .await
+            })
+        }
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            crate::net::incoming(grpc_listener, metrics.clone()),
+            async move { grpc_shutdown.wait().await },
+        )),
+    };
     tracing::info!(addr = %grpc_addr, public = %public_grpc, "gRPC ChunkService listening");
 
     let registered = Arc::new(AtomicBool::new(false));
@@ -267,7 +290,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit> {
                 gc_rate: gc_rate.clone(),
                 peer_id: p2p.peer_id().to_string(),
                 p2p_addresses: p2p.listen_addresses(),
-                key: crate::metadata::load_or_create_key(&data_dir)?,
+                key: key.clone(),
+                tls: tls.clone(),
                 join_token: cfg.join_token()?,
                 signed_at: Default::default(),
             },

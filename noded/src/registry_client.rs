@@ -30,7 +30,7 @@ use cyxcloud_proto::v1::{
     CommandResult, HeartbeatRequest, HeartbeatResponse, NodeState, RegisterRequest,
     RegisterResponse, Topology,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::commands::Executor;
 use crate::config::Config;
@@ -66,6 +66,8 @@ pub struct Client {
     pub join_token: String,
     /// The last signing time used (unix ms), so each message is newer than the one before.
     pub signed_at: Arc<AtomicU64>,
+    /// TLS: the certificate the gateway issues at registration, and the cluster CA.
+    pub tls: Option<Arc<crate::tls::NodeTls>>,
 }
 
 fn load_per_core() -> f64 {
@@ -110,8 +112,9 @@ impl Client {
 
     async fn connect(&self) -> Result<NodeRegistryClient<Channel>> {
         let addr = &self.cfg.central.address;
-        let ch = Endpoint::from_shared(addr.clone())
-            .map_err(|e| self.gateway_err(tonic::Status::invalid_argument(e.to_string())))?
+        let ca = self.tls.as_ref().and_then(|t| t.ca());
+        let ch = cyxcloud_proto::channel::endpoint(addr, ca.as_deref())
+            .map_err(|e| self.gateway_err(tonic::Status::invalid_argument(e)))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
             .connect()
@@ -155,6 +158,16 @@ impl Client {
             if let Err(e) = self.tokens.trust(k) {
                 tracing::warn!(error = %e, "gateway sent an unusable token key; ignored");
             }
+        }
+        match (&self.tls, resp.tls_certificate.is_empty()) {
+            (Some(t), false) => t.install(&resp.tls_certificate, &resp.ca_certificate)?,
+            (Some(_), true) => {
+                return Err(Error::Tls(
+                    "this node serves TLS but the gateway issued no certificate (it runs without TLS?)"
+                        .into(),
+                ));
+            }
+            (None, _) => {}
         }
         Ok(resp)
     }
@@ -214,6 +227,7 @@ pub async fn run(c: Client, shutdown: Shutdown) {
         metrics: c.metrics.clone(),
         p2p: c.p2p.clone(),
         gc_rate: c.gc_rate.clone(),
+        tls: c.tls.clone(),
     };
     let commands = Arc::new(Mutex::new(Commands::default()));
     let max_backoff =

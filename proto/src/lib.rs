@@ -7,6 +7,7 @@
 //! Services: `ChunkService` (nodes), `NodeRegistry` (gateway, for nodes), `Control` (gateway,
 //! for clients).
 
+pub mod channel;
 pub mod convert;
 pub mod signed;
 pub mod status;

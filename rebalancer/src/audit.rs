@@ -65,13 +65,13 @@ impl Auditor {
         progress: Arc<Mutex<AuditProgress>>,
     ) -> Self {
         Auditor {
+            channels: NodeChannels::of(&client),
             client,
             period,
             interval,
             rate,
             metrics,
             progress,
-            channels: NodeChannels::default(),
         }
     }
 

@@ -17,6 +17,8 @@ pub struct Config {
     pub secret_key: String,
     /// A file holding the secret key (wins over `secret_key`, as for the gateway).
     pub secret_key_file: String,
+    /// The CA certificate (PEM file) that certifies an `https://` gateway (the cluster CA).
+    pub ca_cert_file: String,
     /// Period of the full scans: the orphan sweep over every node's shards, and the longest
     /// wait between two reads of the degraded chunks (node deaths are reacted to sooner: the
     /// rebalancer polls every `poll_ms`).
@@ -57,6 +59,7 @@ impl Default for Config {
             access_key: String::new(),
             secret_key: String::new(),
             secret_key_file: String::new(),
+            ca_cert_file: String::new(),
             scan_interval_secs: 3600,
             poll_ms: 0,
             repair_parallelism: 4,
@@ -87,6 +90,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("CYXCLOUD_ACCESS_KEY", "access_key"),
     ("CYXCLOUD_SECRET_KEY", "secret_key"),
     ("CYXCLOUD_SECRET_KEY_FILE", "secret_key_file"),
+    ("CYXCLOUD_CA_CERT", "ca_cert_file"),
     ("SCAN_INTERVAL_SECS", "scan_interval_secs"),
     ("REPAIR_PARALLELISM", "repair_parallelism"),
     ("RATE_LIMIT_BYTES_PER_HOUR", "rate_limit_bytes_per_hour"),
@@ -136,6 +140,12 @@ impl Config {
         if !(self.gateway.starts_with("http://") || self.gateway.starts_with("https://")) {
             return bad(format!(
                 "gateway {:?} must be the gateway's gRPC URL, http://host:port",
+                self.gateway
+            ));
+        }
+        if self.gateway.starts_with("https://") && self.ca_cert_file.is_empty() {
+            return bad(format!(
+                "gateway {} serves TLS: name the CA certificate that certifies it (CYXCLOUD_CA_CERT)",
                 self.gateway
             ));
         }

@@ -55,12 +55,12 @@ impl Collector {
         progress: Arc<Mutex<GcProgress>>,
     ) -> Self {
         Collector {
+            channels: NodeChannels::of(&client),
             client,
             interval,
             grace,
             metrics,
             progress,
-            channels: NodeChannels::default(),
             candidates: HashMap::new(),
         }
     }

@@ -48,6 +48,13 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
     };
     let mut cc = ClientConfig::new(&cfg.gateway, &cfg.access_key, &cfg.secret_key);
     cc.connect_timeout = Duration::from_secs(5);
+    if !cfg.ca_cert_file.is_empty() {
+        cc = cc
+            .with_ca_file(std::path::Path::new(&cfg.ca_cert_file))
+            .map_err(|e| {
+                config::ConfigError::Invalid(format!("cannot read {}: {e}", cfg.ca_cert_file))
+            })?;
+    }
     let client = loop {
         match Client::connect(cc.clone()).await {
             Ok(c) => break c,

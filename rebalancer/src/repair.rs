@@ -132,6 +132,7 @@ impl Repairer {
         progress: Arc<Mutex<Progress>>,
     ) -> Self {
         Repairer {
+            channels: NodeChannels::of(&client),
             client,
             holder,
             parallelism: parallelism.max(1),
@@ -141,7 +142,6 @@ impl Repairer {
             rate,
             metrics,
             progress,
-            channels: NodeChannels::default(),
             jobs: JoinSet::new(),
             in_flight: BTreeMap::new(),
             retry: HashMap::new(),

@@ -34,6 +34,8 @@ pub struct ClusterOptions {
     pub rebalancer: bool,
     /// Extra `--set key=value` settings for the rebalancer.
     pub rebalancer_settings: Vec<String>,
+    /// Run the cluster on TLS (the gateway's cluster CA certifies it and every node).
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -47,6 +49,7 @@ impl Default for ClusterOptions {
             database_url: None,
             rebalancer: true,
             rebalancer_settings: vec![],
+            tls: false,
         }
     }
 }
@@ -61,6 +64,7 @@ pub struct NodeHandle {
     pub metrics_port: u16,
     pub p2p_port: u16,
     pub proc: Option<Proc>,
+    pub tls: bool,
 }
 
 impl NodeHandle {
@@ -68,7 +72,8 @@ impl NodeHandle {
         SocketAddr::from(([127, 0, 0, 1], self.metrics_port))
     }
     pub fn grpc_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.grpc_port)
     }
     pub fn is_up(&self) -> bool {
         self.proc.is_some()
@@ -120,11 +125,15 @@ impl Cluster {
     /// Starts (or restarts) the rebalancer against the gateway; waits for its `/health`.
     pub fn start_rebalancer(&mut self) {
         let log = self.dir.path().join("rebalancer.log");
+        let mut settings = self.opts.rebalancer_settings.clone();
+        if self.opts.tls {
+            settings.push(format!("ca_cert_file={}", self.ca_path().display()));
+        }
         self.rebalancer = Some(crate::spawn_rebalancer(
             &self.grpc_url(),
             (ACCESS_KEY, SECRET_KEY),
             self.rebalancer_port,
-            &self.opts.rebalancer_settings,
+            &settings,
             &log,
         ));
         wait_for_http(self.rebalancer_addr(), "/health", Duration::from_secs(60));
@@ -198,11 +207,17 @@ impl Cluster {
             "[node]\nid = \"{id}\"\nname = \"{id}\"\nregion = \"test\"\n\n\
              [storage]\ndata_dir = \"{d}\"\nmax_capacity_gb = {cap}\n\n\
              [network]\nbind_address = \"127.0.0.1\"\ngrpc_port = {grpc_port}\np2p_port = {p2p_port}\nbootstrap_peers = [{peers}]\n\n\
-             [central]\naddress = \"http://127.0.0.1:{gp}\"\nregister = true\n\n\
+             [central]\naddress = \"{scheme}://127.0.0.1:{gp}\"\nregister = true\nca_cert_file = \"{ca}\"\n\n\
              [cyxwiz_api]\nregister = false\n\n[metrics]\nenabled = true\nport = {metrics_port}\n",
             d = dir.display(),
             cap = self.opts.capacity_gb,
             gp = self.grpc_port,
+            scheme = self.scheme(),
+            ca = if self.opts.tls {
+                self.ca_path().display().to_string()
+            } else {
+                String::new()
+            },
         );
         std::fs::write(&config, text).expect("node config");
         self.nodes.push(NodeHandle {
@@ -213,6 +228,7 @@ impl Cluster {
             metrics_port,
             p2p_port,
             proc: None,
+            tls: self.opts.tls,
         });
         self.start_node(i);
         i
@@ -221,13 +237,20 @@ impl Cluster {
     pub fn http_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.http_port))
     }
+    fn scheme(&self) -> &'static str {
+        if self.opts.tls { "https" } else { "http" }
+    }
     /// The gateway's HTTP URL (S3, /health, /api).
     pub fn http_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.http_port)
     }
     /// The gateway's Control gRPC URL.
     pub fn grpc_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.grpc_port)
+    }
+    /// The cluster CA (PEM) of a TLS cluster: what clients verify the gateway and nodes with.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("gateway").join("tls").join("ca.pem")
     }
 
     /// Starts (or restarts) the gateway on its ports and data dir; waits for /health.
@@ -250,6 +273,7 @@ impl Cluster {
             .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
             .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
             .env("GATEWAY_NODE_JOIN_TOKEN", crate::JOIN_TOKEN)
+            .env("GATEWAY_TLS", self.opts.tls.to_string())
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
             .env(
@@ -267,7 +291,16 @@ impl Cluster {
         }
         let log = self.dir.path().join("gateway.log");
         self.gateway = Some(Proc::spawn("cyxcloud-gateway", cmd, &log));
-        wait_for_http(self.http_addr(), "/health", Duration::from_secs(60));
+        if self.opts.tls {
+            // Its ports listen once the cluster CA and its certificate exist.
+            crate::wait_for_port(self.http_addr(), Duration::from_secs(60));
+            crate::wait_for_port(
+                SocketAddr::from(([127, 0, 0, 1], self.grpc_port)),
+                Duration::from_secs(60),
+            );
+        } else {
+            wait_for_http(self.http_addr(), "/health", Duration::from_secs(60));
+        }
     }
 
     /// Kills the gateway (SIGKILL).

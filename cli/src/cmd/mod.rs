@@ -42,8 +42,9 @@ pub async fn connect_with(
     tweak: impl FnOnce(&mut ClientConfig),
 ) -> anyhow::Result<Client> {
     let s = settings::resolve(cli)?;
-    let grpc = discover::grpc_address(&s.gateway).await?;
+    let grpc = discover::grpc_address(&s.gateway, s.ca_pem.as_deref()).await?;
     let mut config = ClientConfig::new(grpc, s.access_key, s.secret_key);
+    config.ca_pem = s.ca_pem;
     tweak(&mut config);
     let client = Client::connect(config)
         .await

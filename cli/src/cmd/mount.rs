@@ -23,6 +23,9 @@ pub async fn mount(cli: &Cli, a: &MountArgs) -> anyhow::Result<ExitCode> {
         .env("CYXCLOUD_GATEWAY", &s.gateway)
         .env("CYXCLOUD_ACCESS_KEY", &s.access_key)
         .env("CYXCLOUD_SECRET_KEY", &s.secret_key);
+    if let Some(ca) = &s.ca_cert {
+        cmd.env("CYXCLOUD_CA_CERT", std::fs::canonicalize(ca)?);
+    }
     let st = cmd.status().context("cannot run cyxcloud-mountd")?;
     Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8))
 }

@@ -196,8 +196,11 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
     let node_bin = procs::sibling("cyxcloud-node")?;
     let rebalancer_bin = procs::sibling("cyxcloud-rebalancer")?;
     let grpc_port = procs::free_port()?;
-    let http = format!("http://127.0.0.1:{}", a.port);
-    let grpc = format!("http://127.0.0.1:{grpc_port}");
+    // TLS 1.3 everywhere: the gateway makes the cluster CA in its data dir (tls/ca.pem), which
+    // certifies it and every node; every client here is handed that CA.
+    let http = format!("https://127.0.0.1:{}", a.port);
+    let grpc = format!("https://127.0.0.1:{grpc_port}");
+    let ca_path = data.join("gateway").join("tls").join("ca.pem");
 
     // Gateway.
     let gw_dir = data.join("gateway");
@@ -213,13 +216,19 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
             .env("CYXCLOUD_ACCESS_KEY", &c.access_key)
             .env("CYXCLOUD_SECRET_KEY", &c.secret_key)
             .env("GATEWAY_NODE_JOIN_TOKEN_FILE", &token)
+            .env("GATEWAY_TLS", "true")
             .env_remove("GATEWAY_NODE_JOIN_TOKEN")
+            .env_remove("GATEWAY_TLS_CERT_PATH")
+            .env_remove("GATEWAY_TLS_KEY_PATH")
+            .env_remove("GATEWAY_TLS_CA_DIR")
             .env_remove("DATABASE_URL");
         procs::spawn("gateway", cmd, &gw_log, true)
     }))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok((200, _)) = crate::discover::http_get(&http, "/health").await {
+        if let Ok(ca) = std::fs::read(&ca_path)
+            && let Ok((200, _)) = crate::discover::http_get_with(&http, "/health", Some(&ca)).await
+        {
             break;
         }
         if !gateway.daemon.running() || Instant::now() > deadline {
@@ -249,10 +258,11 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
         let config = format!(
             "[node]\nid = \"{id}\"\nname = \"{id}\"\n\n[storage]\ndata_dir = \"{dir}\"\nmax_capacity_gb = {capacity}\n\n\
              [network]\nbind_address = \"127.0.0.1\"\ngrpc_port = {g}\np2p_port = {p}\n\n\
-             [central]\naddress = \"{grpc}\"\nregister = true\njoin_token_file = \"{token}\"\n\n\
+             [central]\naddress = \"{grpc}\"\nregister = true\njoin_token_file = \"{token}\"\nca_cert_file = \"{ca}\"\n\n\
              [cyxwiz_api]\nregister = false\n\n[metrics]\nenabled = true\nport = {m}\n",
             dir = dir.display(),
-            token = join_token.display()
+            token = join_token.display(),
+            ca = ca_path.display()
         );
         let cfg_path = dir.join("config.toml");
         std::fs::write(&cfg_path, config)?;
@@ -263,7 +273,9 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
             cmd.arg("--config")
                 .arg(&cfg_path)
                 .env_remove("NODE_JOIN_TOKEN")
-                .env_remove("NODE_JOIN_TOKEN_FILE");
+                .env_remove("NODE_JOIN_TOKEN_FILE")
+                .env_remove("CENTRAL_CA_CERT")
+                .env_remove("CENTRAL_ADDRESS");
             if !first {
                 cmd.env("BOOTSTRAP_PEERS", &bootstrap);
             }
@@ -278,11 +290,14 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
         }))?);
     }
 
-    let client = Client::connect(ClientConfig::new(
-        grpc.clone(),
-        creds.access_key.clone(),
-        creds.secret_key.clone(),
-    ))
+    let client = Client::connect(
+        ClientConfig::new(
+            grpc.clone(),
+            creds.access_key.clone(),
+            creds.secret_key.clone(),
+        )
+        .with_ca_file(&ca_path)?,
+    )
     .await
     .context("cannot connect to the gateway it just started")?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -305,13 +320,19 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
     // The rebalancer.
     let rebalancer_port = procs::free_port()?;
     let mut rebalancer = {
-        let (c, g, log) = (creds.clone(), grpc.clone(), logs.join("rebalancer.log"));
+        let (c, g, log, ca) = (
+            creds.clone(),
+            grpc.clone(),
+            logs.join("rebalancer.log"),
+            ca_path.clone(),
+        );
         Supervised::start(Box::new(move || {
             let mut cmd = Command::new(&rebalancer_bin);
             cmd.args(["--gateway", &g])
                 .args(["--set", &format!("metrics.port={rebalancer_port}")])
                 .env("CYXCLOUD_ACCESS_KEY", &c.access_key)
-                .env("CYXCLOUD_SECRET_KEY", &c.secret_key);
+                .env("CYXCLOUD_SECRET_KEY", &c.secret_key)
+                .env("CYXCLOUD_CA_CERT", &ca);
             procs::spawn("rebalancer", cmd, &log, true)
         }))?
     };
@@ -328,11 +349,12 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
         let point = a.mount.clone().unwrap_or_else(|| data.join("drive"));
         std::fs::create_dir_all(&point)?;
         let bin = procs::sibling("cyxcloud-mountd")?;
-        let (c, g, cache, log) = (
+        let (c, g, cache, log, ca) = (
             creds.clone(),
             http.clone(),
             data.join("mount-cache"),
             logs.join("mountd.log"),
+            ca_path.clone(),
         );
         let p = point.clone();
         let s = Supervised::start(Box::new(move || {
@@ -343,7 +365,9 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
                 .arg(&cache)
                 .env("CYXCLOUD_GATEWAY", &g)
                 .env("CYXCLOUD_ACCESS_KEY", &c.access_key)
-                .env("CYXCLOUD_SECRET_KEY", &c.secret_key);
+                .env("CYXCLOUD_SECRET_KEY", &c.secret_key)
+                .env("CYXCLOUD_CA_CERT", &ca)
+                .env_remove("CYXCLOUD_GRPC_ADDRESS");
             procs::spawn("mountd", cmd, &log, true)
         }))?;
         let note = format!("mounted at {}", point.display());
@@ -354,7 +378,7 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
     if cli.json {
         println!(
             "{}",
-            serde_json::json!({"gateway": http, "s3_endpoint": http, "control_api": grpc, "access_key": creds.access_key,
+            serde_json::json!({"gateway": http, "s3_endpoint": http, "control_api": grpc, "ca_certificate": ca_path, "access_key": creds.access_key,
                 "secret_key": creds.secret_key, "nodes": a.nodes, "rebalancer": format!("http://127.0.0.1:{rebalancer_port}"), "data_dir": data, "drive": mount.as_ref().map(|m| &m.1)})
         );
     } else {
@@ -362,6 +386,10 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
         println!("  Gateway:      {http}   (/health, /metrics)");
         println!("  S3 endpoint:  {http}   (path style, region us-east-1)");
         println!("  Control API:  {grpc}   (gRPC)");
+        println!(
+            "  CA:           {}   (TLS 1.3; clients verify with it)",
+            ca_path.display()
+        );
         println!("  Access key:   {}", creds.access_key);
         println!("  Secret key:   {}", creds.secret_key);
         println!("  Nodes:        {} on RocksDB, {capacity} GB each", a.nodes);
@@ -374,8 +402,10 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
         );
         println!();
         println!(
-            "  export CYXCLOUD_GATEWAY={http} CYXCLOUD_ACCESS_KEY={} CYXCLOUD_SECRET_KEY={}",
-            creds.access_key, creds.secret_key
+            "  export CYXCLOUD_GATEWAY={http} CYXCLOUD_ACCESS_KEY={} CYXCLOUD_SECRET_KEY={} CYXCLOUD_CA_CERT={ca} AWS_CA_BUNDLE={ca}",
+            creds.access_key,
+            creds.secret_key,
+            ca = ca_path.display()
         );
         println!("\nPress Ctrl-C to stop.");
     }

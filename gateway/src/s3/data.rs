@@ -86,7 +86,10 @@ impl Data {
             grpc.ip()
         };
         let addr = SocketAddr::new(ip, grpc.port());
-        let mut cfg = ClientConfig::new(format!("http://{addr}"), access_key, secret.as_str());
+        let scheme = if gw.tls.is_some() { "https" } else { "http" };
+        let mut cfg = ClientConfig::new(format!("{scheme}://{addr}"), access_key, secret.as_str());
+        // The cluster CA certifies this gateway's own certificate for 127.0.0.1.
+        cfg.ca_pem = gw.tls.as_ref().map(|t| t.ca.cert_pem().as_bytes().to_vec());
         // One client serves every S3 request at once.
         cfg.max_shard_streams = 512;
         let client = Client::connect(cfg)

@@ -44,6 +44,8 @@ pub fn config(backend: Backend) -> (Config, tempfile::TempDir, Option<PgDb>) {
     c.storage.chunk_size_bytes = 1 << 20;
     c.nodes.heartbeat_interval_ms = 200;
     c.nodes.join_token = JOIN_TOKEN.into();
+    // In-process fixtures call the model directly; the TLS paths run between processes.
+    c.tls.enabled = false;
     let pg = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => {

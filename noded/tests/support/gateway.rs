@@ -93,6 +93,7 @@ impl NodeRegistry for Svc {
             heartbeat_interval_secs: 30,
             gateway_id: "fake-gateway".into(),
             heartbeat_interval_ms: 150,
+            ..Default::default()
         }))
     }
 
