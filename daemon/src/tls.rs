@@ -336,6 +336,18 @@ impl ServerTls {
         })
     }
 
+    /// The same server (same certificate, reloaded together) offering `protocols` in ALPN:
+    /// an S3 port offers only `http/1.1`, as S3 does (SigV4 signs the `host` header, which
+    /// HTTP/2 does not carry).
+    pub fn with_alpn(&self, protocols: &[&[u8]]) -> ServerTls {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        ServerTls {
+            current: self.current.clone(),
+            config: Arc::new(config),
+        }
+    }
+
     /// Whether a certificate is installed.
     pub fn has_certificate(&self) -> bool {
         self.current

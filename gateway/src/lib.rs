@@ -305,8 +305,10 @@ pub async fn run(
         Tls(cyxcloud_daemon::tls::TlsListener),
     }
     let http = match &gw.tls {
+        // HTTP/1.1 only, as S3: SigV4 signs the `host` header, which HTTP/2 does not carry.
         Some(t) => HttpListener::Tls(
             t.server
+                .with_alpn(&[b"http/1.1"])
                 .listen(http)
                 .map_err(|e| Error::io("https listener", e))?,
         ),

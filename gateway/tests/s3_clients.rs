@@ -622,3 +622,230 @@ fn s3fs_mount(s3fs: &Path, endpoint: &str, home: &Path, aws: &Path) {
     let ls = run(a().args(["s3", "ls", "--recursive", "s3://fs-bucket/"]));
     assert!(!ls.contains("small.bin") && !ls.contains("empty"), "{ls}");
 }
+
+/// Runs `cmd`; returns whether it succeeded and its stderr.
+fn attempt(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every S3 client over TLS 1.3 against a cluster whose CA it is given (`cyxcloud up`'s
+/// default): aws-cli, boto3, rclone, s3cmd, an s3fs mount and the Rust SDK store and read back
+/// an object; each one without the CA refuses the connection.
+#[test]
+fn s3_clients_over_tls_with_the_cluster_ca() {
+    use cyxcloud_testkit::cluster::{Cluster, ClusterOptions};
+    let py = venv().join("bin/python");
+    let aws = venv().join("bin/aws");
+    need(&py, "boto3 (PyPI)");
+    need(&aws, "aws-cli (PyPI)");
+    let (rclone, s3cmd, s3fs) = (which("rclone"), which("s3cmd"), which("s3fs"));
+    let cl = Cluster::start(ClusterOptions {
+        nodes: 7,
+        chunk_size: Some(super::CHUNK),
+        tls: true,
+        ..Default::default()
+    });
+    let endpoint = cl.http_url();
+    assert!(endpoint.starts_with("https://"));
+    let ca = cl.ca_path();
+    let tmp = tempdir().unwrap();
+    let home = tmp.path();
+    let payload = data(3 * MIB + 77, 31);
+    let src = home.join("payload.bin");
+    std::fs::write(&src, &payload).unwrap();
+    let sum = md5_hex(&payload);
+    let check = |p: &Path, who: &str| {
+        assert_eq!(
+            md5_hex(&std::fs::read(p).unwrap()),
+            sum,
+            "{who}: the bytes read back differ"
+        );
+    };
+
+    // aws-cli: AWS_CA_BUNDLE names the cluster CA; with the system's bundle it refuses.
+    let a = |bundle: &Path| {
+        let mut c = aws_cmd(&aws, &endpoint, home);
+        c.env("AWS_CA_BUNDLE", bundle);
+        c
+    };
+    run(a(&ca).args(["s3", "mb", "s3://tls-bucket"]));
+    run(a(&ca)
+        .arg("s3")
+        .arg("cp")
+        .arg(&src)
+        .arg("s3://tls-bucket/aws.bin"));
+    let back = home.join("aws.back");
+    run(a(&ca)
+        .args(["s3", "cp", "s3://tls-bucket/aws.bin"])
+        .arg(&back));
+    check(&back, "aws-cli");
+    let (ok, err) = attempt(
+        a(Path::new("/etc/ssl/certs/ca-certificates.crt"))
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .args(["s3", "ls"]),
+    );
+    assert!(!ok && err.contains("SSL"), "aws-cli without the CA: {err}");
+
+    // boto3, verifying with the CA.
+    let script = format!(
+        "import boto3, botocore, sys\n\
+         def c(verify): return boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1', verify=verify)\n\
+         s3 = c('{ca}')\n\
+         s3.put_object(Bucket='tls-bucket', Key='boto.bin', Body=open('{src}','rb').read())\n\
+         open('{home}/boto.back','wb').write(s3.get_object(Bucket='tls-bucket', Key='boto.bin')['Body'].read())\n\
+         try:\n    c(True).list_buckets(); print('BOTO3 TRUSTED A STRANGER')\n\
+         except botocore.exceptions.SSLError: print('BOTO3 TLS OK')\n",
+        ca = ca.display(),
+        src = src.display(),
+        home = home.display()
+    );
+    let out = run(Command::new(&py)
+        .args(["-c", &script])
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_CONFIG_FILE", home.join("aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("aws-credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_CA_BUNDLE")
+        .env_remove("REQUESTS_CA_BUNDLE"));
+    assert!(out.contains("BOTO3 TLS OK"), "{out}");
+    check(&home.join("boto.back"), "boto3");
+
+    // rclone with --ca-cert.
+    let r = |with_ca: bool| {
+        let mut c = rclone_cmd(&rclone, &endpoint, home);
+        if with_ca {
+            c.arg("--ca-cert").arg(&ca);
+        }
+        c
+    };
+    run(r(true)
+        .arg("copyto")
+        .arg(&src)
+        .arg("cyx:tls-bucket/rclone.bin"));
+    let back = home.join("rclone.back");
+    run(r(true)
+        .arg("copyto")
+        .arg("cyx:tls-bucket/rclone.bin")
+        .arg(&back));
+    check(&back, "rclone");
+    let (ok, err) = attempt(r(false).args(["lsd", "cyx:", "--low-level-retries", "1"]));
+    assert!(
+        !ok && err.contains("certificate"),
+        "rclone without the CA: {err}"
+    );
+
+    // s3cmd over https, checking the certificate against the CA.
+    let hostport = endpoint.trim_start_matches("https://");
+    let cfg = |ca_file: &Path, name: &str| {
+        let p = home.join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "[default]\naccess_key = {ACCESS_KEY}\nsecret_key = {SECRET_KEY}\nhost_base = {hostport}\n\
+                 host_bucket = {hostport}\nuse_https = True\ncheck_ssl_certificate = True\n\
+                 ca_certs_file = {}\nsignature_v2 = False\nbucket_location = us-east-1\n",
+                ca_file.display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let good = cfg(&ca, "s3cfg-tls");
+    run(Command::new(&s3cmd)
+        .arg("-c")
+        .arg(&good)
+        .arg("put")
+        .arg(&src)
+        .arg("s3://tls-bucket/s3cmd.bin"));
+    let back = home.join("s3cmd.back");
+    run(Command::new(&s3cmd)
+        .arg("-c")
+        .arg(&good)
+        .arg("get")
+        .arg("s3://tls-bucket/s3cmd.bin")
+        .arg(&back));
+    check(&back, "s3cmd");
+    let bad = cfg(
+        Path::new("/etc/ssl/certs/ca-certificates.crt"),
+        "s3cfg-stranger",
+    );
+    let (ok, err) = attempt(
+        Command::new(&s3cmd)
+            .arg("-c")
+            .arg(&bad)
+            .args(["--max-retries=1", "ls"]),
+    );
+    assert!(!ok, "s3cmd without the CA: {err}");
+
+    // An s3fs mount (libcurl), trusting the CA through CURL_CA_BUNDLE.
+    let pass = home.join("s3fs-passwd");
+    std::fs::write(&pass, format!("{ACCESS_KEY}:{SECRET_KEY}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mnt = home.join("tls-mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut cmd = Command::new(&s3fs);
+    cmd.arg("tls-bucket")
+        .arg(&mnt)
+        .arg("-f")
+        .args(["-o", &format!("url={endpoint}")])
+        .args(["-o", "use_path_request_style"])
+        .args(["-o", &format!("passwd_file={}", pass.display())])
+        .args(["-o", "sigv4", "-o", "endpoint=us-east-1"])
+        .env("CURL_CA_BUNDLE", &ca);
+    let mut proc = Proc::spawn("s3fs-tls", cmd, &home.join("s3fs-tls.log"));
+    wait_until(Duration::from_secs(60), "the TLS s3fs mount", || {
+        std::fs::metadata(mnt.join("aws.bin")).ok().map(|_| ())
+    });
+    check(&mnt.join("aws.bin"), "s3fs");
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+    proc.kill9();
+
+    // The Rust SDK with the CA as its trust store.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use aws_smithy_http_client::tls;
+        let pem = std::fs::read(&ca).unwrap();
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .tls_context(
+                tls::TlsContext::builder()
+                    .with_trust_store(tls::TrustStore::empty().with_pem_certificate(pem))
+                    .build()
+                    .unwrap(),
+            )
+            .build_https();
+        let c = super::sdk_with(&endpoint, ACCESS_KEY, SECRET_KEY, |b| b.http_client(http));
+        c.put_object()
+            .bucket("tls-bucket")
+            .key("sdk.bin")
+            .body(aws_sdk_s3::primitives::ByteStream::from(payload.clone()))
+            .send()
+            .await
+            .unwrap();
+        let got = c
+            .get_object()
+            .bucket("tls-bucket")
+            .key("sdk.bin")
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        assert_eq!(md5_hex(&got), sum, "the Rust SDK");
+    });
+}
