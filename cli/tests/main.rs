@@ -38,6 +38,7 @@ impl Env {
             .env_remove("CYXCLOUD_KEY_FILE")
             .env_remove("CYXCLOUD_PASSPHRASE")
             .env_remove("CYXCLOUD_GRPC_ADDRESS")
+            .env_remove("CYXCLOUD_CA_CERT")
             .stdin(Stdio::null());
         c
     }
@@ -957,4 +958,83 @@ fn node_stop_drain_moves_the_data_away_then_stops_the_node() {
         back.to_str().unwrap(),
     ]);
     assert_eq!(sha(&back), sha(&src));
+}
+
+/// The CLI and the drive against a TLS cluster, trusting its CA through `CYXCLOUD_CA_CERT`
+/// (`cyxcloud mount` hands it to the drive); without it the CLI is refused with a clear error.
+#[test]
+fn the_cli_and_the_drive_work_over_tls_with_the_cluster_ca() {
+    use std::io::Write;
+    let e = Env {
+        cluster: Cluster::start(ClusterOptions {
+            nodes: 7,
+            chunk_size: Some(MIB as u64),
+            tls: true,
+            ..Default::default()
+        }),
+        home: tempdir().unwrap(),
+    };
+    let ca = e.cluster.ca_path();
+    let with_ca = |args: &[&str]| -> String {
+        let out = e
+            .cmd()
+            .args(args)
+            .env("CYXCLOUD_CA_CERT", &ca)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let work = tempdir().unwrap();
+    let f = work.path().join("sealed.bin");
+    write_file(&f, 3 * MIB + 11, 17);
+    with_ca(&["upload", f.to_str().unwrap(), "-b", "tls"]);
+    let back = work.path().join("back.bin");
+    with_ca(&[
+        "download",
+        "tls",
+        "-k",
+        "sealed.bin",
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(sha(&back), sha(&f));
+    // Without the CA: refused, saying what is missing.
+    let out = e.cmd().args(["list", "tls"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("CA certificate"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The drive: reads what the CLI wrote, writes what the CLI reads back.
+    let point = work.path().join("mnt");
+    std::fs::create_dir_all(&point).unwrap();
+    let p = point.to_str().unwrap();
+    with_ca(&["mount", p]);
+    let through = point.join("tls/sealed.bin");
+    wait_until(Duration::from_secs(30), "the file in the drive", || {
+        through.exists().then_some(())
+    });
+    assert_eq!(sha(&through), sha(&f));
+    let mut w = std::fs::File::create(point.join("tls/from-drive.txt")).unwrap();
+    w.write_all(b"written through the drive over TLS\n")
+        .unwrap();
+    w.sync_all().unwrap();
+    drop(w);
+    let got = work.path().join("from-drive.txt");
+    with_ca(&[
+        "download",
+        "tls",
+        "-k",
+        "from-drive.txt",
+        "-o",
+        got.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        b"written through the drive over TLS\n"
+    );
+    with_ca(&["unmount", p]);
 }
