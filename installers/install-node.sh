@@ -12,6 +12,8 @@
 # --storage-gb N, --name NAME, --region R, --datacenter D, --rack K,
 # --public-address URL (how others reach this node's gRPC, e.g. http://203.0.113.7:50051),
 # --grpc-port P, --p2p-port P, --metrics-port P, --bootstrap MULTIADDR,
+# --ca-cert F (the cluster CA, the gateway's /var/lib/cyxcloud-gateway/tls/ca.pem; on the
+# gateway's machine it is found there),
 # --join-token-file F (the cluster's join token, the gateway's /etc/cyxcloud/join-token;
 # without it the one already in /etc/cyxcloud/join-token, or the operator account, is used),
 # --email E --password-file F (the operator account: first login of the node),
@@ -23,7 +25,7 @@ die() { echo "install-node: $*" >&2; exit 1; }
 
 package="" gateway="" storage_gb="" name="" region="" datacenter="" rack="" public_address=""
 grpc_port=50051 p2p_port=4001 metrics_port=9090 bootstrap="" email="" password_file=""
-join_token_file=""
+join_token_file="" ca_cert=""
 yes=0 timeout=120
 while [ $# -gt 0 ]; do
   case $1 in
@@ -40,6 +42,7 @@ while [ $# -gt 0 ]; do
     --metrics-port) metrics_port=$2; shift ;;
     --bootstrap) bootstrap=$2; shift ;;
     --join-token-file) join_token_file=$2; shift ;;
+    --ca-cert) ca_cert=$2; shift ;;
     --email) email=$2; shift ;;
     --password-file) password_file=$2; shift ;;
     --yes | -y) yes=1 ;;
@@ -75,7 +78,7 @@ case $storage_gb in '' | *[!0-9.]*) die "--storage-gb must be a number, not '$st
 for p in "$grpc_port" "$p2p_port" "$metrics_port"; do
   case $p in '' | *[!0-9]*) die "ports are numbers, not '$p'" ;; esac
 done
-case $gateway in http://* | https://*) http=$gateway ;; *) http=http://$gateway ;; esac
+case $gateway in http://* | https://*) http=$gateway ;; *) http=https://$gateway ;; esac
 case ${http#*://} in *:*) ;; *) http=$http:8080 ;; esac
 if [ -n "$email" ] && [ -z "$password_file" ]; then
   die "--email needs --password-file (the operator account's password, one line)"
@@ -98,13 +101,23 @@ fi
 # 2. Where the gateway's gRPC API is: its /api/info names the port (the host is the one we
 # reach its HTTP API at: the gateway may report a wildcard bind address).
 command -v curl >/dev/null || apt-get install -y -q curl >/dev/null
+# The cluster CA: given, or the gateway's own on its machine; kept as /etc/cyxcloud/ca.pem.
+[ -n "$ca_cert" ] || [ ! -r /var/lib/cyxcloud-gateway/tls/ca.pem ] || ca_cert=/var/lib/cyxcloud-gateway/tls/ca.pem
+if [ -n "$ca_cert" ]; then
+  [ -r "$ca_cert" ] || die "cannot read the CA certificate $ca_cert"
+  install -m 0644 "$ca_cert" /etc/cyxcloud/ca.pem
+fi
+case $http in
+  https://*) [ -r /etc/cyxcloud/ca.pem ] ||
+    die "the gateway serves TLS: give its cluster CA with --ca-cert (its /var/lib/cyxcloud-gateway/tls/ca.pem)" ;;
+esac
 host=${http#*://}
 host=${host%:*}
-info=$(curl -fsS --max-time 10 "$http/api/info" 2>/dev/null) ||
-  die "the gateway does not answer at $http/api/info; check --gateway and that it runs"
+info=$(curl -fsS --max-time 10 --cacert /etc/cyxcloud/ca.pem "$http/api/info" 2>/dev/null) ||
+  die "the gateway does not answer at $http/api/info; check --gateway, --ca-cert and that it runs"
 grpc_port_gw=$(printf '%s' "$info" | sed -n 's/.*"grpc_address":"[^"]*:\([0-9][0-9]*\)".*/\1/p')
 [ -n "$grpc_port_gw" ] || die "$http/api/info does not look like a CyxCloud gateway: $info"
-grpc=http://$host:$grpc_port_gw
+case $info in *'"grpc_address":"https://'*) grpc=https://$host:$grpc_port_gw ;; *) grpc=http://$host:$grpc_port_gw ;; esac
 
 # 3. The configuration.
 peers="[]"
@@ -151,6 +164,7 @@ bootstrap_peers = $peers
 address = "$grpc"
 register = true
 join_token_file = "/etc/cyxcloud/join-token"
+ca_cert_file = "/etc/cyxcloud/ca.pem"
 
 [cyxwiz_api]
 base_url = "$http"

@@ -1,5 +1,5 @@
 //! What TLS 1.3 costs: the same transfers against a plaintext cluster and a TLS cluster
-//! (gateway + 7 nodes, release binaries), in one run:
+//! (gateway + 7 nodes, release binaries), in one run, alternating which goes first:
 //!
 //! * the CLI (striping client: gateway and every node over TLS) uploading and downloading a
 //!   file;
@@ -8,8 +8,8 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! cargo bench -p cyxcloud-cli --bench tls            # 512 MiB each
-//! CYX_BENCH_MIB=128 cargo bench -p cyxcloud-cli --bench tls
+//! cargo bench -p cyxcloud-cli --bench tls            # 512 MiB each, 3 rounds (medians)
+//! CYX_BENCH_MIB=128 CYX_BENCH_ROUNDS=5 cargo bench -p cyxcloud-cli --bench tls
 //! ```
 
 use std::io::{Read, Write};
@@ -190,63 +190,81 @@ fn main() {
     let work = cyxcloud_testkit::tempdir().unwrap();
     let f = work.path().join("payload.bin");
     make_file(&f, bytes);
-    let mut rows = Vec::new();
-    for tls in [false, true] {
-        let c = Cluster::start(ClusterOptions {
-            nodes: 7,
-            capacity_gb: 20.0,
-            tls,
-            ..Default::default()
-        });
-        let home = work.path().join(if tls { "tls" } else { "plain" });
-        std::fs::create_dir_all(&home).unwrap();
-        // Warm up (connections, the processes' first allocations) with other bytes, so the
-        // measured transfers are not deduplicated against them.
-        let warm = home.join("warm.bin");
-        make_file_seeded(&warm, 32 * MIB, if tls { 2 } else { 1 });
-        let mut w = cli(&c, &home);
-        w.arg("upload").arg(&warm).args(["-b", "warmup"]);
-        run(w);
-        s3_put_get(&c, &warm, &home);
-        let mut up = cli(&c, &home);
-        up.args(["upload", f.to_str().unwrap(), "-b", "bench"]);
-        let up_s = run(up);
-        let back = home.join("back.bin");
-        let mut down = cli(&c, &home);
-        down.args([
-            "download",
-            "bench",
-            "-k",
-            "payload.bin",
-            "-o",
-            back.to_str().unwrap(),
-        ]);
-        let down_s = run(down);
-        assert_eq!(std::fs::metadata(&back).unwrap().len(), bytes);
-        std::fs::remove_file(&back).unwrap();
-        let (put_s, get_s) = s3_put_get(&c, &f, &home);
-        let (dw_s, dr_s) = drive(&c, &home, bytes);
-        let rate = |s: f64| bytes as f64 / s / 1e6;
-        let r = [
-            rate(up_s),
-            rate(down_s),
-            rate(put_s),
-            rate(get_s),
-            rate(dw_s),
-            rate(dr_s),
-        ];
-        println!(
-            "{}: CLI upload {:.0} MB/s, download {:.0} MB/s; S3 PUT {:.0} MB/s, GET {:.0} MB/s; drive write {:.0} MB/s, read {:.0} MB/s",
-            if tls { "TLS 1.3  " } else { "plaintext" },
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            r[5]
-        );
-        rows.push(r);
+    let rounds: usize = std::env::var("CYX_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    // rates[mode][metric] over the rounds; the order of the modes alternates per round.
+    let mut rates: [Vec<[f64; 6]>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for tls in if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            let c = Cluster::start(ClusterOptions {
+                nodes: 7,
+                capacity_gb: 20.0,
+                tls,
+                ..Default::default()
+            });
+            let home = work
+                .path()
+                .join(format!("{}-{round}", if tls { "tls" } else { "plain" }));
+            std::fs::create_dir_all(&home).unwrap();
+            // Warm up (connections, the processes' first allocations) with other bytes, so the
+            // measured transfers are not deduplicated against them.
+            let warm = home.join("warm.bin");
+            make_file_seeded(&warm, 32 * MIB, 1 + round as u64 * 2 + tls as u64);
+            let mut w = cli(&c, &home);
+            w.arg("upload").arg(&warm).args(["-b", "warmup"]);
+            run(w);
+            s3_put_get(&c, &warm, &home);
+            let mut up = cli(&c, &home);
+            up.args(["upload", f.to_str().unwrap(), "-b", "bench"]);
+            let up_s = run(up);
+            let back = home.join("back.bin");
+            let mut down = cli(&c, &home);
+            down.args([
+                "download",
+                "bench",
+                "-k",
+                "payload.bin",
+                "-o",
+                back.to_str().unwrap(),
+            ]);
+            let down_s = run(down);
+            assert_eq!(std::fs::metadata(&back).unwrap().len(), bytes);
+            std::fs::remove_file(&back).unwrap();
+            let (put_s, get_s) = s3_put_get(&c, &f, &home);
+            let (dw_s, dr_s) = drive(&c, &home, bytes);
+            let rate = |s: f64| bytes as f64 / s / 1e6;
+            let r = [
+                rate(up_s),
+                rate(down_s),
+                rate(put_s),
+                rate(get_s),
+                rate(dw_s),
+                rate(dr_s),
+            ];
+            println!(
+                "round {round} {}: CLI upload {:.0} MB/s, download {:.0} MB/s; S3 PUT {:.0} MB/s, GET {:.0} MB/s; drive write {:.0} MB/s, read {:.0} MB/s",
+                if tls { "TLS 1.3  " } else { "plaintext" },
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5]
+            );
+            rates[tls as usize].push(r);
+        }
     }
+    let median = |mode: usize, i: usize| {
+        let mut v: Vec<f64> = rates[mode].iter().map(|r| r[i]).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
     let names = [
         "CLI upload",
         "CLI download",
@@ -256,6 +274,11 @@ fn main() {
         "drive read",
     ];
     for (i, n) in names.iter().enumerate() {
-        println!("{n}: TLS / plaintext = {:.2}", rows[1][i] / rows[0][i]);
+        println!(
+            "{n}: median of {rounds}: plaintext {:.0} MB/s, TLS {:.0} MB/s, TLS / plaintext = {:.2}",
+            median(0, i),
+            median(1, i),
+            median(1, i) / median(0, i)
+        );
     }
 }

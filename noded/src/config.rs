@@ -452,15 +452,18 @@ impl Config {
 
     /// The gRPC URL advertised to the gateway and the DHT, given the port actually bound.
     pub fn public_grpc_address(&self, bound: SocketAddr) -> String {
+        let scheme = if self.tls_enabled() { "https" } else { "http" };
         if !self.network.public_address.is_empty() {
-            return self.network.public_address.clone();
+            // The scheme follows what the port serves, whatever the address was written with.
+            let a = &self.network.public_address;
+            let rest = a.split_once("://").map_or(a.as_str(), |(_, r)| r);
+            return format!("{scheme}://{rest}");
         }
         let ip = if bound.ip().is_unspecified() {
             outbound_ip().unwrap_or(IpAddr::from([127, 0, 0, 1]))
         } else {
             bound.ip()
         };
-        let scheme = if self.tls_enabled() { "https" } else { "http" };
         format!("{scheme}://{}", SocketAddr::new(ip, bound.port()))
     }
 
