@@ -48,15 +48,21 @@ pub async fn run(cfg: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
     };
     let mut cc = ClientConfig::new(&cfg.gateway, &cfg.access_key, &cfg.secret_key);
     cc.connect_timeout = Duration::from_secs(5);
-    if !cfg.ca_cert_file.is_empty() {
-        cc = cc
-            .with_ca_file(std::path::Path::new(&cfg.ca_cert_file))
-            .map_err(|e| {
-                config::ConfigError::Invalid(format!("cannot read {}: {e}", cfg.ca_cert_file))
-            })?;
-    }
     let client = loop {
-        match Client::connect(cc.clone()).await {
+        // The CA file is read at each attempt: a gateway starting beside this rebalancer makes
+        // its cluster CA at its first start, a moment after both were launched.
+        let attempt = if cfg.ca_cert_file.is_empty() {
+            Ok(cc.clone())
+        } else {
+            cc.clone()
+                .with_ca_file(std::path::Path::new(&cfg.ca_cert_file))
+                .map_err(|e| format!("cannot read the CA certificate {}: {e}", cfg.ca_cert_file))
+        };
+        let r = match attempt {
+            Ok(cc) => Client::connect(cc).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match r {
             Ok(c) => break c,
             Err(e) => {
                 tracing::warn!(error = %e, gateway = %cfg.gateway, "cannot reach the gateway; retrying");
