@@ -13,6 +13,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::make_file;
+
 use cyxcloud_testkit::cluster::{ACCESS_KEY, Cluster, ClusterOptions, SECRET_KEY};
 
 const GIB: u64 = 1 << 30;
@@ -43,25 +46,6 @@ fn raw_loopback(bytes: u64) -> f64 {
     drop(s);
     assert_eq!(reader.join().unwrap(), bytes);
     bytes as f64 / t.elapsed().as_secs_f64()
-}
-
-fn make_file(p: &Path, bytes: u64) {
-    let mut f = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(p).unwrap());
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = bytes;
-    while left > 0 {
-        for c in block.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        let n = left.min(block.len() as u64) as usize;
-        f.write_all(&block[..n]).unwrap();
-        left -= n as u64;
-    }
-    f.flush().unwrap();
 }
 
 fn cli(c: &Cluster, home: &Path) -> Command {

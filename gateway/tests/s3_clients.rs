@@ -98,8 +98,9 @@ fn make_files(root: &Path) -> Files {
     Files { dir, sums, many }
 }
 
-#[test]
-fn s3_real_clients() {
+/// The clients' programs: (python with boto3, aws, rclone, s3cmd, s3fs); a missing one fails
+/// with instructions.
+fn tools() -> [PathBuf; 5] {
     let py = venv().join("bin/python");
     let aws = venv().join("bin/aws");
     need(&py, "boto3 (PyPI)");
@@ -113,6 +114,12 @@ fn s3_real_clients() {
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "boto3 does not import in {}", venv().display());
+    [py, aws, rclone, s3cmd, s3fs]
+}
+
+#[test]
+fn s3_real_clients() {
+    let [py, aws, rclone, s3cmd, s3fs] = tools();
 
     // Heavy transfers load both cores: a lenient heartbeat keeps nodes online meanwhile.
     let cl = super::cluster_with(7, &[], 2000);
@@ -640,11 +647,7 @@ fn attempt(cmd: &mut Command) -> (bool, String) {
 #[test]
 fn s3_clients_over_tls_with_the_cluster_ca() {
     use cyxcloud_testkit::cluster::{Cluster, ClusterOptions};
-    let py = venv().join("bin/python");
-    let aws = venv().join("bin/aws");
-    need(&py, "boto3 (PyPI)");
-    need(&aws, "aws-cli (PyPI)");
-    let (rclone, s3cmd, s3fs) = (which("rclone"), which("s3cmd"), which("s3fs"));
+    let [py, aws, rclone, s3cmd, s3fs] = tools();
     let cl = Cluster::start(ClusterOptions {
         nodes: 7,
         chunk_size: Some(super::CHUNK),
