@@ -398,7 +398,13 @@ async fn grants_and_commits(database_url: Option<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shard_that_arrives_after_its_commit_is_marked_stored_not_rebuilt() {
-    let gw = Gw::start(None, vec![]);
+    // A node that misses 3 heartbeats under a loaded CI machine counts as offline when the
+    // rebalancer plans, and its late shard is then rebuilt, not checked: this test is about the
+    // check, so its nodes get 5 s heartbeats (seen twice in CI with 1 s).
+    let gw = Gw::start(
+        None,
+        vec![("GATEWAY_HEARTBEAT_INTERVAL_MS".into(), "5000".into())],
+    );
     let _nodes = start_nodes(7, &gw);
     let mut ctl = gw.control().await;
     wait_online(&mut ctl, 7).await;
