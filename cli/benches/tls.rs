@@ -18,28 +18,11 @@ use std::process::Command;
 use std::time::Instant;
 
 mod common;
-use common::{make_file, make_file_seeded};
+use common::{cli, make_file, make_file_seeded};
 
 use cyxcloud_testkit::cluster::{ACCESS_KEY, Cluster, ClusterOptions, SECRET_KEY};
 
 const MIB: u64 = 1 << 20;
-
-fn cli(c: &Cluster, home: &Path) -> Command {
-    let mut cmd = Command::new(cyxcloud_testkit::bin("cyxcloud"));
-    cmd.env("CYXCLOUD_GATEWAY", c.http_url())
-        .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
-        .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
-        .env("HOME", home)
-        .env("XDG_CACHE_HOME", home.join("cache"))
-        .env_remove("CYXCLOUD_GRPC_ADDRESS")
-        .arg("--quiet");
-    if c.opts.tls {
-        cmd.env("CYXCLOUD_CA_CERT", c.ca_path());
-    } else {
-        cmd.env_remove("CYXCLOUD_CA_CERT");
-    }
-    cmd
-}
 
 fn run(mut cmd: Command) -> f64 {
     let t = Instant::now();

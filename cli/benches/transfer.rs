@@ -14,9 +14,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::make_file;
+use common::{cli, make_file};
 
-use cyxcloud_testkit::cluster::{ACCESS_KEY, Cluster, ClusterOptions, SECRET_KEY};
+use cyxcloud_testkit::cluster::{Cluster, ClusterOptions};
 
 const GIB: u64 = 1 << 30;
 
@@ -46,17 +46,6 @@ fn raw_loopback(bytes: u64) -> f64 {
     drop(s);
     assert_eq!(reader.join().unwrap(), bytes);
     bytes as f64 / t.elapsed().as_secs_f64()
-}
-
-fn cli(c: &Cluster, home: &Path) -> Command {
-    let mut cmd = Command::new(cyxcloud_testkit::bin("cyxcloud"));
-    cmd.env("CYXCLOUD_GATEWAY", c.http_url())
-        .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
-        .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
-        .env("HOME", home)
-        .env("XDG_CACHE_HOME", home.join("cache"))
-        .arg("--quiet");
-    cmd
 }
 
 /// Runs `cmd`, sampling its peak RSS (VmHWM); returns (seconds, peak RSS bytes).

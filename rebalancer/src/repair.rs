@@ -154,6 +154,15 @@ impl Repairer {
         }
     }
 
+    /// Counts a repair that rebuilt `shards` (outcome `label`) and the bytes it moved.
+    fn count_repair(&mut self, label: &str, shards: usize, read: u64, written: u64) {
+        self.metrics.repairs.get_or_create(&result(label)).inc();
+        self.metrics.shards_repaired.inc_by(shards as u64);
+        self.metrics.bytes_read.inc_by(read);
+        self.metrics.bytes_written.inc_by(written);
+        self.recent.push((Instant::now(), written));
+    }
+
     fn finished(&mut self, job: Job) {
         self.in_flight.remove(&job.key);
         match job.result {
@@ -165,11 +174,7 @@ impl Repairer {
                         read,
                         written,
                     } => {
-                        self.metrics.repairs.get_or_create(&result("ok")).inc();
-                        self.metrics.shards_repaired.inc_by(shards as u64);
-                        self.metrics.bytes_read.inc_by(read);
-                        self.metrics.bytes_written.inc_by(written);
-                        self.recent.push((Instant::now(), written));
+                        self.count_repair("ok", shards, read, written);
                     }
                     Outcome::Partial {
                         shards,
@@ -177,11 +182,7 @@ impl Repairer {
                         written,
                         error,
                     } => {
-                        self.metrics.repairs.get_or_create(&result("partial")).inc();
-                        self.metrics.shards_repaired.inc_by(shards as u64);
-                        self.metrics.bytes_read.inc_by(read);
-                        self.metrics.bytes_written.inc_by(written);
-                        self.recent.push((Instant::now(), written));
+                        self.count_repair("partial", shards, read, written);
                         let delay = previous.map_or(Duration::from_secs(1), |r| {
                             (r.delay * 2).min(Duration::from_secs(300))
                         });

@@ -1,7 +1,30 @@
-//! What the CLI benchmarks share: deterministic incompressible files.
+//! What the CLI benchmarks share: deterministic incompressible files, and the `cyxcloud`
+//! command set up for a cluster.
 
 use std::io::Write;
 use std::path::Path;
+use std::process::Command;
+
+use cyxcloud_testkit::cluster::{ACCESS_KEY, Cluster, SECRET_KEY};
+
+/// `cyxcloud --quiet` for cluster `c` as its admin, with `home` as its home (and the cluster
+/// CA on a TLS cluster).
+pub fn cli(c: &Cluster, home: &Path) -> Command {
+    let mut cmd = Command::new(cyxcloud_testkit::bin("cyxcloud"));
+    cmd.env("CYXCLOUD_GATEWAY", c.http_url())
+        .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
+        .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
+        .env("HOME", home)
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env_remove("CYXCLOUD_GRPC_ADDRESS")
+        .arg("--quiet");
+    if c.opts.tls {
+        cmd.env("CYXCLOUD_CA_CERT", c.ca_path());
+    } else {
+        cmd.env_remove("CYXCLOUD_CA_CERT");
+    }
+    cmd
+}
 
 /// A file of `bytes` deterministic, incompressible bytes (xorshift).
 pub fn make_file(p: &Path, bytes: u64) {
