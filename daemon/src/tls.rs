@@ -67,6 +67,10 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .mode(mode)
         .open(&tmp)
         .map_err(io)?;
+    // The mode given at creation passes through the umask (a service's 027 would make the
+    // public certificate 0640): set it as asked.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(io)?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
@@ -217,6 +221,18 @@ impl ClusterCa {
     /// Where `ca.pem` is (to hand to clients).
     pub fn cert_path(&self) -> PathBuf {
         self.dir.join(Self::CERT_FILE)
+    }
+
+    /// Writes a copy of the CA certificate (public, mode 0644) to `path`, for nodes and
+    /// clients that may read it but not the directory that holds the CA's key.
+    pub fn export(&self, path: &Path) -> Result<()> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| TlsError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        write_file(path, self.cert_pem.as_bytes(), 0o644)
     }
 
     fn leaf_params(names: &[String], days: i64) -> Result<rcgen::CertificateParams> {
@@ -585,6 +601,15 @@ mod tests {
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+        // The exported copy is the certificate alone, readable by all.
+        let copy = dir.join("public").join("ca.pem");
+        ca.export(&copy).unwrap();
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), ca.cert_pem());
+        let mode = std::fs::metadata(&copy).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o644
+        );
     }
 
     #[tokio::test]

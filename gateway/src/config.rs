@@ -59,6 +59,9 @@ pub struct TlsConfig {
     /// `cert_path` is set) and every node. Empty: `<data_dir>/tls`. Gateways sharing one
     /// database must share it.
     pub ca_dir: String,
+    /// A file the CA certificate (public) is copied to at each start, mode 0644: for nodes
+    /// and clients on this host that must not read `ca_dir` (it holds the CA's key).
+    pub ca_export: String,
     /// Names (DNS names or IP addresses) the CA-made certificate carries besides the bind
     /// host, 127.0.0.1, localhost and this machine's host name.
     pub names: Vec<String>,
@@ -168,6 +171,7 @@ impl Default for TlsConfig {
             cert_path: String::new(),
             key_path: String::new(),
             ca_dir: String::new(),
+            ca_export: String::new(),
             names: Vec::new(),
         }
     }
@@ -268,6 +272,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("GATEWAY_TLS_CERT_PATH", "tls.cert_path"),
     ("GATEWAY_TLS_KEY_PATH", "tls.key_path"),
     ("GATEWAY_TLS_CA_DIR", "tls.ca_dir"),
+    ("GATEWAY_TLS_CA_EXPORT", "tls.ca_export"),
     ("GATEWAY_TLS_NAMES", "tls.names"),
 ];
 

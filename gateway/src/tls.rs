@@ -33,6 +33,11 @@ impl GatewayTls {
     pub fn open(config: &Config) -> Result<GatewayTls> {
         let ca = ClusterCa::load_or_create(&config.ca_dir()).map_err(tls_err)?;
         let t = &config.tls;
+        if !t.ca_export.is_empty() {
+            ca.export(std::path::Path::new(&t.ca_export))
+                .map_err(tls_err)?;
+            tracing::info!(path = %t.ca_export, "cluster CA certificate copied");
+        }
         let (server, files) = if t.cert_path.is_empty() {
             let mut names: Vec<String> = t.names.clone();
             let host = config.host.trim();

@@ -273,7 +273,16 @@ impl Config {
         if let Some(d) = &o.data_dir {
             layers = layers.set("flag --data-dir", "storage.data_dir", &d.to_string_lossy())?;
         }
-        let c: Config = layers.build()?;
+        let mut c: Config = layers.build()?;
+        // The join token given in the environment replaces the other form of it from the
+        // config file (the packaged node.toml names a token file; a container passes the
+        // token itself). Both in the same place stay an error.
+        let in_env = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
+        match (in_env("NODE_JOIN_TOKEN"), in_env("NODE_JOIN_TOKEN_FILE")) {
+            (true, false) => c.central.join_token_file.clear(),
+            (false, true) => c.central.join_token.clear(),
+            _ => {}
+        }
         c.validate()?;
         Ok(c)
     }

@@ -58,6 +58,20 @@ fn invalid_configuration_is_refused_before_any_port_is_bound() {
     let (code, out) = run_to_exit(cmd, tmp.path(), "typo");
     assert_ne!(code, 0);
     assert!(out.contains("network.grpc_prot"), "{out}");
+    // Both forms of the join token in one place.
+    std::fs::write(
+        &cfg,
+        "[central]\njoin_token = \"0123456789abcdef0123\"\njoin_token_file = \"/etc/x\"\n",
+    )
+    .unwrap();
+    let mut cmd = base_cmd(&data);
+    cmd.arg("--config")
+        .arg(&cfg)
+        .env_remove("NODE_JOIN_TOKEN")
+        .env_remove("NODE_JOIN_TOKEN_FILE");
+    let (code, out) = run_to_exit(cmd, tmp.path(), "both-tokens");
+    assert_ne!(code, 0);
+    assert!(out.contains("not both"), "{out}");
     // Same port twice.
     let mut cmd = base_cmd(&data);
     cmd.env("GRPC_PORT", "7777").env("METRICS_PORT", "7777");
@@ -84,6 +98,7 @@ fn config_file_env_and_flags_layer_and_metadata_is_written() {
              [storage]\ndata_dir = \"{}\"\nmax_capacity_gb = 2\n\
              [network]\nbind_address = \"127.0.0.1\"\ngrpc_port = 1\np2p_port = {}\n\
              [central]\nregister = false\ntoken_public_keys = [\"{}\"]\n\
+             join_token_file = \"/etc/cyxcloud/join-token\"\n\
              [cyxwiz_api]\nregister = false\n[metrics]\nport = {metrics}\n",
             tmp.path().join("file-data").display(),
             free_port(),
@@ -97,6 +112,9 @@ fn config_file_env_and_flags_layer_and_metadata_is_written() {
         .env("GRPC_PORT", grpc.to_string())
         .env("NODE_DATACENTER", "dc1")
         .env("NODE_RACK", "r7")
+        // Replaces the file's join_token_file (as a container's environment does).
+        .env("NODE_JOIN_TOKEN", "a-join-token-from-the-environment")
+        .env_remove("NODE_JOIN_TOKEN_FILE")
         .env("STORAGE_PATH", tmp.path().join("env-data"))
         .env_remove("NODE_ID")
         .env_remove("METRICS_PORT")
@@ -133,6 +151,10 @@ fn config_file_env_and_flags_layer_and_metadata_is_written() {
     );
     assert!(log.contains("\"datacenter\":\"dc1\""));
     assert!(log.contains("\"rack\":\"r7\""));
+    assert!(
+        log.contains("\"join_token\":\"<redacted>\"") && log.contains("\"join_token_file\":\"\""),
+        "the environment's join token replaces the file's token file: {log}"
+    );
     p.term();
     assert!(p.wait_exit(Duration::from_secs(20)).success());
 }
