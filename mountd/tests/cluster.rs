@@ -1,181 +1,58 @@
-//! A live cluster for the drive's tests: a real `cyxcloud-gateway` on SQLite and real
-//! `cyxcloud-node` processes on free ports, plus real `cyxcloud-mountd` mounts. Every process
-//! is killed when its handle drops; mounts are unmounted first.
+//! A live cluster for the drive's tests: the testkit's cluster (a real `cyxcloud-gateway` on
+//! SQLite and real `cyxcloud-node` processes on free ports), plus real `cyxcloud-mountd`
+//! mounts. Every process is killed when its handle drops; mounts are unmounted first.
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use cyxcloud_client::{Client, ClientConfig};
 use cyxcloud_proto::v1;
-use cyxcloud_testkit::{Proc, TempDir, bin, free_port, tempdir, wait_for_http, wait_until};
+use cyxcloud_testkit::cluster::ClusterOptions;
+use cyxcloud_testkit::{Proc, TempDir, bin, tempdir, wait_until};
 
-pub const ACCESS_KEY: &str = "CYXTESTADMINKEY00001";
-pub const SECRET_KEY: &str = "test-secret-key-for-the-drive-tests-0001";
+pub use cyxcloud_testkit::cluster::{ACCESS_KEY, SECRET_KEY};
 const START: Duration = Duration::from_secs(60);
 
-pub struct Node {
-    pub proc: Proc,
-    pub dir: PathBuf,
-    pub grpc: SocketAddr,
-    pub metrics: SocketAddr,
-    pub p2p: u16,
-    pub index: usize,
+/// The testkit's cluster (its gateway, nodes, rebalancer and fault operations) with a
+/// runtime for the client library calls the drive's tests make beside the mounts.
+pub struct Cluster {
+    pub tk: cyxcloud_testkit::cluster::Cluster,
+    pub rt: tokio::runtime::Runtime,
 }
 
-pub struct Cluster {
-    pub dir: TempDir,
-    pub gateway: Option<Proc>,
-    pub http: SocketAddr,
-    pub grpc: SocketAddr,
-    pub nodes: Vec<Option<Node>>,
-    pub rebalancer: Option<Proc>,
-    pub rt: tokio::runtime::Runtime,
-    gw_starts: u32,
+impl std::ops::Deref for Cluster {
+    type Target = cyxcloud_testkit::cluster::Cluster;
+    fn deref(&self) -> &Self::Target {
+        &self.tk
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tk
+    }
 }
 
 impl Cluster {
-    /// A gateway with `nodes` storage nodes, all registered and online.
+    /// A gateway with `nodes` storage nodes, all registered; 4 MiB chunks; no rebalancer
+    /// unless [`start_rebalancer`](cyxcloud_testkit::cluster::Cluster::start_rebalancer).
     pub fn start(nodes: usize) -> Cluster {
-        Self::start_with(nodes, &[])
-    }
-
-    pub fn start_with(nodes: usize, gw_settings: &[&str]) -> Cluster {
-        let dir = tempdir().unwrap();
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let mut c = Cluster {
-            dir,
-            gateway: None,
-            http,
-            grpc,
-            nodes: Vec::new(),
-            rebalancer: None,
-            rt,
-            gw_starts: 0,
-        };
-        c.start_gateway(gw_settings);
-        for i in 0..nodes {
-            let n = c.spawn_node(i);
-            c.nodes.push(Some(n));
-        }
-        for n in c.nodes.iter().flatten() {
-            wait_for_http(n.metrics, "/health", START);
-        }
-        c.wait_online(nodes);
-        c
-    }
-
-    fn gateway_settings(&self) -> Vec<String> {
-        vec![
-            "nodes.heartbeat_interval_ms=1000".into(),
-            "nodes.latency_probe_ms=1000".into(),
-            "storage.chunk_size_bytes=4194304".into(),
-        ]
-    }
-
-    pub fn start_gateway(&mut self, extra: &[&str]) {
-        self.gw_starts += 1;
-        let mut cmd = Command::new(bin("cyxcloud-gateway"));
-        cmd.env("RUST_LOG", "info")
-            .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
-            .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
-            .env("GATEWAY_NODE_JOIN_TOKEN", cyxcloud_testkit::JOIN_TOKEN)
-            .env("GATEWAY_TLS", "false")
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .arg("--data-dir")
-            .arg(self.dir.path().join("gateway"))
-            .args(["--host", "127.0.0.1"])
-            .args(["--port", &self.http.port().to_string()])
-            .args(["--grpc-port", &self.grpc.port().to_string()]);
-        for s in self.gateway_settings() {
-            cmd.args(["--set", &s]);
-        }
-        for s in extra {
-            cmd.args(["--set", s]);
-        }
-        let log = self
-            .dir
-            .path()
-            .join(format!("gateway-{}.log", self.gw_starts));
-        self.gateway = Some(Proc::spawn("gateway", cmd, &log));
-        wait_for_http(self.http, "/health", START);
-    }
-
-    pub fn kill_gateway(&mut self) {
-        if let Some(mut g) = self.gateway.take() {
-            g.kill9();
-        }
-    }
-
-    fn spawn_node(&self, i: usize) -> Node {
-        let dir = self.dir.path().join(format!("node{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let p2p = free_port();
-        let mut cmd = Command::new(bin("cyxcloud-node"));
-        cmd.current_dir(&dir)
-            .env("RUST_LOG", "warn")
-            .env("NODE_ID", format!("node-{i}"))
-            .env("GRPC_HOST", "127.0.0.1")
-            .env("GRPC_PORT", grpc.port().to_string())
-            .env("METRICS_PORT", metrics.port().to_string())
-            .env("LIBP2P_PORT", p2p.to_string())
-            .env("STORAGE_PATH", dir.join("data"))
-            .env("CYXWIZ_API_REGISTER", "false")
-            .env("CENTRAL_REGISTER", "true")
-            .env("CENTRAL_ADDRESS", format!("http://{}", self.grpc))
-            .env("NODE_JOIN_TOKEN", cyxcloud_testkit::JOIN_TOKEN)
-            .env_remove("CYXCLOUD_TOKEN_PUBLIC_KEYS")
-            .env_remove("BOOTSTRAP_PEERS");
-        let proc = Proc::spawn(&format!("node-{i}"), cmd, &dir.join("node.log"));
-        Node {
-            proc,
-            dir,
-            grpc,
-            metrics,
-            p2p,
-            index: i,
-        }
-    }
-
-    /// SIGKILL of node `i`.
-    pub fn kill_node(&mut self, i: usize) {
-        if let Some(mut n) = self.nodes[i].take() {
-            n.proc.kill9();
-        }
-    }
-
-    pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-
-    pub fn http_url(&self) -> String {
-        format!("http://{}", self.http)
-    }
-
-    /// Starts `cyxcloud-rebalancer` against the gateway (default settings).
-    pub fn start_rebalancer(&mut self) {
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let log = self.dir.path().join("rebalancer.log");
-        self.rebalancer = Some(cyxcloud_testkit::spawn_rebalancer(
-            &self.grpc_url(),
-            (ACCESS_KEY, SECRET_KEY),
-            metrics.port(),
-            &[],
-            &log,
-        ));
-        wait_for_http(metrics, "/health", START);
+        let tk = cyxcloud_testkit::cluster::Cluster::start(ClusterOptions {
+            nodes,
+            chunk_size: Some(4 << 20),
+            rebalancer: false,
+            gateway_settings: vec!["nodes.latency_probe_ms=1000".into()],
+            ..Default::default()
+        });
+        Cluster { tk, rt }
     }
 
     /// Waits until the gateway counts `offline` nodes offline, then until no chunk is below
@@ -213,23 +90,6 @@ impl Cluster {
         self.rt.block_on(Client::connect(cfg)).unwrap()
     }
 
-    fn wait_online(&self, n: usize) {
-        let c = self.client();
-        wait_until(START, &format!("{n} nodes online"), || {
-            let s = self
-                .rt
-                .block_on(c.control().cluster_status(v1::ClusterStatusRequest {}))
-                .ok()?
-                .into_inner();
-            let online = s
-                .nodes
-                .iter()
-                .filter(|x| x.state == v1::NodeState::Online as i32)
-                .count();
-            (online >= n).then_some(())
-        });
-    }
-
     /// Names in bucket `bucket` at the gateway, by S3-style listing.
     pub fn list(&self, bucket: &str) -> Vec<String> {
         let c = self.client();
@@ -243,6 +103,21 @@ impl Cluster {
             .unwrap()
             .into_inner();
         r.objects.into_iter().map(|o| o.path).collect()
+    }
+
+    /// A user who is not an admin, with a storage quota (0: none): (access key, secret key).
+    pub fn create_user(&self, name: &str, quota_bytes: u64) -> (String, String) {
+        let c = self.client();
+        let u = self
+            .rt
+            .block_on(c.control().create_user(v1::CreateUserRequest {
+                name: name.into(),
+                quota_bytes,
+                admin: false,
+            }))
+            .unwrap()
+            .into_inner();
+        (u.access_key, u.secret_key)
     }
 
     pub fn create_bucket(&self, name: &str) {
@@ -274,8 +149,17 @@ impl Mount {
         Mount::start_logging(c, args, "info,cyxcloud_mountd=debug")
     }
 
+    /// [`Mount::start`] with another user's access key.
+    pub fn start_as(c: &Cluster, args: &[&str], (access, secret): (&str, &str)) -> Mount {
+        Mount::start_with(c, args, "info,cyxcloud_mountd=debug", (access, secret))
+    }
+
     /// [`Mount::start`] with log filter `log` (`RUST_LOG`).
     pub fn start_logging(c: &Cluster, args: &[&str], log: &str) -> Mount {
+        Mount::start_with(c, args, log, (ACCESS_KEY, SECRET_KEY))
+    }
+
+    fn start_with(c: &Cluster, args: &[&str], log: &str, (access, secret): (&str, &str)) -> Mount {
         let dir = tempdir().unwrap();
         let path = dir.path().join("mnt");
         let cache = dir.path().join("cache");
@@ -288,8 +172,8 @@ impl Mount {
             env: vec![
                 ("CYXCLOUD_GATEWAY".into(), c.http_url()),
                 ("CYXCLOUD_GRPC_ADDRESS".into(), c.grpc_url()),
-                ("CYXCLOUD_ACCESS_KEY".into(), ACCESS_KEY.into()),
-                ("CYXCLOUD_SECRET_KEY".into(), SECRET_KEY.into()),
+                ("CYXCLOUD_ACCESS_KEY".into(), access.into()),
+                ("CYXCLOUD_SECRET_KEY".into(), secret.into()),
             ],
             _dir: dir,
             starts: 0,

@@ -1,7 +1,7 @@
 //! A real CyxCloud cluster for multi-process tests: one `cyxcloud-gateway` (SQLite in a temp
 //! dir unless a database URL is given) and N `cyxcloud-node` processes on RocksDB, all on free
-//! ports, killed when the [`Cluster`] is dropped. Fault operations: kill / restart a node,
-//! stop / restart the gateway.
+//! ports, killed when the [`Cluster`] is dropped. Fault operations: kill / restart / pause
+//! (SIGSTOP) / resume a node, rot on a node's disk, stop / restart the gateway.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -331,6 +331,70 @@ impl Cluster {
         }
     }
 
+    /// The sum of the gauge or counter `name` (unlabelled) over the running nodes' `/metrics`,
+    /// e.g. `cyxcloud_bytes_uploaded` to see that writes reached the nodes.
+    pub fn node_metric_sum(&self, name: &str) -> u64 {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_up())
+            .map(|n| {
+                let (_, m) = http_get(n.metrics_addr(), "/metrics").expect("node metrics");
+                m.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("{name} missing from the metrics of {}", n.id))
+                    as u64
+            })
+            .sum()
+    }
+
+    /// SIGSTOPs node `i`: it hangs with its sockets open (a node that stopped answering).
+    pub fn pause_node(&self, i: usize) {
+        if let Some(p) = &self.nodes[i].proc {
+            p.pause();
+        }
+    }
+
+    /// SIGCONTs node `i`.
+    pub fn resume_node(&self, i: usize) {
+        if let Some(p) = &self.nodes[i].proc {
+            p.resume();
+        }
+    }
+
+    /// Rot on node `i`'s disk: the node is stopped (after one restart, so RocksDB has moved
+    /// every shard from its log into blob files), 64 bytes every 32 KiB of each of its blob
+    /// files are flipped (so every shard record of 32 KiB or more is hit; the files' first and
+    /// last 4 KiB, with their header and footer, are left alone), and it is started again.
+    /// Returns how many files were damaged.
+    pub fn corrupt_node_disk(&mut self, i: usize) -> usize {
+        self.kill_node(i);
+        self.start_node(i);
+        self.wait_registered(i);
+        self.kill_node(i);
+        let blobs = blob_files(&self.nodes[i].dir);
+        assert!(
+            !blobs.is_empty(),
+            "no blob file under {}",
+            self.nodes[i].dir.display()
+        );
+        for b in &blobs {
+            let mut bytes = std::fs::read(b).expect("read blob file");
+            let end = bytes.len().saturating_sub(4096);
+            let mut at = 4096;
+            while at + 64 <= end {
+                for x in &mut bytes[at..at + 64] {
+                    *x ^= 0xA5;
+                }
+                at += 32 * 1024;
+            }
+            std::fs::write(b, bytes).expect("write blob file");
+        }
+        self.start_node(i);
+        self.wait_registered(i);
+        blobs.len()
+    }
+
     /// Waits until node `i` reports itself registered with the gateway.
     pub fn wait_registered(&self, i: usize) {
         let n = &self.nodes[i];
@@ -355,6 +419,23 @@ fn json_number(body: &str, key: &str) -> Option<u64> {
         .take_while(char::is_ascii_digit)
         .collect();
     digits.parse().ok()
+}
+
+/// Every `*.blob` file (RocksDB's blob store, where a node keeps shard bytes) under `dir`.
+fn blob_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "blob") {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

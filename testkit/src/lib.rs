@@ -1,7 +1,8 @@
 //! `cyxcloud-testkit`: what every multi-process test needs, with no async runtime so any test
 //! can use it.
 //!
-//! * [`free_port`]: a port nobody in this test process was handed before, free at the time.
+//! * [`free_port`]: a port outside the kernel's ephemeral range, locked against the other test
+//!   processes, so it stays free until the child it is meant for binds it.
 //! * [`Proc`]: a child process killed (SIGKILL) and reaped on drop, its output in a log file
 //!   that is printed when a test fails, with fault operations: `kill9`, `term`, `pause`,
 //!   `resume`.
@@ -64,17 +65,85 @@ pub use tempfile::{TempDir, tempdir};
 /// The node join token of every test cluster's gateway, which its nodes present.
 pub const JOIN_TOKEN: &str = "cyxcloud-test-join-token-0123456789";
 
-/// Returns a free TCP port on 127.0.0.1 that this process has not handed out before.
+/// Returns a TCP port for a child process to bind on 127.0.0.1 (or 0.0.0.0). Between this call
+/// and the child's bind nobody else may take it, so it is
+/// * outside the kernel's ephemeral range (`ip_local_port_range`), where every outgoing
+///   connection and every bind to port 0 of any process takes its port;
+/// * reserved against the other test processes (nextest runs each test in its own) by an
+///   exclusive lock on `$TMPDIR/cyxcloud-test-ports/<port>`, held until this process exits;
+/// * never handed out twice by this process, and free (bindable) when handed out.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = l.local_addr().expect("local addr").port();
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if given.get_or_insert_with(HashSet::new).insert(port) {
+    /// Ports handed out, the locks that reserve them, where the next search starts.
+    type Given = (HashSet<u16>, Vec<std::fs::File>, u32);
+    static GIVEN: Mutex<Option<Given>> = Mutex::new(None);
+    let (lo, hi) = reservable_ports();
+    let span = u32::from(hi - lo) + 1;
+    let mut g = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let (given, locks, next) = g.get_or_insert_with(|| {
+        // Processes start at different places, so they rarely contend for one lock.
+        let seed = std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        (HashSet::new(), Vec::new(), seed % span)
+    });
+    let dir = std::env::temp_dir().join("cyxcloud-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    for _ in 0..span {
+        let port = lo + (*next % span) as u16;
+        *next = next.wrapping_add(1);
+        if given.contains(&port) {
+            continue;
+        }
+        let Some(lock) = lock_port(&dir, port) else {
+            continue;
+        };
+        let bindable = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("0.0.0.0", port)).is_ok();
+        if bindable {
+            given.insert(port);
+            locks.push(lock);
             return port;
         }
     }
+    panic!("no free port in {lo}..={hi} outside the ephemeral range");
+}
+
+/// The ports [`free_port`] hands out: below the ephemeral range (or above it when it starts
+/// too low), never below 10000.
+fn reservable_ports() -> (u16, u16) {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let mut it = range
+        .as_deref()
+        .unwrap_or("32768 60999")
+        .split_whitespace()
+        .filter_map(|n| n.parse::<u32>().ok());
+    let (eph_lo, eph_hi) = (it.next().unwrap_or(32768), it.next().unwrap_or(60999));
+    if eph_lo >= 12_000 {
+        (10_000, (eph_lo - 1).min(u32::from(u16::MAX)) as u16)
+    } else if eph_hi <= 63_000 {
+        ((eph_hi + 1) as u16, u16::MAX)
+    } else {
+        panic!("the ephemeral port range {eph_lo}-{eph_hi} leaves no room for test ports")
+    }
+}
+
+/// An exclusive, non-blocking lock on `dir/<port>`, or `None` when another process holds it.
+fn lock_port(dir: &Path, port: u16) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+        .ok()?;
+    flock_exclusive(f.as_raw_fd()).then_some(f)
+}
+
+#[allow(unsafe_code)]
+fn flock_exclusive(fd: i32) -> bool {
+    // SAFETY: flock(2) on a descriptor this process owns; no memory is passed.
+    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// Path of the workspace binary `name` (built by `cargo test --workspace` next to the test
@@ -309,9 +378,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_are_unique() {
-        let a: HashSet<u16> = (0..50).map(|_| free_port()).collect();
-        assert_eq!(a.len(), 50);
+    fn ports_are_unique_outside_the_ephemeral_range_and_locked() {
+        let a: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        assert_eq!(a.iter().collect::<HashSet<_>>().len(), 50);
+        let (lo, hi) = reservable_ports();
+        assert!(a.iter().all(|p| (lo..=hi).contains(p)), "{a:?}");
+        assert!(lo >= 10_000);
+        // Another process cannot take them: its lock attempt fails while this process lives.
+        let dir = std::env::temp_dir().join("cyxcloud-test-ports");
+        let out = Command::new("flock")
+            .args(["-n", "-E", "75"])
+            .arg(dir.join(a[0].to_string()))
+            .arg("true")
+            .status()
+            .unwrap();
+        assert_eq!(out.code(), Some(75), "the port's lock was free");
     }
 
     #[test]
@@ -322,8 +403,21 @@ mod tests {
         let mut p = Proc::spawn("sleep", cmd, &dir.path().join("sleep.log"));
         let pid = p.pid();
         assert!(p.is_running());
+        // SIGSTOP stops it (state T in /proc), SIGCONT lets it go on (R or S) again.
+        let state = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            // "pid (comm) S ...": the state follows the command's closing parenthesis.
+            stat.rsplit_once(") ").unwrap().1.chars().next().unwrap()
+        };
+        assert_ne!(state(), 'T');
         p.pause();
+        wait_until(Duration::from_secs(10), "sleep to stop", || {
+            (state() == 'T').then_some(())
+        });
         p.resume();
+        wait_until(Duration::from_secs(10), "sleep to run again", || {
+            (state() != 'T').then_some(())
+        });
         drop(p);
         // The pid is reaped: /proc/<pid> no longer refers to our sleep.
         let status = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
