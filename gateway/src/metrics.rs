@@ -2,6 +2,11 @@
 //!
 //! * `cyxcloud_gateway_requests_total{method,code}`: control/registry RPCs by outcome.
 //! * `cyxcloud_gateway_request_duration_seconds{method}`: their latency.
+//! * `cyxcloud_s3_requests_total{method,status}`: S3 API requests by HTTP method and status
+//!   (a client's retries can hide a 5xx; this cannot).
+//! * `cyxcloud_s3_request_duration_seconds{method}`: their latency to the response head.
+//! * `cyxcloud_s3_aborted_responses_total`: responses cut off after their head (an object
+//!   that stopped being readable mid-transfer): a server error no status code shows.
 //! * `cyxcloud_gateway_nodes{state}`: registered nodes by state.
 //! * `cyxcloud_gateway_objects`, `cyxcloud_gateway_bytes`: files and their logical bytes.
 //! * `cyxcloud_gateway_journal_seq`: the last journal sequence.
@@ -25,6 +30,9 @@ pub struct Metrics {
     pub registry: Arc<Mutex<Registry>>,
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram>,
+    s3_requests: Family<Labels, Counter>,
+    s3_latency: Family<Labels, Histogram>,
+    s3_aborted: Counter,
     nodes: Family<Labels, Gauge>,
     objects: Gauge,
     bytes: Gauge<u64, AtomicU64>,
@@ -51,6 +59,11 @@ impl Metrics {
         let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.00005, 2.0, 18))
         });
+        let s3_requests = Family::<Labels, Counter>::default();
+        let s3_latency = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
+        let s3_aborted = Counter::default();
         let nodes = Family::<Labels, Gauge>::default();
         let objects = Gauge::default();
         let bytes = Gauge::<u64, AtomicU64>::default();
@@ -64,6 +77,21 @@ impl Metrics {
             "cyxcloud_gateway_request_duration_seconds",
             "Control and registry RPC latency",
             latency.clone(),
+        );
+        r.register(
+            "cyxcloud_s3_requests",
+            "S3 API requests by HTTP method and response status",
+            s3_requests.clone(),
+        );
+        r.register(
+            "cyxcloud_s3_request_duration_seconds",
+            "S3 API latency to the response head",
+            s3_latency.clone(),
+        );
+        r.register(
+            "cyxcloud_s3_aborted_responses",
+            "S3 responses cut off after their head",
+            s3_aborted.clone(),
         );
         r.register(
             "cyxcloud_gateway_nodes",
@@ -89,6 +117,9 @@ impl Metrics {
             registry: Arc::new(Mutex::new(r)),
             requests,
             latency,
+            s3_requests,
+            s3_latency,
+            s3_aborted,
             nodes,
             objects,
             bytes,
@@ -113,6 +144,24 @@ impl Metrics {
         self.latency
             .get_or_create(&vec![("method".into(), method.into())])
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records one S3 request.
+    pub fn observe_s3(&self, method: &str, status: u16, started: Instant) {
+        self.s3_requests
+            .get_or_create(&vec![
+                ("method".into(), method.into()),
+                ("status".into(), status.to_string()),
+            ])
+            .inc();
+        self.s3_latency
+            .get_or_create(&vec![("method".into(), method.into())])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records an S3 response cut off after its head.
+    pub fn s3_aborted(&self) {
+        self.s3_aborted.inc();
     }
 
     /// Refreshes the gauges from the store.

@@ -656,13 +656,19 @@ impl Writes {
             }
             out.push((c.index, flags));
         }
+        // Nodes that did not answer the check: their shards count as missing, but a shortfall
+        // they cause is the cluster's (retry), not a false claim by the client.
+        let mut unverified: HashSet<(u32, usize)> = HashSet::new();
         if self.cfg.verify_commits && !claims.is_empty() {
-            let present = self.has_shards(claims).await;
+            let (present, silent) = self.has_shards(claims).await;
             for (idx, flags) in &mut out {
                 let p = &placed[idx];
                 for (i, f) in flags.iter_mut().enumerate() {
                     if *f && !present.contains(&(p.nodes[i].clone(), p.meta.shard_hashes[i])) {
                         *f = false;
+                        if silent.contains(&p.nodes[i]) {
+                            unverified.insert((*idx, i));
+                        }
                     }
                 }
             }
@@ -680,23 +686,47 @@ impl Writes {
                     .filter(|(_, f)| !**f)
                     .map(|(i, _)| format!("{i}@{}", p.nodes[i]))
                     .collect();
-                return Err(Error::PreconditionFailed(format!(
+                let msg = format!(
                     "chunk {idx} has {have} of {} shards stored, fewer than the success threshold \
                      {threshold}; missing: {}",
                     s.profile.total(),
                     missing.join(", ")
-                )));
+                );
+                let silent: Vec<&String> = (0..flags.len())
+                    .filter(|i| unverified.contains(&(*idx, *i)))
+                    .map(|i| &p.nodes[i])
+                    .collect();
+                return Err(if silent.is_empty() {
+                    Error::PreconditionFailed(msg)
+                } else {
+                    Error::Unavailable(format!(
+                        "{msg} (nodes that did not answer: {}; write the chunk again)",
+                        silent
+                            .iter()
+                            .map(|n| n.as_str())
+                            .collect::<std::collections::BTreeSet<_>>()
+                            .into_iter()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                });
             }
         }
         Ok(out)
     }
 
-    /// Asks the nodes which of the claimed shards they hold.
-    async fn has_shards(&self, claims: BTreeMap<String, Vec<Hash>>) -> HashSet<(String, Hash)> {
+    /// Asks the nodes which of the claimed shards they hold: the shards confirmed, and the
+    /// nodes that could not be asked (unknown, unreachable, or no answer in time).
+    async fn has_shards(
+        &self,
+        claims: BTreeMap<String, Vec<Hash>>,
+    ) -> (HashSet<(String, Hash)>, HashSet<String>) {
         let nodes = self.registry.node_map().await.unwrap_or_default();
         let mut tasks = Vec::new();
+        let mut silent = HashSet::new();
         for (node, hashes) in claims {
             let Some(addr) = nodes.get(&node).map(|n| n.address.clone()) else {
+                silent.insert(node);
                 continue;
             };
             let ch = self.channel(&addr);
@@ -730,15 +760,21 @@ impl Writes {
         }
         let mut out = HashSet::new();
         for t in tasks {
-            if let Ok((node, hashes, Some(present))) = t.await {
-                for (h, p) in hashes.into_iter().zip(present) {
-                    if p {
-                        out.insert((node.clone(), h));
+            match t.await {
+                Ok((node, hashes, Some(present))) => {
+                    for (h, p) in hashes.into_iter().zip(present) {
+                        if p {
+                            out.insert((node.clone(), h));
+                        }
                     }
                 }
+                Ok((node, _, None)) => {
+                    silent.insert(node);
+                }
+                Err(_) => {}
             }
         }
-        out
+        (out, silent)
     }
 
     fn channel(&self, addr: &str) -> Result<tonic::transport::Channel> {

@@ -26,20 +26,135 @@ use cyxcloud_testkit::cluster::{ACCESS_KEY, Cluster, ClusterOptions, SECRET_KEY}
 /// Chunk size of test clusters: small, so that a few MiB exercise many chunks.
 pub const CHUNK: u64 = 1 << 20;
 
-/// A cluster of `nodes` real nodes whose gateway has the extra `settings` (`key=value`).
-pub fn cluster(nodes: usize, settings: &[&str]) -> Cluster {
-    cluster_with(nodes, settings, 1000)
-}
-
-/// [`cluster`] with a heartbeat interval.
-pub fn cluster_with(nodes: usize, settings: &[&str], heartbeat_ms: u64) -> Cluster {
-    Cluster::start(ClusterOptions {
+/// A cluster of `nodes` real nodes whose gateway has the extra `settings` (`key=value`), with
+/// the testkit's heartbeats.
+pub fn cluster(nodes: usize, settings: &[&str]) -> S3Cluster {
+    S3Cluster::new(Cluster::start(ClusterOptions {
         nodes,
-        heartbeat_ms,
         chunk_size: Some(CHUNK),
         gateway_settings: settings.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
-    })
+    }))
+}
+
+/// A test cluster that, when the test ends without failing, checks in the gateway's
+/// `/metrics` that it answered no S3 request with a 5xx and cut off no response: the SDK and
+/// the command-line clients retry server errors, which would otherwise pass unseen.
+pub struct S3Cluster {
+    cluster: Cluster,
+    /// 5xx answers and cut-off responses the test causes on purpose.
+    expected: (u64, u64),
+}
+
+impl S3Cluster {
+    pub fn new(cluster: Cluster) -> S3Cluster {
+        S3Cluster {
+            cluster,
+            expected: (0, 0),
+        }
+    }
+
+    /// The test causes exactly `errors` 5xx answers and `cut` cut-off responses.
+    pub fn expect_server_errors(&mut self, errors: u64, cut: u64) {
+        self.expected = (errors, cut);
+    }
+
+    /// `(5xx answers, cut-off responses)` so far, from the gateway's `/metrics`.
+    pub fn server_errors(&self) -> (u64, u64) {
+        let metrics = if self.cluster.opts.tls {
+            let out = std::process::Command::new("curl")
+                .args(["-fsS", "--cacert"])
+                .arg(self.cluster.ca_path())
+                .arg(format!("{}/metrics", self.cluster.http_url()))
+                .output()
+                .expect("curl");
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        } else {
+            let (status, m) =
+                cyxcloud_testkit::http_get(self.cluster.http_addr(), "/metrics").expect("metrics");
+            assert_eq!(status, 200, "{m}");
+            m
+        };
+        server_errors_in(&metrics)
+    }
+}
+
+/// `(5xx answers other than 501, cut-off responses)` in a gateway's metrics text.
+fn server_errors_in(metrics: &str) -> (u64, u64) {
+    let value = |l: &str| {
+        l.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    let errors = metrics
+        .lines()
+        // 501 NotImplemented refuses a feature on purpose (and no client retries it).
+        .filter(|l| {
+            l.starts_with("cyxcloud_s3_requests_total{")
+                && l.contains("status=\"5")
+                && !l.contains("status=\"501\"")
+        })
+        .map(value)
+        .sum();
+    let cut = metrics
+        .lines()
+        .filter(|l| l.starts_with("cyxcloud_s3_aborted_responses_total"))
+        .map(value)
+        .sum();
+    (errors, cut)
+}
+
+impl std::ops::Deref for S3Cluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+impl std::ops::DerefMut for S3Cluster {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.cluster
+    }
+}
+
+impl Drop for S3Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() || self.cluster.gateway.is_none() {
+            return;
+        }
+        let got = self.server_errors();
+        if got != self.expected {
+            let log = self
+                .cluster
+                .gateway
+                .as_ref()
+                .map(|g| g.log())
+                .unwrap_or_default();
+            let why: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("ERROR") || l.contains(" WARN ") || l.contains("status=5"))
+                .collect();
+            panic!(
+                "(S3 answers with a 5xx status, responses cut off) by the gateway: {got:?}, \
+                 expected {:?}; the gateway's errors and warnings:\n{}",
+                self.expected,
+                why.join("\n")
+            );
+        }
+    }
+}
+
+#[test]
+fn server_errors_are_read_from_the_metrics() {
+    let m = "cyxcloud_s3_requests_total{method=\"GET\",status=\"200\"} 9\n\
+             cyxcloud_s3_requests_total{method=\"GET\",status=\"503\"} 2\n\
+             cyxcloud_s3_requests_total{method=\"PUT\",status=\"500\"} 1\n\
+             cyxcloud_s3_requests_total{method=\"PUT\",status=\"404\"} 5\n\
+             cyxcloud_s3_requests_total{method=\"PUT\",status=\"501\"} 4\n\
+             cyxcloud_s3_aborted_responses_total 1\n";
+    assert_eq!(server_errors_in(m), (3, 1));
 }
 
 /// An `aws-sdk-s3` client for `endpoint` (path style, plain HTTP).
@@ -75,6 +190,22 @@ pub fn data(n: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// The whole body of object `b/k`.
+pub async fn get_bytes(c: &aws_sdk_s3::Client, b: &str, k: &str) -> Vec<u8> {
+    c.get_object()
+        .bucket(b)
+        .key(k)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("get {b}/{k}: {e:?}"))
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes()
+        .to_vec()
 }
 
 pub fn md5_hex(b: &[u8]) -> String {

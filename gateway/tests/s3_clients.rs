@@ -121,8 +121,7 @@ fn tools() -> [PathBuf; 5] {
 fn s3_real_clients() {
     let [py, aws, rclone, s3cmd, s3fs] = tools();
 
-    // Heavy transfers load both cores: a lenient heartbeat keeps nodes online meanwhile.
-    let cl = super::cluster_with(7, &[], 2000);
+    let cl = super::cluster(7, &[]);
     let endpoint = cl.http_url();
     let tmp = tempdir().unwrap();
     let files = make_files(tmp.path());
@@ -648,12 +647,12 @@ fn attempt(cmd: &mut Command) -> (bool, String) {
 fn s3_clients_over_tls_with_the_cluster_ca() {
     use cyxcloud_testkit::cluster::{Cluster, ClusterOptions};
     let [py, aws, rclone, s3cmd, s3fs] = tools();
-    let cl = Cluster::start(ClusterOptions {
+    let cl = super::S3Cluster::new(Cluster::start(ClusterOptions {
         nodes: 7,
         chunk_size: Some(super::CHUNK),
         tls: true,
         ..Default::default()
-    });
+    }));
     let endpoint = cl.http_url();
     assert!(endpoint.starts_with("https://"));
     let ca = cl.ca_path();

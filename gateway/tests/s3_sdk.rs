@@ -14,7 +14,7 @@ use aws_sdk_s3::types::{
 use base64::Engine;
 use cyxcloud_testkit::cluster::{ACCESS_KEY, SECRET_KEY};
 
-use super::{cluster, data, md5_hex, sdk, sdk_with};
+use super::{cluster, data, get_bytes, md5_hex, sdk, sdk_with};
 
 const MIB: usize = 1 << 20;
 
@@ -30,21 +30,6 @@ fn err<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
             (code, status)
         }
     }
-}
-
-async fn get_bytes(c: &Client, b: &str, k: &str) -> Vec<u8> {
-    c.get_object()
-        .bucket(b)
-        .key(k)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("get {b}/{k}: {e:?}"))
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes()
-        .to_vec()
 }
 
 async fn put(c: &Client, b: &str, k: &str, body: &[u8]) -> String {
@@ -837,10 +822,7 @@ async fn multipart(c: &Client) {
         .send()
         .await);
     assert_eq!(code, "InvalidPartOrder");
-    let small = CompletedMultipartUpload::builder()
-        .set_parts(Some(vec![completed[2].clone()]))
-        .build();
-    // A single (last) part may be small; but a small part before another is refused.
+    // A small part before another is refused; a single (last) part may be small.
     let up2 = c
         .create_multipart_upload()
         .bucket(b)
@@ -875,28 +857,53 @@ async fn multipart(c: &Client) {
         .upload_id(&id2)
         .multipart_upload(
             CompletedMultipartUpload::builder()
-                .set_parts(Some(small_parts))
+                .set_parts(Some(small_parts.clone()))
                 .build(),
         )
         .send()
         .await);
     assert_eq!(code, "EntityTooSmall");
-    c.abort_multipart_upload()
+    // The refusal leaves the upload open: completed with its first part alone, it holds
+    // those 100 bytes.
+    let one = c
+        .complete_multipart_upload()
         .bucket(b)
         .key("mp/small")
         .upload_id(&id2)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(small_parts[..1].to_vec()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(one.e_tag().is_some_and(|e| e.ends_with("-1\"")), "{one:?}");
+    assert_eq!(get_bytes(c, b, "mp/small").await, vec![1u8; 100]);
+    // An aborted upload is gone.
+    let up3 = c
+        .create_multipart_upload()
+        .bucket(b)
+        .key("mp/aborted")
+        .send()
+        .await
+        .unwrap();
+    let id3 = up3.upload_id().unwrap().to_string();
+    c.abort_multipart_upload()
+        .bucket(b)
+        .key("mp/aborted")
+        .upload_id(&id3)
         .send()
         .await
         .unwrap();
     let (code, status) = err(c
         .list_parts()
         .bucket(b)
-        .key("mp/small")
-        .upload_id(&id2)
+        .key("mp/aborted")
+        .upload_id(&id3)
         .send()
         .await);
     assert_eq!((code.as_str(), status), ("NoSuchUpload", 404));
-    let _ = small;
     let (code, _) = err(c
         .upload_part()
         .bucket(b)

@@ -230,9 +230,11 @@ impl Data {
             }
             None => return Ok(Body::empty()),
         };
-        let rest = stream.map(|piece| {
+        let metrics = self.gw.metrics.clone();
+        let rest = stream.map(move |piece| {
             piece.map_err(|e| {
                 tracing::warn!(error = %e, "an object stopped being readable mid-transfer; aborting the connection");
+                metrics.s3_aborted();
                 e
             })
         });

@@ -180,7 +180,17 @@ async fn serve(mut rx: watch::Receiver<Option<Arc<State>>>, req: Request) -> Res
     }
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("CyxCloud"));
-    tracing::debug!(%method, path = %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "S3 request");
+    state
+        .gw
+        .metrics
+        .observe_s3(method.as_str(), resp.status().as_u16(), started);
+    let status = resp.status().as_u16();
+    let ms = started.elapsed().as_millis() as u64;
+    if status >= 500 && status != 501 {
+        tracing::warn!(%method, path = %path, status, ms, request_id = %request_id, "S3 request answered with a server error");
+    } else {
+        tracing::debug!(%method, path = %path, status, ms, "S3 request");
+    }
     resp
 }
 
