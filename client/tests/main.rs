@@ -70,7 +70,13 @@ async fn get(client: &Client, b: &str, key: &str, opts: ReadOptions) -> Vec<u8> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn files_round_trip_at_every_size_and_ranges_read_only_what_they_touch() {
-    let c = cluster(7);
+    // No rebalancer: its audits would read shards while node traffic is being counted.
+    let c = Cluster::start(ClusterOptions {
+        nodes: 7,
+        chunk_size: Some(MIB as u64),
+        rebalancer: false,
+        ..Default::default()
+    });
     let client = client(&c).await;
     bucket(&client, "sizes").await;
     for (i, len) in [
@@ -128,20 +134,50 @@ async fn files_round_trip_at_every_size_and_ranges_read_only_what_they_touch() {
         (MIB as u64 + 7, 2 * MIB as u64),
         (3 * MIB as u64, 1 << 30),
     ] {
+        let served = c.node_metric_sum("cyxcloud_bytes_downloaded");
         let got = client
             .read_range(path_ref("sizes", key), off, len, ReadOptions::default())
             .await
             .expect("range");
         let end = ((off + len) as usize).min(bytes.len());
         assert_eq!(&got[..], &bytes[off as usize..end], "range {off}+{len}");
+        // What the nodes served: a small range exactly its bytes; a large one whole shards of
+        // the chunks it touches and no others.
+        let served = c.node_metric_sum("cyxcloud_bytes_downloaded") - served;
+        let want = (end - off as usize) as u64;
+        let touched = (end as u64).div_ceil(MIB as u64) - off / MIB as u64;
+        // Within whole chunks (the last one is 12,345 bytes, so any range of it is large).
+        let full_chunks = (bytes.len() / MIB * MIB) as u64;
+        if want * 2 <= MIB as u64 && end as u64 <= full_chunks {
+            assert_eq!(served, want, "range {off}+{len}: bytes served by the nodes");
+        } else {
+            // k data shards of each touched chunk, each up to 1 MiB / k (plus a tail).
+            assert!(
+                served >= want && served <= touched * (MIB as u64 + 64 * 1024),
+                "range {off}+{len} touching {touched} chunks: the nodes served {served} bytes"
+            );
+        }
     }
     // Overwrite: a new version replaces the old one.
     let v2 = data(2 * MIB, 42);
     put(&client, "sizes", key, &v2, UploadOptions::default()).await;
     assert_eq!(get(&client, "sizes", key, ReadOptions::default()).await, v2);
-    // Identical content is stored once: a second file with the same bytes is deduplicated.
+    // Identical content is stored once: a second file with the same bytes is deduplicated
+    // (the nodes receive no shard and hold no more).
+    let (stored, received) = (
+        c.node_metric_sum("cyxcloud_chunks_stored"),
+        c.node_metric_sum("cyxcloud_bytes_uploaded"),
+    );
     let e = put(&client, "sizes", "dir/copy", &v2, UploadOptions::default()).await;
     assert_eq!(e.size, v2.len() as u64);
+    assert_eq!(
+        (
+            c.node_metric_sum("cyxcloud_chunks_stored"),
+            c.node_metric_sum("cyxcloud_bytes_uploaded")
+        ),
+        (stored, received),
+        "a deduplicated upload stored shards"
+    );
     assert_eq!(
         get(&client, "sizes", "dir/copy", ReadOptions::default()).await,
         v2
@@ -291,9 +327,90 @@ async fn interrupted_upload_resumes_after_the_last_durable_chunk() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_that_meet_corrupt_shards_return_the_right_bytes_and_report_them() {
+    // No rebalancer: the corrupt shards stay where they are, and stay reported.
+    let mut c = Cluster::start(ClusterOptions {
+        nodes: 7,
+        chunk_size: Some(MIB as u64),
+        rebalancer: false,
+        ..Default::default()
+    });
+    let client = client(&c).await;
+    bucket(&client, "rot").await;
+    let files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("f{i}"), data(2 * MIB + 1000 * i, 40 + i as u8)))
+        .collect();
+    for (k, v) in &files {
+        put(&client, "rot", k, v, UploadOptions::default()).await;
+    }
+    // Two of the seven nodes hold 4 of each chunk's 14 shards; all of theirs rot. A read takes
+    // 10 shards, so it meets some of them (all 4 missed in every chunk: odds below 1e-12).
+    let rotten = [1, 4];
+    for i in rotten {
+        c.corrupt_node_disk(i);
+    }
+    let client = self::client(&c).await;
+    for (k, v) in &files {
+        assert!(
+            get(&client, "rot", k, ReadOptions::default()).await == *v,
+            "{k} read with 2 rotten nodes differs"
+        );
+        let off = MIB as u64 + 10;
+        let got = client
+            .read_range(path_ref("rot", k), off, 5000, ReadOptions::default())
+            .await
+            .expect("range");
+        assert_eq!(&got[..], &v[off as usize..off as usize + 5000], "{k} range");
+    }
+    // The rotten nodes found the damage on read, and the gateway knows which shards are bad.
+    let found: u64 = rotten
+        .iter()
+        .map(|&i| {
+            let (_, m) = cyxcloud_testkit::http_get(c.nodes[i].metrics_addr(), "/metrics").unwrap();
+            m.lines()
+                .find_map(|l| l.strip_prefix("cyxcloud_corrupt_shards_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0) as u64
+        })
+        .sum();
+    assert!(found > 0, "no corrupt shard counted by the rotten nodes");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = client
+            .maintenance()
+            .degraded(v1::DegradedRequest {
+                limit: 100,
+                exclude: vec![],
+            })
+            .await
+            .expect("degraded chunks")
+            .into_inner();
+        let bad = d
+            .chunks
+            .iter()
+            .flat_map(|c| &c.shards)
+            .filter(|s| s.state == v1::ShardState::Corrupt as i32)
+            .count();
+        if bad > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway lists no corrupt shard after 60 s: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn files_survive_four_dead_nodes_of_fourteen() {
     let mut c = cluster(14);
-    let client = client(&c).await;
+    // Every shard acknowledged before an upload returns: with the default threshold (13) and
+    // the long-tail cut-off a file is only guaranteed to survive 3 lost nodes until repair.
+    let mut cfg = ClientConfig::new(c.grpc_url(), ACCESS_KEY, SECRET_KEY);
+    cfg.shard_timeout = Duration::from_secs(20);
+    cfg.wait_all_shards = true;
+    let client = Client::connect(cfg).await.expect("connect");
     bucket(&client, "durable").await;
     let files: Vec<(String, Vec<u8>)> = (0..6)
         .map(|i| (format!("f{i}"), data(i * MIB / 2 + 5000, i as u8)))

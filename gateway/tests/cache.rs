@@ -142,8 +142,16 @@ async fn scenario(f: &Fixture, writer: &Gateway, reader: &Gateway, immediate: bo
         ],
     )
     .await;
-    // Layouts: a cached version is replaced by the next one.
+    // Layouts: a read stores the current version in the cache, and the next one replaces it.
     let (v1, _) = layout_version(reader, f, f2.id).await;
+    let cached = reader
+        .cache
+        .get(cyxcloud_gateway::cache::Kind::Layout, f2.id)
+        .await
+        .expect("the read stored the layout in the cache");
+    let cached = <cyxcloud_proto::v1::GetLayoutResponse as prost::Message>::decode(&cached[..])
+        .expect("a cached layout");
+    assert_eq!(cached.entry.map(|e| e.version), Some(v1));
     let (v1b, _) = layout_version(reader, f, f2.id).await;
     assert_eq!(v1, v1b);
     let f2b = write(writer, f, "top/moved/two", 9).await;
@@ -158,7 +166,11 @@ async fn scenario(f: &Fixture, writer: &Gateway, reader: &Gateway, immediate: bo
         .await;
     }
     // Unlinked: gone, not served from a cache.
-    writer.ns.unlink(a, top.id, "moved").await.unwrap_err();
+    let e = writer.ns.unlink(a, top.id, "moved").await.unwrap_err();
+    assert!(
+        matches!(e, cyxcloud_gateway::error::Error::IsDirectory { .. }),
+        "{e:?}"
+    );
     writer
         .ns
         .unlink_path(a, "wbk", "top/moved/one", false)

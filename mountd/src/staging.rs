@@ -70,6 +70,8 @@ pub struct StagedState {
     pub created_ns: i64,
     pub due: Option<Instant>,
     pub error: Option<String>,
+    /// The errno of the last failed upload (EIO when it had no better one); 0 after success.
+    pub errno: i32,
     pub failures: u32,
     /// Created by this mount under a reserved id and not yet at the gateway: the
     /// `(parent, name)` to create it as. Every operation but read, write and close makes it
@@ -326,6 +328,7 @@ impl Staging {
                     created_ns: r.created_ns,
                     due: Some(Instant::now()),
                     error: None,
+                    errno: 0,
                     failures: 0,
                     pending: r.pending,
                 }),
@@ -418,6 +421,7 @@ impl Staging {
             created_ns: now_ns(),
             due: dirty.then(|| Instant::now() + self.delay),
             error: None,
+            errno: 0,
             failures: 0,
             pending: meta.pending,
         };
@@ -527,6 +531,7 @@ impl Staging {
                 created_ns: now_ns(),
                 due: None,
                 error: None,
+                errno: 0,
                 failures: 0,
                 pending: None,
             }),
@@ -633,7 +638,7 @@ impl Staging {
         &self,
         sf: &StagedFile,
         generation: u64,
-        outcome: std::result::Result<(), String>,
+        outcome: std::result::Result<(), (String, i32)>,
     ) {
         let drop_it = {
             let mut st = sf.lock();
@@ -642,6 +647,7 @@ impl Staging {
                 Ok(()) => {
                     st.uploaded_gen = st.uploaded_gen.max(generation);
                     st.error = None;
+                    st.errno = 0;
                     st.failures = 0;
                     if st.generation > st.uploaded_gen {
                         st.due = Some(Instant::now() + self.delay);
@@ -650,9 +656,10 @@ impl Staging {
                     }
                     !st.dirty() && st.open == 0
                 }
-                Err(e) => {
+                Err((e, errno)) => {
                     st.failures += 1;
                     st.error = Some(e);
+                    st.errno = errno;
                     let backoff = Duration::from_millis(250)
                         .saturating_mul(1 << st.failures.min(8))
                         .min(MAX_BACKOFF);
@@ -761,10 +768,11 @@ pub async fn wait_durable(sf: &StagedFile) -> std::result::Result<(), Error> {
                 return Ok(());
             }
             if st.failures > failures0 {
-                return Err(Error::Io(std::io::Error::other(format!(
-                    "upload failed: {}",
-                    st.error.clone().unwrap_or_default()
-                ))));
+                // The upload logged its error; the caller gets its errno (EDQUOT, ENOSPC,
+                // EACCES, ... or EIO).
+                return Err(Error::Io(std::io::Error::from_raw_os_error(
+                    if st.errno > 0 { st.errno } else { libc::EIO },
+                )));
             }
             if st.orphan {
                 return Ok(());

