@@ -403,6 +403,51 @@ async fn reads_that_meet_corrupt_shards_return_the_right_bytes_and_report_them()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_disk_fills_during_puts_fails_them_and_the_writes_go_elsewhere() {
+    let mut c = Cluster::start(ClusterOptions {
+        nodes: 8,
+        chunk_size: Some(MIB as u64),
+        rebalancer: false,
+        ..Default::default()
+    });
+    // A ninth node offers 4 GB on a disk of 8 MiB (keeping 1 MiB free).
+    let full = c.add_node_with_disk(8 * MIB as u64);
+    c.wait_registered(full);
+    let client = client(&c).await;
+    bucket(&client, "fill").await;
+    // 84 MiB of shards over nine nodes: about 9 MiB each, more than the small disk holds.
+    let files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("f{i}"), data(3 * MIB + 77 * i, 120 + i as u8)))
+        .collect();
+    for (k, v) in &files {
+        put(&client, "fill", k, v, UploadOptions::default()).await;
+    }
+    for (k, v) in &files {
+        assert!(
+            get(&client, "fill", k, ReadOptions::default()).await == *v,
+            "{k} differs"
+        );
+    }
+    // The node with the full disk is alive and answering, and says why it refused.
+    let n = &mut c.nodes[full];
+    assert!(
+        n.proc.as_mut().is_some_and(|p| p.is_running()),
+        "the node died"
+    );
+    let (status, _) = cyxcloud_testkit::http_get(n.metrics_addr(), "/health").unwrap();
+    assert!(status == 200 || status == 503, "health answered {status}");
+    let log = n.proc.as_ref().unwrap().log();
+    assert!(
+        log.contains("disk is full"),
+        "the full node's log does not say its disk is full"
+    );
+    // It stored what fitted before refusing.
+    let (_, health) = cyxcloud_testkit::http_get(n.metrics_addr(), "/health").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert!(v["shard_count"].as_u64() > Some(0), "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn files_survive_four_dead_nodes_of_fourteen() {
     let mut c = cluster(14);
     // Every shard acknowledged before an upload returns: with the default threshold (13) and

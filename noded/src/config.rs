@@ -34,6 +34,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("STORAGE_PATH", "storage.data_dir"),
     ("STORAGE_CAPACITY_GB", "storage.max_capacity_gb"),
     ("SCRUB_PERIOD_SECS", "storage.scrub_period_secs"),
+    ("STORAGE_DISK_RESERVE_MB", "storage.disk_reserve_mb"),
     ("STORAGE_BACKEND", "storage.backend"),
     ("GRPC_HOST", "network.bind_address"),
     ("GRPC_PORT", "network.grpc_port"),
@@ -97,6 +98,11 @@ pub struct StorageSection {
     pub scrub_period_secs: u64,
     /// Deletes (garbage collection) free at most this many MB a second; 0 = no limit.
     pub gc_rate_mb_per_sec: u64,
+    /// Free space (MiB) kept on the data dir's file system whatever `max_capacity_gb` says: a
+    /// put that would leave less is refused as "disk full", so the store never meets a full
+    /// disk. RocksDB needs room to flush its memtables (up to 192 MiB) while their log still
+    /// exists; a smaller reserve risks a full disk under a burst of puts.
+    pub disk_reserve_mb: u64,
 }
 
 impl Default for StorageSection {
@@ -109,6 +115,7 @@ impl Default for StorageSection {
             backend: "rocksdb".into(),
             scrub_period_secs: 30 * 24 * 3600,
             gc_rate_mb_per_sec: 100,
+            disk_reserve_mb: 256,
         }
     }
 }

@@ -26,6 +26,16 @@ pub enum Error {
         would_use: u64,
         capacity: u64,
     },
+    #[error(
+        "disk is full: {available} bytes free on the file system of {path}; storing {needed} \
+         more would leave less than the {reserve}-byte reserve (storage.disk_reserve_mb)"
+    )]
+    DiskFull {
+        path: PathBuf,
+        available: u64,
+        needed: u64,
+        reserve: u64,
+    },
     #[error("node is {state} and accepts no new shards")]
     Draining { state: &'static str },
     #[error("shard bytes hash to {actual}, not to the announced {expected}")]
@@ -138,7 +148,7 @@ impl Error {
         match self {
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::Corrupt { .. } | Error::Record { .. } => ErrorCode::Corrupt,
-            Error::NoSpace { .. } => ErrorCode::NoSpace,
+            Error::NoSpace { .. } | Error::DiskFull { .. } => ErrorCode::NoSpace,
             Error::Draining { .. } => ErrorCode::Draining,
             Error::HashMismatch { .. } => ErrorCode::HashMismatch,
             Error::TooLarge { .. } | Error::TooManyShards { .. } => ErrorCode::TooLarge,

@@ -94,11 +94,15 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit> {
     }
     let control = lifecycle::serve_control(&data_dir, life.clone())?;
 
-    let shards = Arc::new(Shards::open(
+    let mut shards = Shards::open(
         open_store(&cfg)?,
         cfg.storage.compression,
         cfg.capacity_bytes(),
-    )?);
+    )?;
+    if cfg.storage.backend != "memory" {
+        shards = shards.with_disk_reserve(&data_dir, cfg.storage.disk_reserve_mb << 20);
+    }
+    let shards = Arc::new(shards);
     let usage = shards.usage();
     tracing::info!(
         node_id = %node_id,

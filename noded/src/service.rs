@@ -85,6 +85,8 @@ impl ChunkSvc {
                 self.metrics.request(rpc, code.as_str());
                 if matches!(code, ErrorCode::Internal | ErrorCode::Corrupt) {
                     tracing::error!(rpc, error = %e, "request failed");
+                } else if code == ErrorCode::NoSpace {
+                    tracing::warn!(rpc, error = %e, "request refused: no space");
                 } else {
                     tracing::debug!(rpc, error = %e, "request refused");
                 }

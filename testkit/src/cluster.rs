@@ -91,8 +91,27 @@ pub struct Cluster {
     pub rebalancer: Option<Proc>,
     /// The rebalancer's `/metrics` + `/health` port.
     pub rebalancer_port: u16,
+    /// Small disks mounted for nodes ([`Cluster::add_node_with_disk`]), unmounted on drop.
+    pub disks: Vec<PathBuf>,
     /// Dropped last, so the processes are gone (and their logs printed) before it is removed.
     pub dir: TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.disks.is_empty() {
+            return;
+        }
+        // The nodes on them first (their files are open), then the disks.
+        for n in &mut self.nodes {
+            if let Some(mut p) = n.proc.take() {
+                p.kill9();
+            }
+        }
+        for d in &self.disks {
+            let _ = Command::new("umount").arg("-l").arg(d).status();
+        }
+    }
 }
 
 impl Cluster {
@@ -107,6 +126,7 @@ impl Cluster {
             nodes: Vec::new(),
             rebalancer: None,
             rebalancer_port: free_port(),
+            disks: Vec::new(),
             opts,
         };
         c.start_gateway();
@@ -187,10 +207,43 @@ impl Cluster {
     /// that (stopped) node's shard store, under its own identity: a disk moved to a re-imaged
     /// machine. Does not wait for it to register.
     pub fn add_node(&mut self, disk_of: Option<usize>) -> usize {
+        self.add_node_on(disk_of, None)
+    }
+
+    /// Creates and starts one more node whose store lives on a disk of `bytes` (a tmpfs
+    /// mounted for it, unmounted when the cluster is dropped; needs root) with a 1 MiB
+    /// free-space reserve: a node whose disk fills up while it still offers its configured
+    /// capacity. Does not wait for it to register.
+    pub fn add_node_with_disk(&mut self, bytes: u64) -> usize {
+        self.add_node_on(None, Some(bytes))
+    }
+
+    fn add_node_on(&mut self, disk_of: Option<usize>, disk_bytes: Option<u64>) -> usize {
         let i = self.nodes.len();
         let id = format!("node-{:02}", i + 1);
         let dir = self.dir.path().join("nodes").join(&id);
         std::fs::create_dir_all(&dir).expect("node dir");
+        // The store's directory: the node dir itself, or a small disk mounted inside it (the
+        // node's log stays outside, so it can say what happened when the disk is full).
+        let store = match disk_bytes {
+            None => dir.clone(),
+            Some(bytes) => {
+                let disk = dir.join("disk");
+                std::fs::create_dir_all(&disk).expect("disk dir");
+                let out = Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+                    .arg(&disk)
+                    .output()
+                    .expect("run mount");
+                assert!(
+                    out.status.success(),
+                    "cannot mount a {bytes}-byte tmpfs for {id} (root needed): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                self.disks.push(disk.clone());
+                disk
+            }
+        };
         if let Some(src) = disk_of {
             let from = &self.nodes[src];
             copy_dir(&from.dir.join("rocksdb"), &dir.join("rocksdb"));
@@ -205,11 +258,17 @@ impl Cluster {
         let peers = bootstrap.map_or(String::new(), |p| format!("\"/ip4/127.0.0.1/tcp/{p}\""));
         let text = format!(
             "[node]\nid = \"{id}\"\nname = \"{id}\"\nregion = \"test\"\n\n\
-             [storage]\ndata_dir = \"{d}\"\nmax_capacity_gb = {cap}\n\n\
+             [storage]\ndata_dir = \"{d}\"\nmax_capacity_gb = {cap}\n{reserve}\n\
              [network]\nbind_address = \"127.0.0.1\"\ngrpc_port = {grpc_port}\np2p_port = {p2p_port}\nbootstrap_peers = [{peers}]\n\n\
              [central]\naddress = \"{scheme}://127.0.0.1:{gp}\"\nregister = true\nca_cert_file = \"{ca}\"\n\n\
              [cyxwiz_api]\nregister = false\n\n[metrics]\nenabled = true\nport = {metrics_port}\n",
-            d = dir.display(),
+            d = store.display(),
+            reserve = if disk_bytes.is_some() {
+                // The node's reserve, small beside its small disk (see add_node_with_disk).
+                "disk_reserve_mb = 1\n"
+            } else {
+                ""
+            },
             cap = self.opts.capacity_gb,
             gp = self.grpc_port,
             scheme = self.scheme(),

@@ -71,6 +71,7 @@ mod tests {
 }
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -170,6 +171,20 @@ pub struct Shards {
     corrupt_found: Mutex<Vec<Hash>>,
     /// Record bytes deleted since the store last reclaimed space.
     freed_since_reclaim: std::sync::atomic::AtomicU64,
+    /// The file system the store writes to, and the free space kept on it.
+    disk: Option<(PathBuf, u64)>,
+}
+
+/// Bytes available to an unprivileged writer on the file system of `path`.
+#[allow(unsafe_code)]
+pub fn fs_available(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a zeroed statvfs is valid output storage; `c` is NUL-terminated.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    (r == 0).then(|| s.f_bavail as u64 * s.f_frsize as u64)
 }
 
 /// What [`Shards::delete_unless_newer`] did with one hash.
@@ -214,6 +229,7 @@ impl Shards {
             acct: Mutex::new(acct),
             corrupt_found: Mutex::new(Vec::new()),
             freed_since_reclaim: std::sync::atomic::AtomicU64::new(0),
+            disk: None,
         })
     }
 
@@ -232,6 +248,32 @@ impl Shards {
 
     fn stripe(&self, hash: &Hash) -> std::sync::MutexGuard<'_, HashMap<Hash, u64>> {
         lock(&self.stripes[hash.0[0] as usize % STRIPES])
+    }
+
+    /// Refuses puts that would leave less than `reserve` bytes free on the file system of
+    /// `path` (where the backend writes), whatever the configured capacity says.
+    pub fn with_disk_reserve(mut self, path: &Path, reserve: u64) -> Self {
+        self.disk = Some((path.to_path_buf(), reserve));
+        self
+    }
+
+    /// `DiskFull` when storing `needed` more bytes would eat into the disk's reserve.
+    fn check_disk(&self, needed: u64) -> Result<()> {
+        let Some((path, reserve)) = &self.disk else {
+            return Ok(());
+        };
+        let Some(available) = fs_available(path) else {
+            return Ok(());
+        };
+        if available < needed.saturating_add(*reserve) {
+            return Err(Error::DiskFull {
+                path: path.clone(),
+                available,
+                needed,
+                reserve: *reserve,
+            });
+        }
+        Ok(())
     }
 
     /// Cheap admission check before receiving `size` bytes: refuses shards that are too large,
@@ -288,6 +330,7 @@ impl Shards {
             },
         );
         let len = rec.len() as u64;
+        self.check_disk(len)?;
         {
             let mut a = lock(&self.acct);
             let would_use = a.used + a.reserved + len;
