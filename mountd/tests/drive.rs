@@ -361,6 +361,54 @@ fn a_write_over_quota_fails_fsync_with_edquot_and_uploads_once_space_is_freed() 
 }
 
 #[test]
+fn a_node_killed_or_hung_mid_upload_never_shows_a_part_and_the_drive_retries_to_whole() {
+    let mut c = Cluster::start(8);
+    c.create_bucket("midwrite");
+    let m = Mount::start(&c, &["--upload-delay-ms", "0"]);
+    for (round, fault) in ["kill", "hang"].into_iter().enumerate() {
+        let victim = 1 + round * 3;
+        let rel = format!("midwrite/{fault}.bin");
+        let d = data(200 + round as u64, 24 << 20);
+        let before = c.node_metric_sum("cyxcloud_bytes_uploaded");
+        let mut f = std::fs::File::create(m.p(&rel)).unwrap();
+        f.write_all(&d).unwrap();
+        wait_until(
+            Duration::from_secs(60),
+            "the upload to reach the nodes",
+            || (c.node_metric_sum("cyxcloud_bytes_uploaded") >= before + (1 << 20)).then_some(()),
+        );
+        match fault {
+            "kill" => c.kill_node(victim),
+            _ => c.pause_node(victim),
+        }
+        // fsync reports how the attempt under way ended; either way nothing is lost.
+        let synced = f.sync_all();
+        eprintln!("{fault}: fsync {synced:?}");
+        drop(f);
+        if let Some(e) = c.entry("midwrite", &format!("{fault}.bin")) {
+            assert!(
+                e.size == 0 || e.size == d.len() as u64,
+                "{fault}: a partial upload is visible: {} bytes",
+                e.size
+            );
+        }
+        assert!(
+            std::fs::read(m.p(&rel)).unwrap() == d,
+            "{fault}: the local copy"
+        );
+        // The drive retries around the dead or hung node until the file is whole there.
+        m.wait_durable(&rel);
+        assert!(
+            c.get("midwrite", &format!("{fault}.bin")) == d,
+            "{fault}: the file at the gateway differs"
+        );
+        if fault == "hang" {
+            c.resume_node(victim);
+        }
+    }
+}
+
+#[test]
 fn gateway_down_cached_files_stay_readable_and_writes_queue() {
     let mut c = Cluster::start(7);
     c.create_bucket("offline");
