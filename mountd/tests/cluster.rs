@@ -40,6 +40,11 @@ impl Cluster {
     /// A gateway with `nodes` storage nodes, all registered; 4 MiB chunks; no rebalancer
     /// unless [`start_rebalancer`](cyxcloud_testkit::cluster::Cluster::start_rebalancer).
     pub fn start(nodes: usize) -> Cluster {
+        Cluster::start_with(nodes, &[])
+    }
+
+    /// [`Cluster::start`] with extra gateway settings (`key=value`).
+    pub fn start_with(nodes: usize, settings: &[&str]) -> Cluster {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -49,7 +54,10 @@ impl Cluster {
             nodes,
             chunk_size: Some(4 << 20),
             rebalancer: false,
-            gateway_settings: vec!["nodes.latency_probe_ms=1000".into()],
+            gateway_settings: std::iter::once("nodes.latency_probe_ms=1000")
+                .chain(settings.iter().copied())
+                .map(String::from)
+                .collect(),
             ..Default::default()
         });
         Cluster { tk, rt }

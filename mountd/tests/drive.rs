@@ -409,6 +409,49 @@ fn a_node_killed_or_hung_mid_upload_never_shows_a_part_and_the_drive_retries_to_
 }
 
 #[test]
+fn a_mount_outlives_its_bearer_tokens() {
+    // Tokens of 2 s: every call after the first seconds needs a renewed one.
+    let c = Cluster::start_with(7, &["auth.token_ttl_secs=2"]);
+    c.create_bucket("tokens");
+    let m = Mount::start(&c, &["--upload-delay-ms", "0"]);
+    let first = data(61, 300_000);
+    {
+        let mut f = std::fs::File::create(m.p("tokens/first.bin")).unwrap();
+        f.write_all(&first).unwrap();
+        f.sync_all().unwrap();
+    }
+    // The expiry is the behaviour under test: wait past it by the clock.
+    let issued = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "the first tokens to expire",
+        || (issued.elapsed() > Duration::from_secs(3)).then_some(()),
+    );
+    // Metadata, reads of data not cached, writes and commits all still work.
+    c.put("tokens", "from-api.bin", &data(62, 200_000));
+    let fresh = Mount::start(&c, &[]);
+    wait_until(
+        Duration::from_secs(10),
+        "fresh tokens to be expired",
+        || (issued.elapsed() > Duration::from_secs(7)).then_some(()),
+    );
+    assert_eq!(list(&m.p("tokens")), ["first.bin", "from-api.bin"]);
+    assert!(std::fs::read(fresh.p("tokens/first.bin")).unwrap() == first);
+    let second = data(63, 400_000);
+    {
+        let mut f = std::fs::File::create(m.p("tokens/second.bin")).unwrap();
+        f.write_all(&second).unwrap();
+        f.sync_all().unwrap();
+    }
+    m.wait_durable("tokens/second.bin");
+    assert!(c.get("tokens", "second.bin") == second);
+    assert!(
+        !m.log().contains("I/O error returned to the caller"),
+        "an expired token surfaced as an error"
+    );
+}
+
+#[test]
 fn gateway_down_cached_files_stay_readable_and_writes_queue() {
     let mut c = Cluster::start(7);
     c.create_bucket("offline");
