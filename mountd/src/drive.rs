@@ -404,6 +404,12 @@ impl Drive {
                 if e.xattrs.is_empty() && !c.xattrs.is_empty() && e.change_seq == c.change_seq {
                     e.xattrs = c.xattrs;
                 }
+                if self.staging.get(e.id).is_some() {
+                    // The atime of a staged file is kept here only (set_attr): an entry from
+                    // the gateway (its own commit's event, racing the upload's patch) must
+                    // not roll it back.
+                    e.atime_ns = c.atime_ns;
+                }
                 batch.push(Mutation::PutEntry(e));
             }
             None => batch.push(Mutation::PutEntry(e.clone())),

@@ -70,9 +70,14 @@ async fn upload_one(d: &Drive, ino: u64, striped: &tokio::sync::Semaphore) {
                 "committed"
             );
             d.own_version(ino, e.version);
-            let gone = {
+            let (gone, later_mtime) = {
                 let st = sf.lock();
-                st.orphan || st.removed
+                // A time set while the upload ran (utimens travels with the upload of a staged
+                // file) is not in `e`: it wins, and the gateway gets it below.
+                (
+                    st.orphan || st.removed,
+                    (st.mtime_ns != snap.2).then_some(st.mtime_ns),
+                )
             };
             // Only the content fields: xattrs, links or mode changed through this mount after
             // the commit (and not yet in `e`) must not be rolled back.
@@ -80,9 +85,27 @@ async fn upload_one(d: &Drive, ino: u64, striped: &tokio::sync::Semaphore) {
                 c.size = e.size;
                 c.version = e.version;
                 c.etag = e.etag.clone();
-                c.mtime_ns = e.mtime_ns;
+                c.mtime_ns = later_mtime.unwrap_or(e.mtime_ns);
                 c.change_seq = c.change_seq.max(e.change_seq);
             });
+            if let Some(t) = later_mtime
+                && !gone
+            {
+                let r = d
+                    .remote
+                    .control("setattr", |mut c| async move {
+                        c.set_attr(v1::SetAttrRequest {
+                            entry: Some(id_ref(ino)),
+                            mtime_ns: Some(t),
+                            ..Default::default()
+                        })
+                        .await
+                    })
+                    .await;
+                if let Err(err) = r {
+                    tracing::warn!(ino, error = %err, "cannot send a time set during the upload; it stays local");
+                }
+            }
             if !gone && let Err(err) = patched {
                 tracing::warn!(ino, error = %err, "cannot cache a committed entry");
             }

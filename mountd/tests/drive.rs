@@ -452,6 +452,109 @@ fn a_mount_outlives_its_bearer_tokens() {
 }
 
 #[test]
+fn concurrent_moves_of_one_tree_from_two_mounts_and_the_api_keep_every_file_once() {
+    let c = Cluster::start(7);
+    c.create_bucket("race");
+    let a = Mount::start(&c, &[]);
+    let b = Mount::start(&c, &[]);
+    for d in ["src", "to-a", "to-b", "to-api"] {
+        std::fs::create_dir(a.p(&format!("race/{d}"))).unwrap();
+    }
+    let names: Vec<String> = (0..30).map(|i| format!("f{i:02}")).collect();
+    let body = |n: &str| format!("the content of {n}\n").repeat(500).into_bytes();
+    for n in &names {
+        let mut f = std::fs::File::create(a.p(&format!("race/src/{n}"))).unwrap();
+        f.write_all(&body(n)).unwrap();
+        f.sync_all().unwrap();
+    }
+    // Mount b sees the whole tree before the race.
+    wait_until(Duration::from_secs(30), "mount b to list the tree", || {
+        (list(&b.p("race/src")).len() == names.len()).then_some(())
+    });
+    let (src, to_api) = (
+        c.entry("race", "src").unwrap().id,
+        c.entry("race", "to-api").unwrap().id,
+    );
+    let api = c.client();
+    // All three move every file at once, each to its own directory and in its own order (so
+    // they meet in the middle); a loser gets ENOENT.
+    let go = std::sync::Barrier::new(3);
+    let order =
+        |rot: usize| -> Vec<&String> { names.iter().cycle().skip(rot).take(names.len()).collect() };
+    let moved = |m: &Mount, to: &str, rot: usize| -> usize {
+        go.wait();
+        let mut won = 0;
+        for n in order(rot) {
+            match std::fs::rename(
+                m.p(&format!("race/src/{n}")),
+                m.p(&format!("race/{to}/{n}")),
+            ) {
+                Ok(()) => won += 1,
+                Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{to} {n}: {e}"),
+            }
+        }
+        won
+    };
+    let (won_a, won_b, won_api) = std::thread::scope(|s| {
+        let ta = s.spawn(|| moved(&a, "to-a", 0));
+        let tb = s.spawn(|| moved(&b, "to-b", 10));
+        let tapi = s.spawn(|| {
+            go.wait();
+            let mut won = 0;
+            for n in order(20) {
+                let r = c.rt.block_on(api.control().rename(v1::RenameRequest {
+                    parent_id: src,
+                    name: n.clone(),
+                    new_parent_id: to_api,
+                    new_name: n.clone(),
+                    ..Default::default()
+                }));
+                match r {
+                    Ok(_) => won += 1,
+                    Err(e) => assert_eq!(e.code(), tonic::Code::NotFound, "api {n}: {e}"),
+                }
+            }
+            won
+        });
+        (ta.join().unwrap(), tb.join().unwrap(), tapi.join().unwrap())
+    });
+    eprintln!("moves won: mount a {won_a}, mount b {won_b}, api {won_api}");
+    // At the gateway every file is in exactly one place, whole.
+    let listed = c.list("race");
+    for n in &names {
+        let at: Vec<&String> = listed
+            .iter()
+            .filter(|p| p.ends_with(&format!("/{n}")))
+            .collect();
+        assert_eq!(at.len(), 1, "{n} is at {at:?}");
+        assert!(c.get("race", at[0]) == body(n), "{} differs", at[0]);
+    }
+    assert_eq!(
+        won_a + won_b + won_api,
+        names.len(),
+        "a move reported done did not happen"
+    );
+    // Both mounts converge on the gateway's view.
+    for d in ["src", "to-a", "to-b", "to-api"] {
+        let want: Vec<String> = {
+            let mut v: Vec<String> = listed
+                .iter()
+                .filter_map(|p| p.strip_prefix(&format!("{d}/")).map(str::to_string))
+                .collect();
+            v.sort();
+            v
+        };
+        for m in [&a, &b] {
+            wait_until(
+                Duration::from_secs(30),
+                &format!("a mount to list {d}"),
+                || (list(&m.p(&format!("race/{d}"))) == want).then_some(()),
+            );
+        }
+    }
+}
+
+#[test]
 fn gateway_down_cached_files_stay_readable_and_writes_queue() {
     let mut c = Cluster::start(7);
     c.create_bucket("offline");
