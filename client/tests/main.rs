@@ -163,7 +163,8 @@ async fn files_round_trip_at_every_size_and_ranges_read_only_what_they_touch() {
     put(&client, "sizes", key, &v2, UploadOptions::default()).await;
     assert_eq!(get(&client, "sizes", key, ReadOptions::default()).await, v2);
     // Identical content is stored once: a second file with the same bytes is deduplicated
-    // (the nodes receive no shard and hold no more).
+    // (the nodes receive no shard and hold no more; they may hold fewer meanwhile, as the
+    // overwritten version's shards are collected).
     let (stored, received) = (
         c.node_metric_sum("cyxcloud_chunks_stored"),
         c.node_metric_sum("cyxcloud_bytes_uploaded"),
@@ -171,11 +172,12 @@ async fn files_round_trip_at_every_size_and_ranges_read_only_what_they_touch() {
     let e = put(&client, "sizes", "dir/copy", &v2, UploadOptions::default()).await;
     assert_eq!(e.size, v2.len() as u64);
     assert_eq!(
-        (
-            c.node_metric_sum("cyxcloud_chunks_stored"),
-            c.node_metric_sum("cyxcloud_bytes_uploaded")
-        ),
-        (stored, received),
+        c.node_metric_sum("cyxcloud_bytes_uploaded"),
+        received,
+        "a deduplicated upload sent shards to the nodes"
+    );
+    assert!(
+        c.node_metric_sum("cyxcloud_chunks_stored") <= stored,
         "a deduplicated upload stored shards"
     );
     assert_eq!(
