@@ -692,22 +692,17 @@ impl Writes {
                     s.profile.total(),
                     missing.join(", ")
                 );
-                let silent: Vec<&String> = (0..flags.len())
+                let silent: std::collections::BTreeSet<&str> = (0..flags.len())
                     .filter(|i| unverified.contains(&(*idx, *i)))
-                    .map(|i| &p.nodes[i])
+                    .map(|i| p.nodes[i].as_str())
                     .collect();
                 return Err(if silent.is_empty() {
                     Error::PreconditionFailed(msg)
                 } else {
+                    let silent: Vec<&str> = silent.into_iter().collect();
                     Error::Unavailable(format!(
                         "{msg} (nodes that did not answer: {}; write the chunk again)",
-                        silent
-                            .iter()
-                            .map(|n| n.as_str())
-                            .collect::<std::collections::BTreeSet<_>>()
-                            .into_iter()
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        silent.join(", ")
                     ))
                 });
             }
