@@ -1,11 +1,10 @@
 //! Multi-process acceptance tests: the real `cyxcloud-gateway` binary with real `cyxcloud-node`
-//! processes, driven through the gRPC and HTTP surfaces a client uses. A test client stripes
-//! files itself (cyxcloud-core encodes, the generated ChunkService/Control clients move bytes).
+//! processes (the testkit's cluster), driven through the gRPC and HTTP surfaces a client uses.
+//! A test client stripes files itself (cyxcloud-core encodes, the generated
+//! ChunkService/Control clients move bytes).
 //!
 //! Needs the node binary: `cargo build -p cyxcloud-node` (or `cargo test --workspace`).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,125 +15,39 @@ use cyxcloud_proto::v1::chunk_service_client::ChunkServiceClient;
 use cyxcloud_proto::v1::control_client::ControlClient;
 use cyxcloud_proto::v1::put_shard_request::Msg;
 use cyxcloud_proto::{ErrorCode, error_code, v1};
-use cyxcloud_testkit::{Proc, free_port, tempdir, wait_for_http};
+pub use cyxcloud_testkit::cluster::{ACCESS_KEY, Cluster, ClusterOptions, SECRET_KEY};
+use cyxcloud_testkit::{Proc, free_port, tempdir};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::common::eventually;
 
-pub const ACCESS_KEY: &str = "CYXTESTADMIN";
-pub const SECRET_KEY: &str = "test-admin-secret-0123456789";
-/// Heartbeat interval the test gateways hand to nodes.
-pub const HEARTBEAT_MS: u64 = 1000;
+/// Chunk size of the gateway tests' clusters (their client stripes chunks of this size).
 pub const CHUNK: usize = 256 * 1024;
 
-/// A gateway process.
-pub struct Gw {
-    pub proc: Option<Proc>,
-    pub http: SocketAddr,
-    pub grpc: SocketAddr,
-    pub data_dir: PathBuf,
-    pub database_url: Option<String>,
-    pub extra_env: Vec<(String, String)>,
-    pub key_file: Option<PathBuf>,
-    _tmp: Option<tempfile::TempDir>,
+/// The gateway tests' clusters: `nodes` nodes, [`CHUNK`]-byte chunks, a quick journal poll and
+/// latency probe, and no rebalancer (the tests that want one start theirs).
+pub fn options(nodes: usize) -> ClusterOptions {
+    ClusterOptions {
+        nodes,
+        chunk_size: Some(CHUNK as u64),
+        rebalancer: false,
+        gateway_settings: vec![
+            "journal.poll_ms=50".into(),
+            "nodes.latency_probe_ms=500".into(),
+        ],
+        ..Default::default()
+    }
 }
 
-impl Gw {
-    pub fn start(database_url: Option<String>, extra_env: Vec<(String, String)>) -> Gw {
-        let tmp = tempdir().unwrap();
-        let data_dir = tmp.path().join("gw");
-        Self::start_in(data_dir, database_url, extra_env, None, Some(tmp))
-    }
+/// A cluster of [`options`], every node registered.
+pub fn cluster(nodes: usize) -> Cluster {
+    Cluster::start(options(nodes))
+}
 
-    pub fn start_in(
-        data_dir: PathBuf,
-        database_url: Option<String>,
-        extra_env: Vec<(String, String)>,
-        key_file: Option<PathBuf>,
-        tmp: Option<tempfile::TempDir>,
-    ) -> Gw {
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut gw = Gw {
-            proc: None,
-            http,
-            grpc,
-            data_dir,
-            database_url,
-            extra_env,
-            key_file,
-            _tmp: tmp,
-        };
-        gw.launch();
-        gw
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(cyxcloud_testkit::bin("cyxcloud-gateway"));
-        for k in [
-            "DATABASE_URL",
-            "REDIS_URL",
-            "CYXCLOUD_CLUSTER_KEY_FILE",
-            "GATEWAY_REQUIRE_MACHINE_KEYS",
-        ] {
-            cmd.env_remove(k);
-        }
-        cmd.env("RUST_LOG", "info,cyxcloud_gateway=debug")
-            .env("GATEWAY_HOST", "127.0.0.1")
-            .env("GATEWAY_PORT", self.http.port().to_string())
-            .env("GATEWAY_GRPC_PORT", self.grpc.port().to_string())
-            .env("GATEWAY_DATA_DIR", &self.data_dir)
-            .env("GATEWAY_HEARTBEAT_INTERVAL_MS", HEARTBEAT_MS.to_string())
-            .env("GATEWAY_CHUNK_SIZE_BYTES", CHUNK.to_string())
-            .env("CYXCLOUD_ACCESS_KEY", ACCESS_KEY)
-            .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
-            .env("GATEWAY_NODE_JOIN_TOKEN", cyxcloud_testkit::JOIN_TOKEN)
-            // The raw protocol between processes; TLS itself is tested by client/tests.
-            .env("GATEWAY_TLS", "false")
-            .args([
-                "--set",
-                "journal.poll_ms=50",
-                "--set",
-                "nodes.latency_probe_ms=500",
-            ]);
-        if let Some(u) = &self.database_url {
-            cmd.env("DATABASE_URL", u);
-        }
-        if let Some(k) = &self.key_file {
-            cmd.env("CYXCLOUD_CLUSTER_KEY_FILE", k);
-        }
-        for (k, v) in &self.extra_env {
-            cmd.env(k, v);
-        }
-        cmd
-    }
-
-    pub fn launch(&mut self) {
-        std::fs::create_dir_all(&self.data_dir).unwrap();
-        let log = self
-            .data_dir
-            .parent()
-            .unwrap()
-            .join(format!("gateway-{}.log", self.grpc.port()));
-        self.proc = Some(Proc::spawn("cyxcloud-gateway", self.command(), &log));
-        wait_for_http(self.http, "/health", Duration::from_secs(60));
-    }
-
-    pub fn restart(&mut self) {
-        if let Some(p) = self.proc.as_mut() {
-            p.kill9();
-        }
-        self.launch();
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-
-    pub async fn control(&self) -> Ctl {
-        control(&self.url(), ACCESS_KEY, SECRET_KEY).await
-    }
+/// A Control client of `cl`'s gateway as the admin.
+pub async fn ctl(cl: &Cluster) -> Ctl {
+    control(&cl.grpc_url(), ACCESS_KEY, SECRET_KEY).await
 }
 
 pub type Ctl = ControlClient<InterceptedService<Channel, Bearer>>;
@@ -175,64 +88,6 @@ pub async fn control(url: &str, ak: &str, sk: &str) -> Ctl {
 pub fn with_token(ch: Channel, token: &str) -> Ctl {
     ControlClient::with_interceptor(ch, Bearer(format!("Bearer {token}").parse().unwrap()))
         .max_decoding_message_size(cyxcloud_proto::MAX_MESSAGE_BYTES)
-}
-
-/// A node process registered with a gateway.
-pub struct Node {
-    pub proc: Proc,
-    pub id: String,
-    pub grpc: SocketAddr,
-    _tmp: tempfile::TempDir,
-}
-
-impl Node {
-    pub fn start(id: &str, gateway_grpc: SocketAddr, extra_env: &[(&str, &str)]) -> Node {
-        let tmp = tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cmd = Command::new(cyxcloud_testkit::bin("cyxcloud-node"));
-        for k in [
-            "CENTRAL_SERVER_ADDR",
-            "CYXWIZ_EMAIL",
-            "CYXWIZ_PASSWORD",
-            "CYXWIZ_PASSWORD_FILE",
-            "BOOTSTRAP_PEERS",
-            "CYXCLOUD_TOKEN_PUBLIC_KEYS",
-        ] {
-            cmd.env_remove(k);
-        }
-        cmd.current_dir(tmp.path())
-            .env("RUST_LOG", "info")
-            .env("NODE_ID", id)
-            .env("GRPC_HOST", "127.0.0.1")
-            .env("GRPC_PORT", grpc.port().to_string())
-            .env("METRICS_PORT", metrics.port().to_string())
-            .env("LIBP2P_PORT", free_port().to_string())
-            .env("STORAGE_PATH", &dir)
-            .env("STORAGE_CAPACITY_GB", "10")
-            .env("CYXWIZ_API_REGISTER", "false")
-            .env("CENTRAL_REGISTER", "true")
-            .env("CENTRAL_ADDRESS", format!("http://{gateway_grpc}"))
-            .env("NODE_JOIN_TOKEN", cyxcloud_testkit::JOIN_TOKEN);
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let proc = Proc::spawn(&format!("node-{id}"), cmd, &tmp.path().join("node.log"));
-        wait_for_http(metrics, "/health", Duration::from_secs(60));
-        Node {
-            proc,
-            id: id.to_string(),
-            grpc,
-            _tmp: tmp,
-        }
-    }
-}
-
-pub fn start_nodes(n: usize, gw: &Gw) -> Vec<Node> {
-    (0..n)
-        .map(|i| Node::start(&format!("node-{i}"), gw.grpc, &[]))
-        .collect()
 }
 
 pub async fn wait_online(ctl: &mut Ctl, n: usize) {
@@ -486,9 +341,8 @@ pub async fn read_file(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn files_stripe_over_seven_real_nodes_and_survive_a_dead_one() {
-    let gw = Gw::start(None, vec![]);
-    let nodes = start_nodes(7, &gw);
-    let mut ctl = gw.control().await;
+    let mut cl = cluster(7);
+    let mut ctl = ctl(&cl).await;
     wait_online(&mut ctl, 7).await;
     ctl.create_bucket(v1::CreateBucketRequest {
         name: "cluster".into(),
@@ -577,13 +431,12 @@ async fn files_stripe_over_seven_real_nodes_and_survive_a_dead_one() {
     assert_eq!(status.pending_repairs, 1);
 
     // Kill a node: the gateway notices within 3 heartbeats, and files stay readable.
-    let mut nodes = nodes;
-    let victim = &mut nodes[2];
+    let victim = cl.nodes[2].id.clone();
     let killed_at = std::time::Instant::now();
-    victim.proc.kill9();
+    cl.kill_node(2);
     eventually("the dead node to be marked offline", || {
         let mut ctl = ctl.clone();
-        let id = victim.id.clone();
+        let id = victim.clone();
         async move {
             let s = ctl
                 .cluster_status(v1::ClusterStatusRequest {})
@@ -601,7 +454,7 @@ async fn files_stripe_over_seven_real_nodes_and_survive_a_dead_one() {
     // a loaded machine); never before the first one is missed.
     let took = killed_at.elapsed();
     assert!(
-        took >= Duration::from_millis(HEARTBEAT_MS),
+        took >= Duration::from_millis(cl.opts.heartbeat_ms),
         "offline after {took:?}"
     );
     eprintln!("the killed node was marked offline after {took:?}");
@@ -619,7 +472,7 @@ async fn files_stripe_over_seven_real_nodes_and_survive_a_dead_one() {
         l.chunks
             .iter()
             .flat_map(|c| &c.shards)
-            .filter(|s| s.node_id == victim.id)
+            .filter(|s| s.node_id == victim)
             .all(|s| s.state == v1::ShardState::Lost as i32)
     );
     // New writes avoid it.
@@ -635,14 +488,15 @@ async fn files_stripe_over_seven_real_nodes_and_survive_a_dead_one() {
         .await
         .unwrap()
         .into_inner();
-    assert!(l.chunks[0].shards.iter().all(|s| s.node_id != victim.id));
+    assert!(l.chunks[0].shards.iter().all(|s| s.node_id != victim));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_credentials_and_forged_tokens_are_refused() {
-    let gw = Gw::start(None, vec![]);
-    let node = Node::start("lonely", gw.grpc, &[]);
-    let ch = channel(&gw.url()).await;
+    let mut cl = cluster(0);
+    let node = cl.add_node_as("lonely", &[]);
+    cl.wait_registered(node);
+    let ch = channel(&cl.grpc_url()).await;
     // No token, a garbage token, a token signed by another key.
     let mut anon = ControlClient::new(ch.clone());
     let err = anon
@@ -664,7 +518,7 @@ async fn bad_credentials_and_forged_tokens_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(error_code(&err), ErrorCode::Unauthenticated);
-    let mut good = gw.control().await;
+    let mut good = ctl(&cl).await;
     let t = anon
         .authenticate(v1::AuthenticateRequest {
             access_key: ACCESS_KEY.into(),
@@ -690,7 +544,7 @@ async fn bad_credentials_and_forged_tokens_are_refused() {
         .await
         .unwrap()
         .into_inner();
-    let mut dave = control(&gw.url(), &u.access_key, &u.secret_key).await;
+    let mut dave = control(&cl.grpc_url(), &u.access_key, &u.secret_key).await;
     good.create_bucket(v1::CreateBucketRequest {
         name: "admins".into(),
         public_read: false,
@@ -760,11 +614,11 @@ async fn bad_credentials_and_forged_tokens_are_refused() {
     let tok = other.sign(&cyxcloud_core::token::Capability {
         role: cyxcloud_core::token::Role::Client,
         ops: cyxcloud_core::token::Op::Put as u8,
-        node_id: node.id.clone(),
+        node_id: cl.nodes[node].id.clone(),
         expires_at: cyxcloud_gateway::db::now_secs() + 60,
         scope: cyxcloud_core::token::Scope::Shards(vec![h]),
     });
-    let err = put_shard(&format!("http://{}", node.grpc), &h, data, &tok)
+    let err = put_shard(&cl.nodes[node].grpc_url(), &h, data, &tok)
         .await
         .unwrap_err();
     assert_eq!(error_code(&err), ErrorCode::Unauthenticated, "{err:?}");
@@ -785,8 +639,11 @@ async fn next_events(s: &mut tonic::Streaming<v1::ChangeEvent>, n: usize) -> Vec
 }
 
 async fn watch_across_restart(database_url: Option<String>) {
-    let mut gw = Gw::start(database_url, vec![]);
-    let mut ctl = gw.control().await;
+    let mut cl = Cluster::start(ClusterOptions {
+        database_url,
+        ..options(0)
+    });
+    let mut ctl = self::ctl(&cl).await;
     let b = ctl
         .create_bucket(v1::CreateBucketRequest {
             name: "watched".into(),
@@ -819,8 +676,8 @@ async fn watch_across_restart(database_url: Option<String>) {
     assert_eq!(first[4].path, "d4");
     // The gateway dies; changes made after it comes back, and before the client reconnects,
     // are delivered from the client's last position: nothing lost, nothing twice.
-    gw.restart();
-    let mut ctl = gw.control().await;
+    cl.restart_gateway();
+    let mut ctl = self::ctl(&cl).await;
     for i in 5..8 {
         ctl.mkdir(v1::MkdirRequest {
             parent_id: b.id,
@@ -877,23 +734,19 @@ async fn two_gateway_processes_serve_one_postgres_namespace() {
     let db = cyxcloud_testkit::services::postgres_db();
     let tmp = tempdir().unwrap();
     let key = tmp.path().join("cluster.key");
-    let a = Gw::start_in(
-        tmp.path().join("a"),
-        Some(db.url.clone()),
-        vec![],
-        Some(key.clone()),
-        None,
-    );
-    let b = Gw::start_in(
-        tmp.path().join("b"),
-        Some(db.url.clone()),
-        vec![],
-        Some(key.clone()),
-        None,
-    );
-    let nodes = start_nodes(7, &a);
-    let mut ca = a.control().await;
-    let mut cb = b.control().await;
+    let on_db = |nodes| ClusterOptions {
+        database_url: Some(db.url.clone()),
+        gateway_env: vec![(
+            "CYXCLOUD_CLUSTER_KEY_FILE".into(),
+            key.display().to_string(),
+        )],
+        ..options(nodes)
+    };
+    // A with the nodes; B, a second gateway process on the same database, with none of its own.
+    let a = Cluster::start(on_db(7));
+    let b = Cluster::start(on_db(0));
+    let mut ca = ctl(&a).await;
+    let mut cb = ctl(&b).await;
     wait_online(&mut cb, 7).await;
     let bucket = ca
         .create_bucket(v1::CreateBucketRequest {
@@ -952,20 +805,16 @@ async fn two_gateway_processes_serve_one_postgres_namespace() {
             .unwrap(),
         data2
     );
-    drop(nodes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gateway_with_another_cluster_key_refuses_the_database() {
     let db = cyxcloud_testkit::services::postgres_db();
     let tmp = tempdir().unwrap();
-    let _a = Gw::start_in(
-        tmp.path().join("a"),
-        Some(db.url.clone()),
-        vec![],
-        None,
-        None,
-    );
+    let _a = Cluster::start(ClusterOptions {
+        database_url: Some(db.url.clone()),
+        ..options(0)
+    });
     let mut cmd = Command::new(cyxcloud_testkit::bin("cyxcloud-gateway"));
     cmd.env("DATABASE_URL", &db.url)
         .env("GATEWAY_DATA_DIR", tmp.path().join("b"))
@@ -1013,9 +862,8 @@ async fn a_peer_without_a_nodes_key_cannot_take_over_its_id_or_join() {
     use cyxcloud_core::identity::NodeKey;
     use cyxcloud_proto::signed::Signed;
     use cyxcloud_proto::v1::node_registry_client::NodeRegistryClient;
-    let gw = Gw::start(None, vec![]);
-    let nodes = start_nodes(7, &gw);
-    let mut ctl = gw.control().await;
+    let mut cl = cluster(7);
+    let mut ctl = self::ctl(&cl).await;
     wait_online(&mut ctl, 7).await;
     ctl.create_bucket(v1::CreateBucketRequest {
         name: "held".into(),
@@ -1045,9 +893,9 @@ async fn a_peer_without_a_nodes_key_cannot_take_over_its_id_or_join() {
     let before = addresses(&status(ctl.clone()).await);
 
     // An attacker on the network, even one who learnt the join token, with its own key.
-    let mut reg = NodeRegistryClient::new(channel(&gw.url()).await);
+    let mut reg = NodeRegistryClient::new(channel(&cl.grpc_url()).await);
     let thief = NodeKey::generate().unwrap();
-    for n in &nodes[..5] {
+    for n in &cl.nodes[..5] {
         let err = reg
             .register(impostor(&n.id, &thief, cyxcloud_testkit::JOIN_TOKEN))
             .await
@@ -1068,7 +916,7 @@ async fn a_peer_without_a_nodes_key_cannot_take_over_its_id_or_join() {
     assert_eq!(error_code(&err), ErrorCode::Unauthenticated, "{err:?}");
     // A forged heartbeat for a real node.
     let mut hb = v1::HeartbeatRequest {
-        node_id: nodes[0].id.clone(),
+        node_id: cl.nodes[0].id.clone(),
         state: v1::NodeState::Draining as i32,
         ..Default::default()
     };
@@ -1086,7 +934,7 @@ async fn a_peer_without_a_nodes_key_cannot_take_over_its_id_or_join() {
             .all(|n| n.state == v1::NodeState::Online as i32)
     );
     assert_eq!(read_file(&mut ctl, id_ref(e.id), 0, 0).await.unwrap(), data);
-    let log = gw.proc.as_ref().unwrap().log();
+    let log = cl.gateway_log();
     assert!(
         log.contains("refused a registration for a node id bound to another key")
             && log.contains("refused a forged heartbeat"),
@@ -1094,14 +942,12 @@ async fn a_peer_without_a_nodes_key_cannot_take_over_its_id_or_join() {
     );
 
     // A real node process with a wrong join token does not join and says why.
-    let stranger = Node::start(
+    let stranger = cl.add_node_as(
         "stranger",
-        gw.grpc,
         &[("NODE_JOIN_TOKEN", "not-the-token-0123456789")],
     );
     eventually("the stranger to log its refusal", || async {
-        stranger
-            .proc
+        cl.nodes[stranger]
             .log()
             .contains("wrong join token")
             .then_some(())

@@ -12,7 +12,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::cluster::{Gw, Node, channel, path_ref, wait_online};
+use crate::cluster::{Cluster, ClusterOptions, channel, ctl, options, path_ref, wait_online};
 use crate::common::eventually;
 
 /// A minimal HTTP/1.1 request (a JSON body when given, a bearer token when given):
@@ -57,8 +57,8 @@ fn http_get_bearer(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, 
 }
 
 /// The control API's bearer token for an access key.
-async fn bearer_token(gw: &Gw, access_key: &str, secret_key: &str) -> String {
-    cyxcloud_proto::v1::control_client::ControlClient::new(channel(&gw.url()).await)
+async fn bearer_token(cl: &Cluster, access_key: &str, secret_key: &str) -> String {
+    cyxcloud_proto::v1::control_client::ControlClient::new(channel(&cl.grpc_url()).await)
         .authenticate(v1::AuthenticateRequest {
             access_key: access_key.into(),
             secret_key: secret_key.into(),
@@ -91,16 +91,14 @@ async fn operator_login_and_machine_registration_let_a_node_in() {
     let data = tmp.path().join("gw");
     std::fs::create_dir_all(&data).unwrap();
     user_add(&data, "miner@example.com", "correct horse battery");
-    let gw = Gw::start_in(
-        data,
-        None,
-        vec![("GATEWAY_REQUIRE_MACHINE_KEYS".into(), "true".into())],
-        None,
-        None,
-    );
+    let mut cl = Cluster::start(ClusterOptions {
+        gateway_dir: Some(data),
+        gateway_env: vec![("GATEWAY_REQUIRE_MACHINE_KEYS".into(), "true".into())],
+        ..options(0)
+    });
     // The account API contract.
     let (code, body) = http_post(
-        gw.http,
+        cl.http_addr(),
         "/api/auth/login",
         &json!({"email": "miner@example.com", "password": "wrong password"}),
         None,
@@ -108,7 +106,7 @@ async fn operator_login_and_machine_registration_let_a_node_in() {
     assert_eq!(code, 401);
     assert_eq!(body, json!({"error": "invalid email or password"}));
     let (code, body) = http_post(
-        gw.http,
+        cl.http_addr(),
         "/api/auth/login",
         &json!({"email": "miner@example.com", "password": "correct horse battery"}),
         None,
@@ -121,15 +119,20 @@ async fn operator_login_and_machine_registration_let_a_node_in() {
     let machine = json!({"node_id": "probe", "name": "rig", "hostname": "h", "cpu_cores": 8,
         "ram_bytes": 0, "gpu": "", "storage_capacity_bytes": 0, "wallet_address": ""});
     let (code, _) = http_post(
-        gw.http,
+        cl.http_addr(),
         "/api/machines/register",
         &machine,
         Some("not-a-jwt"),
     );
     assert_eq!(code, 401);
-    let (code, _) = http_post(gw.http, "/api/machines/register", &machine, None);
+    let (code, _) = http_post(cl.http_addr(), "/api/machines/register", &machine, None);
     assert_eq!(code, 401);
-    let (code, body) = http_post(gw.http, "/api/machines/register", &machine, Some(&jwt));
+    let (code, body) = http_post(
+        cl.http_addr(),
+        "/api/machines/register",
+        &machine,
+        Some(&jwt),
+    );
     assert_eq!(code, 200, "{body}");
     assert!(body["machine_id"].as_str().unwrap().starts_with("m-"));
     assert!(!body["api_key"].as_str().unwrap().is_empty());
@@ -137,10 +140,9 @@ async fn operator_login_and_machine_registration_let_a_node_in() {
 
     // A real node logs in through this API, saves its credentials and is let in; a node
     // without a machine key is refused.
-    let api = format!("http://{}", gw.http);
-    let good = Node::start(
+    let api = cl.http_url();
+    let good = cl.add_node_as(
         "miner-node",
-        gw.grpc,
         &[
             ("CYXWIZ_API_REGISTER", "true"),
             ("CYXWIZ_API_URL", &api),
@@ -148,8 +150,8 @@ async fn operator_login_and_machine_registration_let_a_node_in() {
             ("CYXWIZ_PASSWORD", "correct horse battery"),
         ],
     );
-    let _stranger = Node::start("stranger", gw.grpc, &[]);
-    let mut ctl = gw.control().await;
+    cl.add_node_as("stranger", &[]);
+    let mut ctl = ctl(&cl).await;
     wait_online(&mut ctl, 1).await;
     let s = ctl
         .cluster_status(v1::ClusterStatusRequest {})
@@ -157,21 +159,21 @@ async fn operator_login_and_machine_registration_let_a_node_in() {
         .unwrap()
         .into_inner();
     let ids: Vec<&str> = s.nodes.iter().map(|n| n.node_id.as_str()).collect();
-    assert_eq!(ids, [good.id.as_str()]);
+    assert_eq!(ids, [cl.nodes[good].id.as_str()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_metrics_and_the_ws_feed_replay_the_journal() {
-    let gw = Gw::start(None, vec![]);
-    let (code, body) = http_get(gw.http, "/health").unwrap();
+    let mut cl = Cluster::start(options(0));
+    let (code, body) = http_get(cl.http_addr(), "/health").unwrap();
     assert_eq!(code, 200);
     let h: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(h["healthy"], true);
     assert_eq!(h["database"], "sqlite");
-    let mut ctl = gw.control().await;
-    let token = bearer_token(&gw, crate::cluster::ACCESS_KEY, crate::cluster::SECRET_KEY).await;
+    let mut ctl = ctl(&cl).await;
+    let token = bearer_token(&cl, crate::cluster::ACCESS_KEY, crate::cluster::SECRET_KEY).await;
     // The gateway's background workers: for an admin's bearer token only, and in /metrics.
-    let (code, workers) = http_get_bearer(gw.http, "/api/workers", Some(&token));
+    let (code, workers) = http_get_bearer(cl.http_addr(), "/api/workers", Some(&token));
     assert_eq!(code, 200, "{workers}");
     let names: Vec<&str> = workers["workers"]
         .as_array()
@@ -196,7 +198,7 @@ async fn health_metrics_and_the_ws_feed_replay_the_journal() {
             .all(|w| w["state"] != "error"),
         "{workers}"
     );
-    assert_eq!(http_get_bearer(gw.http, "/api/workers", None).0, 401);
+    assert_eq!(http_get_bearer(cl.http_addr(), "/api/workers", None).0, 401);
     let user = ctl
         .create_user(v1::CreateUserRequest {
             name: "not-admin".into(),
@@ -206,12 +208,12 @@ async fn health_metrics_and_the_ws_feed_replay_the_journal() {
         .await
         .unwrap()
         .into_inner();
-    let user_token = bearer_token(&gw, &user.access_key, &user.secret_key).await;
+    let user_token = bearer_token(&cl, &user.access_key, &user.secret_key).await;
     assert_eq!(
-        http_get_bearer(gw.http, "/api/workers", Some(&user_token)).0,
+        http_get_bearer(cl.http_addr(), "/api/workers", Some(&user_token)).0,
         403
     );
-    let (_, metrics) = http_get(gw.http, "/metrics").unwrap();
+    let (_, metrics) = http_get(cl.http_addr(), "/metrics").unwrap();
     assert!(
         metrics.contains("cyxcloud_worker_state{worker=\"node-sweep\",state=\"idle\"}")
             && metrics.contains("cyxcloud_worker_steps_total{worker=\"node-sweep\"}"),
@@ -226,12 +228,12 @@ async fn health_metrics_and_the_ws_feed_replay_the_journal() {
         .await
         .unwrap()
         .into_inner();
-    let node = Node::start("ws-node", gw.grpc, &[]);
+    let node = cl.add_node_as("ws-node", &[]);
     wait_online(&mut ctl, 1).await;
 
     // An authenticated subscriber replaying from the start.
     let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{}/ws?token={token}", gw.http))
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?token={token}", cl.http_addr()))
             .await
             .unwrap();
     ws.send(Message::Text(
@@ -271,7 +273,7 @@ async fn health_metrics_and_the_ws_feed_replay_the_journal() {
     assert_eq!(e1["entry"]["kind"], "bucket");
     let e2 = next().await;
     assert_eq!(e2["topic"], "node.online");
-    assert_eq!(e2["node_id"], node.id.as_str());
+    assert_eq!(e2["node_id"], cl.nodes[node].id.as_str());
     assert!(e2["seq"].as_u64() > e1["seq"].as_u64());
     // A live change arrives too.
     ctl.mkdir(v1::MkdirRequest {
@@ -290,7 +292,7 @@ async fn health_metrics_and_the_ws_feed_replay_the_journal() {
     // Without a token only node events are sent, even to a subscriber asking for file events:
     // the replay from the start skips the bucket's file.created (the journal's first event)
     // and begins with the node coming online.
-    let (mut anon, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http))
+    let (mut anon, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", cl.http_addr()))
         .await
         .unwrap();
     anon.send(Message::Text(
@@ -324,7 +326,7 @@ async fn health_metrics_and_the_ws_feed_replay_the_journal() {
     .await
     .unwrap();
     let metrics = eventually("metrics to show the file", || async {
-        let (_, m) = http_get(gw.http, "/metrics").ok()?;
+        let (_, m) = http_get(cl.http_addr(), "/metrics").ok()?;
         m.contains("cyxcloud_gateway_objects 1").then_some(m)
     })
     .await;

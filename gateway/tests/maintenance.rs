@@ -13,8 +13,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::cluster::{
-    ACCESS_KEY, Bearer, CHUNK, Gw, SECRET_KEY, channel, id_ref, read_file, start_nodes, test_data,
-    wait_online, write_file, write_file_late,
+    ACCESS_KEY, Bearer, CHUNK, Cluster, ClusterOptions, SECRET_KEY, channel, cluster, ctl, id_ref,
+    options, read_file, test_data, wait_online, write_file, write_file_late,
 };
 use crate::common::eventually;
 
@@ -44,26 +44,22 @@ async fn degraded(m: &mut Maint) -> v1::DegradedResponse {
     .into_inner()
 }
 
-/// A `cyxcloud-rebalancer` process against `gw`, with its metrics port.
+/// A `cyxcloud-rebalancer` process against `cl`'s gateway, with its metrics port.
 struct Rebalancer {
     _proc: Proc,
     metrics: SocketAddr,
 }
 
 impl Rebalancer {
-    fn start(gw: &Gw, holder: &str) -> Rebalancer {
-        Self::start_with(gw, holder, &[])
+    fn start(cl: &Cluster, holder: &str) -> Rebalancer {
+        Self::start_with(cl, holder, &[])
     }
 
-    fn start_with(gw: &Gw, holder: &str, settings: &[String]) -> Rebalancer {
+    fn start_with(cl: &Cluster, holder: &str, settings: &[String]) -> Rebalancer {
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let log = gw
-            .data_dir
-            .parent()
-            .unwrap()
-            .join(format!("rebalancer-{holder}.log"));
+        let log = cl.dir.path().join(format!("rebalancer-{holder}.log"));
         let proc = cyxcloud_testkit::spawn_rebalancer(
-            &gw.url(),
+            &cl.grpc_url(),
             (ACCESS_KEY, SECRET_KEY),
             metrics.port(),
             &[&[format!("holder={holder}")], settings].concat(),
@@ -111,9 +107,11 @@ async fn grants_are_checked_and_commits_compare_and_set_the_shard_row_postgres()
 }
 
 async fn grants_and_commits(database_url: Option<String>) {
-    let gw = Gw::start(database_url, vec![]);
-    let nodes = start_nodes(7, &gw);
-    let mut ctl = gw.control().await;
+    let cl = Cluster::start(ClusterOptions {
+        database_url,
+        ..options(7)
+    });
+    let mut ctl = ctl(&cl).await;
     wait_online(&mut ctl, 7).await;
     bucket(&mut ctl, "maint").await;
 
@@ -127,19 +125,19 @@ async fn grants_and_commits(database_url: Option<String>) {
         .await
         .unwrap()
         .into_inner();
-    let mut plain = maintenance(&gw.url(), &user.access_key, &user.secret_key).await;
+    let mut plain = maintenance(&cl.grpc_url(), &user.access_key, &user.secret_key).await;
     let e = plain
         .degraded(v1::DegradedRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
-    let e = MaintenanceClient::new(channel(&gw.url()).await)
+    let e = MaintenanceClient::new(channel(&cl.grpc_url()).await)
         .nodes(v1::MaintenanceNodesRequest {})
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
 
-    let mut m = maintenance(&gw.url(), ACCESS_KEY, SECRET_KEY).await;
+    let mut m = maintenance(&cl.grpc_url(), ACCESS_KEY, SECRET_KEY).await;
     assert_eq!(degraded(&mut m).await.total, 0);
     // Shard 3 of the only chunk is never uploaded: it is pending.
     let data = test_data(5, CHUNK);
@@ -178,7 +176,8 @@ async fn grants_and_commits(database_url: Option<String>) {
         })
         .collect();
     let pending_node = c.shards[3].node_id.clone();
-    let target = nodes
+    let target = cl
+        .nodes
         .iter()
         .map(|n| n.id.clone())
         .find(|n| *n != pending_node)
@@ -327,8 +326,15 @@ async fn grants_and_commits(database_url: Option<String>) {
         read_file(&mut ctl, id_ref(file.id), 0, 0).await.unwrap(),
         data
     );
-    // Garbage collection (queued by the first, refused move) leaves the named copy alone.
-    tokio::time::sleep(Duration::from_millis(3 * crate::cluster::HEARTBEAT_MS)).await;
+    // Garbage collection (queued by the first, refused move) leaves the named copy alone:
+    // deletes reach a node in a heartbeat's reply, and a finished command wakes the next
+    // heartbeat, so two heartbeats answered from now are past any delete for it.
+    let t = cl.nodes.iter().position(|n| n.id == target).unwrap();
+    let beats = cl.node_metric(t, "cyxcloud_heartbeat_success_total");
+    eventually("two more heartbeats of the target", || async {
+        (cl.node_metric(t, "cyxcloud_heartbeat_success_total") >= beats + 2).then_some(())
+    })
+    .await;
     let token = m
         .node_token(v1::NodeTokenRequest {
             node_id: target.clone(),
@@ -393,7 +399,6 @@ async fn grants_and_commits(database_url: Option<String>) {
         .into_inner();
     assert_eq!(r.applied, vec![false]);
     assert_eq!(degraded(&mut m).await.total, 0);
-    drop(nodes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -401,12 +406,11 @@ async fn a_shard_that_arrives_after_its_commit_is_marked_stored_not_rebuilt() {
     // A node that misses 3 heartbeats under a loaded CI machine counts as offline when the
     // rebalancer plans, and its late shard is then rebuilt, not checked: this test is about the
     // check, so its nodes get 5 s heartbeats (seen twice in CI with 1 s).
-    let gw = Gw::start(
-        None,
-        vec![("GATEWAY_HEARTBEAT_INTERVAL_MS".into(), "5000".into())],
-    );
-    let _nodes = start_nodes(7, &gw);
-    let mut ctl = gw.control().await;
+    let cl = Cluster::start(ClusterOptions {
+        heartbeat_ms: 5000,
+        ..options(7)
+    });
+    let mut ctl = ctl(&cl).await;
     wait_online(&mut ctl, 7).await;
     bucket(&mut ctl, "late").await;
     let data = test_data(9, 2 * CHUNK);
@@ -414,9 +418,9 @@ async fn a_shard_that_arrives_after_its_commit_is_marked_stored_not_rebuilt() {
     let e = write_file_late(&mut ctl, "late", "f", &data, &[(0, 5), (1, 12)], true)
         .await
         .unwrap();
-    let mut m = maintenance(&gw.url(), ACCESS_KEY, SECRET_KEY).await;
+    let mut m = maintenance(&cl.grpc_url(), ACCESS_KEY, SECRET_KEY).await;
     assert_eq!(degraded(&mut m).await.total, 2);
-    let rb = Rebalancer::start(&gw, "late-rb");
+    let rb = Rebalancer::start(&cl, "late-rb");
     eventually("the pending shards marked stored", || {
         let mut m = m.clone();
         async move { (degraded(&mut m).await.total == 0).then_some(()) }
@@ -442,9 +446,11 @@ async fn two_rebalancers_repair_every_lost_shard_exactly_once_postgres() {
 }
 
 async fn two_rebalancers(database_url: Option<String>) {
-    let gw = Gw::start(database_url, vec![]);
-    let mut nodes = start_nodes(9, &gw);
-    let mut ctl = gw.control().await;
+    let mut cl = Cluster::start(ClusterOptions {
+        database_url,
+        ..options(9)
+    });
+    let mut ctl = ctl(&cl).await;
     wait_online(&mut ctl, 9).await;
     bucket(&mut ctl, "two").await;
     let mut files = Vec::new();
@@ -456,7 +462,7 @@ async fn two_rebalancers(database_url: Option<String>) {
         files.push((e.id, d));
     }
     // The shards on the node that dies.
-    let dead = nodes[4].id.clone();
+    let dead = cl.nodes[4].id.clone();
     let mut lost = 0;
     for (id, _) in &files {
         let l = ctl
@@ -476,10 +482,10 @@ async fn two_rebalancers(database_url: Option<String>) {
             .count();
     }
     assert!(lost > 0);
-    let a = Rebalancer::start(&gw, "rb-a");
-    let b = Rebalancer::start(&gw, "rb-b");
-    nodes[4].proc.kill9();
-    let mut m = maintenance(&gw.url(), ACCESS_KEY, SECRET_KEY).await;
+    let a = Rebalancer::start(&cl, "rb-a");
+    let b = Rebalancer::start(&cl, "rb-b");
+    cl.kill_node(4);
+    let mut m = maintenance(&cl.grpc_url(), ACCESS_KEY, SECRET_KEY).await;
     eventually("the dead node's shards repaired", || {
         let mut m = m.clone();
         async move {
@@ -515,15 +521,14 @@ async fn two_rebalancers(database_url: Option<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn audit_batches_hand_out_each_shard_once_per_period_and_failures_lower_the_score() {
-    let gw = Gw::start(None, vec![]);
-    let _nodes = start_nodes(7, &gw);
-    let mut ctl = gw.control().await;
+    let cl = cluster(7);
+    let mut ctl = ctl(&cl).await;
     wait_online(&mut ctl, 7).await;
     bucket(&mut ctl, "audits").await;
     write_file(&mut ctl, "audits", "f", &test_data(3, CHUNK), &[])
         .await
         .unwrap();
-    let mut m = maintenance(&gw.url(), ACCESS_KEY, SECRET_KEY).await;
+    let mut m = maintenance(&cl.grpc_url(), ACCESS_KEY, SECRET_KEY).await;
     let batch = |limit, age| v1::AuditBatchRequest {
         limit,
         min_age_ms: age,
@@ -666,13 +671,12 @@ async fn layout_of(ctl: &mut crate::cluster::Ctl, id: u64) -> v1::GetLayoutRespo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_readers_false_corruption_reports_change_nothing_and_get_it_refused() {
-    let gw = Gw::start(None, vec![]);
-    let _nodes = start_nodes(7, &gw);
-    let mut admin = gw.control().await;
+    let cl = cluster(7);
+    let mut admin = ctl(&cl).await;
     wait_online(&mut admin, 7).await;
     let user = |name: &'static str| {
         let mut admin = admin.clone();
-        let url = gw.url();
+        let url = cl.grpc_url();
         async move {
             let u = admin
                 .create_user(v1::CreateUserRequest {
@@ -744,7 +748,7 @@ async fn a_readers_false_corruption_reports_change_nothing_and_get_it_refused() 
     };
     assert!(stored(&layout_of(&mut alice, a.id).await));
     // The next audit batch asks exactly the reported shards first (the rest are not due).
-    let mut m = maintenance(&gw.url(), ACCESS_KEY, SECRET_KEY).await;
+    let mut m = maintenance(&cl.grpc_url(), ACCESS_KEY, SECRET_KEY).await;
     let batch = m
         .audit_batch(v1::AuditBatchRequest {
             limit: 1,
@@ -785,7 +789,7 @@ async fn a_readers_false_corruption_reports_change_nothing_and_get_it_refused() 
     // A real rebalancer audits what Bob keeps reporting; every report is found false, and
     // after FALSE_REPORT_LIMIT of them in the hour he is not heard any more.
     let _r = Rebalancer::start_with(
-        &gw,
+        &cl,
         "auditor",
         &[
             "audit_interval_ms=100".into(),
@@ -826,6 +830,6 @@ async fn a_readers_false_corruption_reports_change_nothing_and_get_it_refused() 
         .total,
         0
     );
-    let log = gw.proc.as_ref().unwrap().log();
+    let log = cl.gateway_log();
     assert!(log.contains("found intact by its audit"), "{log}");
 }

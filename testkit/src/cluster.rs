@@ -36,6 +36,11 @@ pub struct ClusterOptions {
     pub rebalancer_settings: Vec<String>,
     /// Run the cluster on TLS (the gateway's cluster CA certifies it and every node).
     pub tls: bool,
+    /// Extra environment for the gateway (e.g. `CYXCLOUD_CLUSTER_KEY_FILE`).
+    pub gateway_env: Vec<(String, String)>,
+    /// The gateway's data dir (default: `gateway` in the cluster's temp dir): one prepared
+    /// before the cluster starts, or one that outlives it.
+    pub gateway_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -50,6 +55,8 @@ impl Default for ClusterOptions {
             rebalancer: true,
             rebalancer_settings: vec![],
             tls: false,
+            gateway_env: vec![],
+            gateway_dir: None,
         }
     }
 }
@@ -65,6 +72,8 @@ pub struct NodeHandle {
     pub p2p_port: u16,
     pub proc: Option<Proc>,
     pub tls: bool,
+    /// Extra environment the node runs with (over its config file).
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeHandle {
@@ -77,6 +86,10 @@ impl NodeHandle {
     }
     pub fn is_up(&self) -> bool {
         self.proc.is_some()
+    }
+    /// What the node has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
     }
 }
 
@@ -207,7 +220,13 @@ impl Cluster {
     /// that (stopped) node's shard store, under its own identity: a disk moved to a re-imaged
     /// machine. Does not wait for it to register.
     pub fn add_node(&mut self, disk_of: Option<usize>) -> usize {
-        self.add_node_on(disk_of, None)
+        self.add_node_on(None, &[], disk_of, None)
+    }
+
+    /// Creates and starts one more node with its own id and extra environment (over its
+    /// config file: e.g. a wrong `NODE_JOIN_TOKEN`). Does not wait for it to register.
+    pub fn add_node_as(&mut self, id: &str, env: &[(&str, &str)]) -> usize {
+        self.add_node_on(Some(id), env, None, None)
     }
 
     /// Creates and starts one more node whose store lives on a disk of `bytes` (a tmpfs
@@ -215,12 +234,18 @@ impl Cluster {
     /// free-space reserve: a node whose disk fills up while it still offers its configured
     /// capacity. Does not wait for it to register.
     pub fn add_node_with_disk(&mut self, bytes: u64) -> usize {
-        self.add_node_on(None, Some(bytes))
+        self.add_node_on(None, &[], None, Some(bytes))
     }
 
-    fn add_node_on(&mut self, disk_of: Option<usize>, disk_bytes: Option<u64>) -> usize {
+    fn add_node_on(
+        &mut self,
+        id: Option<&str>,
+        env: &[(&str, &str)],
+        disk_of: Option<usize>,
+        disk_bytes: Option<u64>,
+    ) -> usize {
         let i = self.nodes.len();
-        let id = format!("node-{:02}", i + 1);
+        let id = id.map_or_else(|| format!("node-{:02}", i + 1), str::to_string);
         let dir = self.dir.path().join("nodes").join(&id);
         std::fs::create_dir_all(&dir).expect("node dir");
         // The store's directory: the node dir itself, or a small disk mounted inside it (the
@@ -288,6 +313,10 @@ impl Cluster {
             p2p_port,
             proc: None,
             tls: self.opts.tls,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         });
         self.start_node(i);
         i
@@ -295,6 +324,20 @@ impl Cluster {
 
     pub fn http_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.http_port))
+    }
+    pub fn grpc_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.grpc_port))
+    }
+    /// The gateway's data dir.
+    pub fn gateway_dir(&self) -> PathBuf {
+        self.opts
+            .gateway_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("gateway"))
+    }
+    /// What the running gateway has logged so far.
+    pub fn gateway_log(&self) -> String {
+        self.gateway.as_ref().map(Proc::log).unwrap_or_default()
     }
     fn scheme(&self) -> &'static str {
         if self.opts.tls { "https" } else { "http" }
@@ -309,14 +352,23 @@ impl Cluster {
     }
     /// The cluster CA (PEM) of a TLS cluster: what clients verify the gateway and nodes with.
     pub fn ca_path(&self) -> PathBuf {
-        self.dir.path().join("gateway").join("tls").join("ca.pem")
+        self.gateway_dir().join("tls").join("ca.pem")
     }
 
     /// Starts (or restarts) the gateway on its ports and data dir; waits for /health.
     pub fn start_gateway(&mut self) {
         let mut cmd = Command::new(bin("cyxcloud-gateway"));
+        // Nothing from the environment the tests run in reaches the cluster.
+        for k in [
+            "DATABASE_URL",
+            "REDIS_URL",
+            "CYXCLOUD_CLUSTER_KEY_FILE",
+            "GATEWAY_REQUIRE_MACHINE_KEYS",
+        ] {
+            cmd.env_remove(k);
+        }
         cmd.arg("--data-dir")
-            .arg(self.dir.path().join("gateway"))
+            .arg(self.gateway_dir())
             .args([
                 "--host",
                 "127.0.0.1",
@@ -333,8 +385,6 @@ impl Cluster {
             .env("CYXCLOUD_SECRET_KEY", SECRET_KEY)
             .env("GATEWAY_NODE_JOIN_TOKEN", crate::JOIN_TOKEN)
             .env("GATEWAY_TLS", self.opts.tls.to_string())
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
             .env(
                 "RUST_LOG",
                 std::env::var("CYX_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -347,6 +397,9 @@ impl Cluster {
         }
         if let Some(url) = &self.opts.database_url {
             cmd.env("DATABASE_URL", url);
+        }
+        for (k, v) in &self.opts.gateway_env {
+            cmd.env(k, v);
         }
         let log = self.dir.path().join("gateway.log");
         self.gateway = Some(Proc::spawn("cyxcloud-gateway", cmd, &log));
@@ -369,16 +422,37 @@ impl Cluster {
         }
     }
 
+    /// Kills the gateway (SIGKILL) and starts it again on the same ports and data.
+    pub fn restart_gateway(&mut self) {
+        self.kill_gateway();
+        self.start_gateway();
+    }
+
     pub fn start_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         let mut cmd = Command::new(bin("cyxcloud-node"));
+        for k in [
+            "CENTRAL_SERVER_ADDR",
+            "CENTRAL_ADDRESS",
+            "CYXWIZ_EMAIL",
+            "CYXWIZ_PASSWORD",
+            "CYXWIZ_PASSWORD_FILE",
+            "BOOTSTRAP_PEERS",
+            "CYXCLOUD_TOKEN_PUBLIC_KEYS",
+        ] {
+            cmd.env_remove(k);
+        }
         cmd.arg("--config")
             .arg(&n.config)
+            .current_dir(&n.dir)
             .env("NODE_JOIN_TOKEN", crate::JOIN_TOKEN)
             .env(
                 "RUST_LOG",
                 std::env::var("CYX_TEST_LOG").unwrap_or_else(|_| "info".into()),
             );
+        for (k, v) in &n.env {
+            cmd.env(k, v);
+        }
         let log = n.dir.join("node.log");
         n.proc = Some(Proc::spawn(&n.id, cmd, &log));
     }
@@ -393,18 +467,20 @@ impl Cluster {
     /// The sum of the gauge or counter `name` (unlabelled) over the running nodes' `/metrics`,
     /// e.g. `cyxcloud_bytes_uploaded` to see that writes reached the nodes.
     pub fn node_metric_sum(&self, name: &str) -> u64 {
-        self.nodes
-            .iter()
-            .filter(|n| n.is_up())
-            .map(|n| {
-                let (_, m) = http_get(n.metrics_addr(), "/metrics").expect("node metrics");
-                m.lines()
-                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .unwrap_or_else(|| panic!("{name} missing from the metrics of {}", n.id))
-                    as u64
-            })
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_up())
+            .map(|i| self.node_metric(i, name))
             .sum()
+    }
+
+    /// The gauge or counter `name` (unlabelled) in node `i`'s `/metrics`.
+    pub fn node_metric(&self, i: usize, name: &str) -> u64 {
+        let n = &self.nodes[i];
+        let (_, m) = http_get(n.metrics_addr(), "/metrics").expect("node metrics");
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from the metrics of {}", n.id)) as u64
     }
 
     /// SIGSTOPs node `i`: it hangs with its sockets open (a node that stopped answering).
