@@ -492,6 +492,145 @@ async fn files_survive_four_dead_nodes_of_fourteen() {
     let _ = Bytes::new();
 }
 
+/// The gateway's view of node `id`: its state.
+async fn node_state(client: &Client, id: &str) -> Option<v1::NodeState> {
+    let s = client
+        .control()
+        .cluster_status(v1::ClusterStatusRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    let n = s.nodes.iter().find(|n| n.node_id == id)?;
+    v1::NodeState::try_from(n.state).ok()
+}
+
+/// Polls `f` until it returns `Some`, for at most 60 s.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A node cut off the network (every packet dropped, so connections to it hang rather than
+/// being refused) while files are read and written: reads route around it, a write placed on
+/// it before the gateway notices completes on the other 13 nodes, the gateway marks it
+/// offline, and when the partition heals it rejoins, takes new shards and the cluster returns
+/// to full redundancy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_node_is_routed_around_and_rejoins_when_the_partition_heals() {
+    let c = Cluster::start(ClusterOptions {
+        nodes: 14,
+        netns_nodes: 1,
+        chunk_size: Some(MIB as u64),
+        ..Default::default()
+    });
+    let client = client(&c).await;
+    bucket(&client, "split").await;
+    let before = data(3 * MIB + 123, 1);
+    put(
+        &client,
+        "split",
+        "before",
+        &before,
+        UploadOptions::default(),
+    )
+    .await;
+    let id = c.nodes[0].id.clone();
+    assert_eq!(node_state(&client, &id).await, Some(v1::NodeState::Online));
+
+    let beats = c.node_metric(0, "cyxcloud_heartbeat_success_total");
+    c.partition_node(0);
+    // The partition is real and silent: a connection to the node times out, not refused.
+    let err = std::net::TcpStream::connect_timeout(
+        &c.nodes[0].metrics_addr(),
+        Duration::from_millis(500),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    // Before the gateway notices: reads return the right bytes, and a write whose placement
+    // includes the node completes on the others.
+    assert_eq!(
+        get(&client, "split", "before", ReadOptions::default()).await,
+        before
+    );
+    let during = data(2 * MIB + 7, 2);
+    put(
+        &client,
+        "split",
+        "during",
+        &during,
+        UploadOptions::default(),
+    )
+    .await;
+    assert_eq!(
+        get(&client, "split", "during", ReadOptions::default()).await,
+        during
+    );
+    eventually("the gateway to mark the partitioned node offline", || {
+        let (client, id) = (&client, &id);
+        async move { (node_state(client, id).await? == v1::NodeState::Offline).then_some(()) }
+    })
+    .await;
+    let after = data(MIB + 5, 3);
+    put(&client, "split", "after", &after, UploadOptions::default()).await;
+
+    c.heal_node(0);
+    eventually("the node to come back online", || {
+        let (client, id) = (&client, &id);
+        async move { (node_state(client, id).await? == v1::NodeState::Online).then_some(()) }
+    })
+    .await;
+    // Its heartbeats got through again (its metrics, like everything on it, were out of reach
+    // during the partition).
+    assert!(c.node_metric(0, "cyxcloud_heartbeat_success_total") > beats);
+    // It takes new shards again: with 14 nodes online every chunk has one on each.
+    let back = data(MIB, 4);
+    let e = put(&client, "split", "back", &back, UploadOptions::default()).await;
+    let l = client
+        .control()
+        .get_layout(v1::GetLayoutRequest {
+            entry: Some(v1::EntryRef {
+                r#ref: Some(v1::entry_ref::Ref::Id(e.id)),
+            }),
+            offset: 0,
+            length: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        l.chunks[0]
+            .shards
+            .iter()
+            .any(|s| s.node_id == id && s.state == v1::ShardState::Stored as i32),
+        "{l:?}"
+    );
+    c.wait_redundant(Duration::from_secs(120));
+    for (k, v) in [
+        ("before", &before),
+        ("during", &during),
+        ("after", &after),
+        ("back", &back),
+    ] {
+        assert_eq!(
+            &get(&client, "split", k, ReadOptions::default()).await,
+            v,
+            "{k}"
+        );
+    }
+}
+
 /// The data path over TLS 1.3 end to end: the gateway's ports, every node's port (certified by
 /// the cluster CA for the node's own key at registration), the rebalancer, node-to-node
 /// repair. Clients verify; a client that does not trust the CA, or speaks plaintext to a TLS

@@ -21,6 +21,9 @@ CYX_PACKAGES_TEST=(
   "redis-server:redis-server"
   "python3:python3"
   "procps:/usr/bin/kill"
+  # Fault tests: a node partitioned off in its own network namespace.
+  "iproute2:ip"
+  "nftables:nft"
   # The drive tests run real tools on the mount.
   "git:git"
   # S3 API tests (gateway): real clients, and a venv for the PyPI ones.

@@ -1,9 +1,10 @@
 //! A real CyxCloud cluster for multi-process tests: one `cyxcloud-gateway` (SQLite in a temp
 //! dir unless a database URL is given) and N `cyxcloud-node` processes on RocksDB, all on free
 //! ports, killed when the [`Cluster`] is dropped. Fault operations: kill / restart / pause
-//! (SIGSTOP) / resume a node, rot on a node's disk, stop / restart the gateway.
+//! (SIGSTOP) / resume a node, rot on a node's disk, a full disk, a network partition of a
+//! node in its own network namespace, stop / restart the gateway.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -18,6 +19,10 @@ pub const SECRET_KEY: &str = "test-admin-secret-0123456789abcdef";
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub nodes: usize,
+    /// How many of the `nodes` (the first ones) run each in its own network namespace, on a
+    /// veth link to the host that [`Cluster::partition_node`] can cut (needs root, `ip` and
+    /// `nft`). The gateway then listens on every address, so that they reach it.
+    pub netns_nodes: usize,
     /// Heartbeat interval the gateway asks nodes for. 2 s: under a loaded CI machine (dozens of
     /// node processes on 2 cores) shorter intervals made healthy nodes miss 3 heartbeats, and a
     /// chunk placed while one of 14 nodes was briefly "offline" gets 2 shards on one node.
@@ -47,6 +52,7 @@ impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
             nodes: 7,
+            netns_nodes: 0,
             heartbeat_ms: 2000,
             chunk_size: None,
             capacity_gb: 4.0,
@@ -74,15 +80,149 @@ pub struct NodeHandle {
     pub tls: bool,
     /// Extra environment the node runs with (over its config file).
     pub env: Vec<(String, String)>,
+    /// The address it listens on (127.0.0.1, or its namespace's end of its veth link).
+    pub ip: Ipv4Addr,
+    /// Its network namespace, when it has one.
+    pub netns: Option<Netns>,
+}
+
+/// A network namespace of one node, linked to the host by a veth pair on a /30 of
+/// 198.18.0.0/15 (the range set aside for network tests, RFC 2544). Deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+    /// The host's end of the link (its address is `host_ip`).
+    pub host_veth: String,
+    pub host_ip: Ipv4Addr,
+    pub ip: Ipv4Addr,
+    /// Held for the namespace's life: its /30 is derived from this reserved port, so no other
+    /// test process picks the same one.
+    _port: u16,
+}
+
+/// The nft table that cuts a partitioned node's namespace off (everything but loopback).
+const PARTITION: &str = "table inet cyxcloud_partition {\n\
+     chain in { type filter hook input priority 0; policy accept; iifname != \"lo\" drop; }\n\
+     chain out { type filter hook output priority 0; policy accept; oifname != \"lo\" drop; }\n\
+     }\n";
+
+impl Netns {
+    /// Creates the namespace and its link; panics with the tool's message when it cannot.
+    fn create() -> Netns {
+        let port = free_port();
+        // A /30 per reserved port: .1 is the host's end, .2 the namespace's.
+        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + u32::from(port % 32768) * 4;
+        let ns = Netns {
+            name: format!("cyxtest-{port}"),
+            host_veth: format!("cyx{port}h"),
+            host_ip: Ipv4Addr::from(base + 1),
+            ip: Ipv4Addr::from(base + 2),
+            _port: port,
+        };
+        let peer = format!("cyx{port}n");
+        // Leftovers of a killed test process that held this port before.
+        let _ = Command::new("ip").args(["netns", "del", &ns.name]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &ns.host_veth])
+            .output();
+        run_ip(&["netns", "add", &ns.name]);
+        run_ip(&[
+            "link",
+            "add",
+            &ns.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ]);
+        run_ip(&["link", "set", &peer, "netns", &ns.name]);
+        run_ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", ns.host_ip),
+            "dev",
+            &ns.host_veth,
+        ]);
+        run_ip(&["link", "set", &ns.host_veth, "up"]);
+        let inside = |args: &[&str]| {
+            run_ip(&[&["netns", "exec", &ns.name, "ip"][..], args].concat());
+        };
+        inside(&["addr", "add", &format!("{}/30", ns.ip), "dev", &peer]);
+        inside(&["link", "set", &peer, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Drops every packet in and out of the namespace (but loopback's): a silent partition,
+    /// where connections hang instead of being refused.
+    pub fn cut(&self) {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("run nft (package nftables)");
+        child
+            .stdin
+            .take()
+            .expect("nft stdin")
+            .write_all(PARTITION.as_bytes())
+            .expect("write nft rules");
+        assert!(
+            child.wait().expect("nft").success(),
+            "nft refused the partition"
+        );
+    }
+
+    /// Lets traffic through again.
+    pub fn heal(&self) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(["nft", "delete", "table", "inet", "cyxcloud_partition"])
+            .output()
+            .expect("run nft");
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // The veth pair goes with the namespace once nothing runs in it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_veth])
+            .output();
+    }
+}
+
+/// Runs `ip ARGS`, panicking with its message when it fails.
+fn run_ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (package iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {} (network namespaces need root)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
 }
 
 impl NodeHandle {
     pub fn metrics_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.metrics_port))
+        SocketAddr::new(IpAddr::V4(self.ip), self.metrics_port)
     }
     pub fn grpc_url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.grpc_port)
+        format!("{scheme}://{}:{}", self.ip, self.grpc_port)
     }
     pub fn is_up(&self) -> bool {
         self.proc.is_some()
@@ -112,14 +252,16 @@ pub struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if self.disks.is_empty() {
+        if self.disks.is_empty() && self.nodes.iter().all(|n| n.netns.is_none()) {
             return;
         }
-        // The nodes on them first (their files are open), then the disks.
+        // The nodes on them first (their files are open, they run in the namespaces), then
+        // the disks and the namespaces.
         for n in &mut self.nodes {
             if let Some(mut p) = n.proc.take() {
                 p.kill9();
             }
+            n.netns = None;
         }
         for d in &self.disks {
             let _ = Command::new("umount").arg("-l").arg(d).status();
@@ -143,8 +285,12 @@ impl Cluster {
             opts,
         };
         c.start_gateway();
-        for _ in 0..c.opts.nodes {
-            c.add_node(None);
+        for i in 0..c.opts.nodes {
+            if i < c.opts.netns_nodes {
+                c.add_node_in_netns();
+            } else {
+                c.add_node(None);
+            }
         }
         for i in 0..c.nodes.len() {
             c.wait_registered(i);
@@ -223,6 +369,18 @@ impl Cluster {
         self.add_node_on(None, &[], disk_of, None)
     }
 
+    /// Creates and starts one more node in its own network namespace (see
+    /// [`ClusterOptions::netns_nodes`], which must be set for the gateway to be reachable from
+    /// it). Does not wait for it to register.
+    pub fn add_node_in_netns(&mut self) -> usize {
+        assert!(
+            self.opts.netns_nodes > 0,
+            "set ClusterOptions::netns_nodes: the gateway listens on loopback only"
+        );
+        let ns = Netns::create();
+        self.add_node_in(None, &[], None, None, Some(ns))
+    }
+
     /// Creates and starts one more node with its own id and extra environment (over its
     /// config file: e.g. a wrong `NODE_JOIN_TOKEN`). Does not wait for it to register.
     pub fn add_node_as(&mut self, id: &str, env: &[(&str, &str)]) -> usize {
@@ -243,6 +401,17 @@ impl Cluster {
         env: &[(&str, &str)],
         disk_of: Option<usize>,
         disk_bytes: Option<u64>,
+    ) -> usize {
+        self.add_node_in(id, env, disk_of, disk_bytes, None)
+    }
+
+    fn add_node_in(
+        &mut self,
+        id: Option<&str>,
+        env: &[(&str, &str)],
+        disk_of: Option<usize>,
+        disk_bytes: Option<u64>,
+        netns: Option<Netns>,
     ) -> usize {
         let i = self.nodes.len();
         let id = id.map_or_else(|| format!("node-{:02}", i + 1), str::to_string);
@@ -276,7 +445,17 @@ impl Cluster {
             std::fs::write(dir.join("metadata.json"), meta.replace(&from.id, &id))
                 .expect("metadata copy");
         }
-        let bootstrap = self.nodes.first().map(|n| n.p2p_port);
+        // Peers on the host's loopback are out of a namespace's reach.
+        let bootstrap = self
+            .nodes
+            .first()
+            .filter(|_| netns.is_none())
+            .map(|n| n.p2p_port);
+        let (ip, gateway_ip) = netns
+            .as_ref()
+            .map_or((Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST), |ns| {
+                (ns.ip, ns.host_ip)
+            });
         let p2p_port = free_port();
         let (grpc_port, metrics_port) = (free_port(), free_port());
         let config = dir.join("config.toml");
@@ -284,8 +463,8 @@ impl Cluster {
         let text = format!(
             "[node]\nid = \"{id}\"\nname = \"{id}\"\nregion = \"test\"\n\n\
              [storage]\ndata_dir = \"{d}\"\nmax_capacity_gb = {cap}\n{reserve}\n\
-             [network]\nbind_address = \"127.0.0.1\"\ngrpc_port = {grpc_port}\np2p_port = {p2p_port}\nbootstrap_peers = [{peers}]\n\n\
-             [central]\naddress = \"{scheme}://127.0.0.1:{gp}\"\nregister = true\nca_cert_file = \"{ca}\"\n\n\
+             [network]\nbind_address = \"{ip}\"\ngrpc_port = {grpc_port}\np2p_port = {p2p_port}\nbootstrap_peers = [{peers}]\n\n\
+             [central]\naddress = \"{scheme}://{gateway_ip}:{gp}\"\nregister = true\nca_cert_file = \"{ca}\"\n\n\
              [cyxwiz_api]\nregister = false\n\n[metrics]\nenabled = true\nport = {metrics_port}\n",
             d = store.display(),
             reserve = if disk_bytes.is_some() {
@@ -317,6 +496,8 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ip,
+            netns,
         });
         self.start_node(i);
         i
@@ -367,11 +548,16 @@ impl Cluster {
         ] {
             cmd.env_remove(k);
         }
+        let host = if self.opts.netns_nodes > 0 {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
         cmd.arg("--data-dir")
             .arg(self.gateway_dir())
             .args([
                 "--host",
-                "127.0.0.1",
+                host,
                 "--port",
                 &self.http_port.to_string(),
                 "--grpc-port",
@@ -430,7 +616,16 @@ impl Cluster {
 
     pub fn start_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
-        let mut cmd = Command::new(bin("cyxcloud-node"));
+        let mut cmd = match &n.netns {
+            None => Command::new(bin("cyxcloud-node")),
+            Some(ns) => {
+                // `ip netns exec` execs the node: its pid is the node's (kill, pause work).
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name])
+                    .arg(bin("cyxcloud-node"));
+                c
+            }
+        };
         for k in [
             "CENTRAL_SERVER_ADDR",
             "CENTRAL_ADDRESS",
@@ -481,6 +676,25 @@ impl Cluster {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or_else(|| panic!("{name} missing from the metrics of {}", n.id)) as u64
+    }
+
+    /// Cuts node `i` (one of [`ClusterOptions::netns_nodes`]) off the network: every packet
+    /// to and from it is dropped, so connections to it hang, and its heartbeats do.
+    pub fn partition_node(&self, i: usize) {
+        self.nodes[i]
+            .netns
+            .as_ref()
+            .expect("only a node in a network namespace can be partitioned")
+            .cut();
+    }
+
+    /// Ends node `i`'s partition.
+    pub fn heal_node(&self, i: usize) {
+        self.nodes[i]
+            .netns
+            .as_ref()
+            .expect("only a node in a network namespace can be partitioned")
+            .heal();
     }
 
     /// SIGSTOPs node `i`: it hangs with its sockets open (a node that stopped answering).
