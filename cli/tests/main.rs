@@ -16,13 +16,16 @@ struct Env {
 
 impl Env {
     fn new(nodes: usize, chunk: usize) -> Env {
-        let cluster = Cluster::start(ClusterOptions {
+        Env::with(ClusterOptions {
             nodes,
             chunk_size: Some(chunk as u64),
             ..Default::default()
-        });
+        })
+    }
+
+    fn with(opts: ClusterOptions) -> Env {
         Env {
-            cluster,
+            cluster: Cluster::start(opts),
             home: tempdir().unwrap(),
         }
     }
@@ -623,6 +626,83 @@ fn a_node_killed_or_hung_mid_upload_leaves_the_file_whole_or_absent() {
             e.cluster.resume_node(victim);
         }
     }
+}
+
+#[test]
+fn an_upload_that_runs_past_its_tokens_renews_them() {
+    // Bearer tokens and node Put/Get tokens of 2 s: an upload fed from a pipe for 7 s must
+    // renew both on the way, and nothing of it may surface as an error.
+    let e = Env::with(ClusterOptions {
+        nodes: 7,
+        chunk_size: Some(MIB as u64),
+        gateway_settings: vec![
+            "auth.token_ttl_secs=2".into(),
+            "writes.token_ttl_secs=2".into(),
+        ],
+        ..Default::default()
+    });
+    let work = tempdir().unwrap();
+    let fifo = work.path().join("stream.bin");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let mut cmd = e.cmd();
+    cmd.args(["upload", fifo.to_str().unwrap(), "-b", "tokens"]);
+    let mut up = cyxcloud_testkit::Proc::spawn("cyxcloud upload", cmd, &work.path().join("up.log"));
+    let mut sent = Vec::new();
+    {
+        use std::io::Write;
+        // Opening blocks until the upload opens the pipe to read it.
+        let mut w = std::fs::File::create(&fifo).unwrap();
+        let start = std::time::Instant::now();
+        for i in 0..7u32 {
+            let piece = write_file(&work.path().join("piece"), MIB + 1000, u64::from(i));
+            w.write_all(&piece).unwrap();
+            sent.extend_from_slice(&piece);
+            // The expiry is the behaviour under test: pace the pipe by the clock.
+            let next = Duration::from_secs(u64::from(i) + 1);
+            wait_until(Duration::from_secs(30), "the next second", || {
+                (start.elapsed() > next).then_some(())
+            });
+        }
+    }
+    let status = up.wait_exit(Duration::from_secs(120));
+    assert!(status.success(), "{}", up.log());
+    let back = work.path().join("back.bin");
+    e.ok(&[
+        "download",
+        "tokens",
+        "-k",
+        "stream.bin",
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&back).unwrap() == sent, "the file differs");
+
+    // An upload from a pipe cannot resume (what the pipe gave cannot be read again): killed
+    // once chunks of it are durable, it leaves no resume state behind.
+    let before = e.cluster.node_metric_sum("cyxcloud_bytes_uploaded");
+    let mut cmd = e.cmd();
+    cmd.args(["upload", fifo.to_str().unwrap(), "-b", "tokens"]);
+    let mut up =
+        cyxcloud_testkit::Proc::spawn("cyxcloud upload", cmd, &work.path().join("up2.log"));
+    let mut w = std::fs::File::create(&fifo).unwrap();
+    {
+        use std::io::Write;
+        w.write_all(&write_file(&work.path().join("piece"), 4 * MIB, 9))
+            .unwrap();
+    }
+    wait_until(Duration::from_secs(60), "chunks to reach the nodes", || {
+        (e.cluster.node_metric_sum("cyxcloud_bytes_uploaded") >= before + 2 * MIB as u64)
+            .then_some(())
+    });
+    up.kill9();
+    drop(w);
+    let saved = e.home.path().join("cache/cyxcloud/uploads");
+    assert_eq!(
+        std::fs::read_dir(&saved).map_or(0, |d| d.count()),
+        0,
+        "resume state saved for a pipe"
+    );
 }
 
 #[test]

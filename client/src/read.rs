@@ -24,6 +24,11 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::error::{ClientError, Result};
 use crate::nodes::ShardError;
+use crate::session::unix_now;
+
+/// A chunk's node tokens are renewed before a fetch when they expire within this many seconds
+/// (covers the time a request takes to reach its node).
+pub const TOKEN_MARGIN_SECS: u64 = 30;
 use crate::session::Client;
 
 /// How to read.
@@ -49,6 +54,16 @@ pub struct Layout {
     pub entry: v1::Entry,
     pub inline: Option<Bytes>,
     pub chunks: Vec<v1::ChunkLayout>,
+}
+
+/// Whether any node token of `chunks` expires within [`TOKEN_MARGIN_SECS`]: a layout kept for
+/// later reads (a cache, a slow stream) must be fetched again before it is used.
+fn tokens_expire_soon(chunks: &[v1::ChunkLayout]) -> bool {
+    let soon = unix_now() as u64 + TOKEN_MARGIN_SECS;
+    chunks
+        .iter()
+        .flat_map(|c| &c.shards)
+        .any(|s| cyxcloud_core::token::expires_at(&s.token).is_some_and(|at| at <= soon))
 }
 
 impl Client {
@@ -101,11 +116,13 @@ impl Client {
             let start = (want.start as usize).min(end);
             d.slice(start..end)
         });
+        let entry = layout.entry.id;
         let fetches = futures::stream::iter(chunks.into_iter().map(move |c| {
             let client = client.clone();
             let opts = opts.clone();
             let want = want.clone();
             async move {
+                let c = client.fresh_tokens(entry, c).await?;
                 let chunk_len = c.info.as_ref().map_or(0, |i| i.size);
                 let start = want.start.saturating_sub(c.offset).min(chunk_len);
                 let end = (want.end - c.offset).min(chunk_len);
@@ -125,6 +142,34 @@ impl Client {
         }))
         .buffered(depth);
         futures::stream::iter(inline_part.map(Ok)).chain(fetches)
+    }
+
+    /// `c` with node tokens good for a while yet: a stream read slowly (a big download, a
+    /// consumer that stalls) outlives the tokens of the layout it began with, so the layout
+    /// of a chunk whose tokens expire within [`TOKEN_MARGIN_SECS`] is fetched again. The file
+    /// must still hold the same chunk there; if it was overwritten meanwhile the read fails
+    /// (`Conflict`) rather than splice two versions.
+    async fn fresh_tokens(&self, entry: u64, c: v1::ChunkLayout) -> Result<v1::ChunkLayout> {
+        if !tokens_expire_soon(std::slice::from_ref(&c)) || entry == 0 {
+            return Ok(c);
+        }
+        let Some(info) = c.info.as_ref() else {
+            return Ok(c);
+        };
+        let range = c.offset..c.offset + info.size.max(1);
+        let l = self.layout(crate::id_ref(entry), Some(range)).await?;
+        match l.chunks.into_iter().find(|n| n.offset == c.offset) {
+            Some(n) if n.info.as_ref().is_some_and(|i| i.id == info.id) => Ok(n),
+            _ => Err(ClientError::Rpc {
+                op: "read",
+                code: cyxcloud_proto::ErrorCode::Conflict,
+                message: format!(
+                    "the file changed while it was being read (chunk {} was replaced)",
+                    c.index
+                ),
+                retryable: false,
+            }),
+        }
     }
 
     /// Reads `len` bytes at `offset` (fewer at the end of the file).

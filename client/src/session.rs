@@ -1,7 +1,7 @@
 //! A connected, authenticated client: one gRPC channel to the gateway's Control API (bearer
-//! token refreshed before it expires) and a pool of channels to nodes.
+//! token renewed in the background before it expires) and a pool of channels to nodes.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use cyxcloud_proto::v1;
@@ -21,7 +21,17 @@ pub struct Auth(Arc<RwLock<Token>>);
 #[derive(Debug, Clone, Default)]
 struct Token {
     value: String,
+    /// Unix seconds; the gateway refuses the token from this second on.
     expires_at: i64,
+}
+
+impl Token {
+    /// How long until the token should be renewed: after three quarters of what is left of
+    /// its life, so a call made just before renewal still arrives in time.
+    fn renew_in(&self) -> Duration {
+        let left_ms = (self.expires_at * 1000 - unix_now_ms()).max(0) as u64;
+        Duration::from_millis(left_ms * 3 / 4)
+    }
 }
 
 impl tonic::service::Interceptor for Auth {
@@ -95,15 +105,15 @@ impl Client {
         // Nodes are certified by the cluster CA, which the (verified) gateway names.
         let node_ca = node_ca.or_else(|| cfg.ca_pem.clone());
         let nodes = NodePool::new(cfg.connect_timeout, cfg.max_shard_streams, node_ca);
-        Ok(Client {
-            inner: Arc::new(Inner {
-                cfg,
-                channel,
-                token,
-                nodes,
-                user_id,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            cfg,
+            channel,
+            token,
+            nodes,
+            user_id,
+        });
+        tokio::spawn(renew_tokens(Arc::downgrade(&inner)));
+        Ok(Client { inner })
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -151,6 +161,35 @@ impl Client {
     }
 }
 
+/// Renews the client's bearer token before it expires, for as long as the client lives: every
+/// call of a long-running upload, download or mount carries a valid token, whatever the
+/// token's lifetime and however long the caller waits between calls.
+async fn renew_tokens(inner: Weak<Inner>) {
+    let mut failures = 0u32;
+    loop {
+        let wait = {
+            let Some(i) = inner.upgrade() else { return };
+            let t = i.token.read().unwrap_or_else(|e| e.into_inner());
+            if failures == 0 {
+                // Never in a busy loop, even when the clocks disagree on the expiry.
+                t.renew_in().max(Duration::from_millis(500))
+            } else {
+                // The gateway did not answer: try again soon, backing off to 16 s.
+                Duration::from_millis(250 << failures.min(6))
+            }
+        };
+        tokio::time::sleep(wait).await;
+        let Some(i) = inner.upgrade() else { return };
+        match authenticate(&i.channel, &i.cfg, &i.token).await {
+            Ok(_) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::debug!(error = %e, "bearer token renewal failed; retrying");
+            }
+        }
+    }
+}
+
 /// Authenticates; returns the user id and the cluster CA the gateway names, if any.
 async fn authenticate(
     channel: &Channel,
@@ -172,6 +211,12 @@ async fn authenticate(
     };
     let node_ca = (!r.node_ca.is_empty()).then(|| r.node_ca.into_bytes());
     Ok((r.user_id, node_ca))
+}
+
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub(crate) fn unix_now() -> i64 {

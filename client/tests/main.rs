@@ -492,6 +492,42 @@ async fn files_survive_four_dead_nodes_of_fourteen() {
     let _ = Bytes::new();
 }
 
+/// A download consumed slowly outlives the node tokens of the layout it began with (2 s
+/// tokens, read over 8 s): the chunks fetched late get fresh tokens, and the bytes are right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_download_outlives_its_node_tokens() {
+    use futures::StreamExt;
+    let c = Cluster::start(ClusterOptions {
+        nodes: 7,
+        chunk_size: Some(MIB as u64),
+        gateway_settings: vec![
+            "auth.token_ttl_secs=2".into(),
+            "writes.token_ttl_secs=2".into(),
+        ],
+        ..Default::default()
+    });
+    let client = client(&c).await;
+    bucket(&client, "slow").await;
+    let body = data(8 * MIB + 99, 7);
+    put(&client, "slow", "f", &body, UploadOptions::default()).await;
+    let layout = client.layout(path_ref("slow", "f"), None).await.unwrap();
+    let mut s = std::pin::pin!(client.read_stream(layout, None, ReadOptions::default()));
+    let start = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut parts = 0u64;
+    while let Some(part) = s.next().await {
+        got.extend_from_slice(&part.expect("a chunk read with the tokens it needs"));
+        parts += 1;
+        // The expiry is the behaviour under test: consume at the clock's pace.
+        let next = Duration::from_millis(900 * parts);
+        while start.elapsed() < next {
+            tokio::time::sleep(next - start.elapsed()).await;
+        }
+    }
+    assert!(got == body, "the bytes differ");
+    assert!(start.elapsed() > Duration::from_secs(6));
+}
+
 /// The gateway's view of node `id`: its state.
 async fn node_state(client: &Client, id: &str) -> Option<v1::NodeState> {
     let s = client

@@ -238,6 +238,13 @@ impl TokenVerifier {
     }
 }
 
+/// When `token` expires (unix seconds), read without checking its signature: for a holder
+/// deciding when to get a new one. Nodes verify ([`TokenVerifier::verify`]).
+pub fn expires_at(token: &[u8]) -> Option<u64> {
+    let body = token.get(..token.len().checked_sub(64)?)?;
+    decode_body(body).ok().map(|c| c.expires_at)
+}
+
 fn decode_body(b: &[u8]) -> Result<Capability, TokenError> {
     let mut r = Reader(b);
     if r.take(4)? != MAGIC {

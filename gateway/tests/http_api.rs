@@ -163,6 +163,59 @@ async fn operator_login_and_machine_registration_let_a_node_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_operator_jwt_is_refused_and_a_new_login_works() {
+    let tmp = tempdir().unwrap();
+    let data = tmp.path().join("gw");
+    std::fs::create_dir_all(&data).unwrap();
+    user_add(&data, "op@example.com", "correct horse battery");
+    let cl = Cluster::start(ClusterOptions {
+        gateway_dir: Some(data),
+        gateway_settings: [
+            options(0).gateway_settings,
+            vec!["auth.jwt_ttl_secs=2".into()],
+        ]
+        .concat(),
+        ..options(0)
+    });
+    let login = || {
+        let (code, body) = http_post(
+            cl.http_addr(),
+            "/api/auth/login",
+            &json!({"email": "op@example.com", "password": "correct horse battery"}),
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        body["token"].as_str().unwrap().to_string()
+    };
+    let machine = |id: &str| {
+        json!({"node_id": id, "name": "rig", "hostname": "h", "cpu_cores": 8, "ram_bytes": 0,
+            "gpu": "", "storage_capacity_bytes": 0, "wallet_address": ""})
+    };
+    let stale = login();
+    let issued = std::time::Instant::now();
+    // The expiry is the behaviour under test: wait past it by the clock.
+    cyxcloud_testkit::wait_until(Duration::from_secs(10), "the JWT to expire", || {
+        (issued.elapsed() > Duration::from_secs(3)).then_some(())
+    });
+    let (code, body) = http_post(
+        cl.http_addr(),
+        "/api/machines/register",
+        &machine("late"),
+        Some(&stale),
+    );
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(body, json!({"error": "invalid or expired token"}));
+    let (code, body) = http_post(
+        cl.http_addr(),
+        "/api/machines/register",
+        &machine("renewed"),
+        Some(&login()),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body["api_key"].as_str().is_some_and(|k| !k.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_metrics_and_the_ws_feed_replay_the_journal() {
     let mut cl = Cluster::start(options(0));
     let (code, body) = http_get(cl.http_addr(), "/health").unwrap();

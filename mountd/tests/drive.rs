@@ -410,10 +410,21 @@ fn a_node_killed_or_hung_mid_upload_never_shows_a_part_and_the_drive_retries_to_
 
 #[test]
 fn a_mount_outlives_its_bearer_tokens() {
-    // Tokens of 2 s: every call after the first seconds needs a renewed one.
-    let c = Cluster::start_with(7, &["auth.token_ttl_secs=2"]);
+    // Bearer and node tokens of 2 s: every call after the first seconds needs a renewed one,
+    // and a layout the drive keeps must not be used with its node tokens expired.
+    let c = Cluster::start_with(7, &["auth.token_ttl_secs=2", "writes.token_ttl_secs=2"]);
     c.create_bucket("tokens");
     let m = Mount::start(&c, &["--upload-delay-ms", "0"]);
+    // Five 4 MiB chunks; a first read caches the layout (and reads ahead two chunks).
+    let big = data(64, 5 * (4 << 20));
+    c.put("tokens", "big.bin", &big);
+    let mut one = [0u8; 1];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(m.p("tokens/big.bin")).unwrap();
+        f.read_exact(&mut one).unwrap();
+    }
+    assert_eq!(one[0], big[0]);
     let first = data(61, 300_000);
     {
         let mut f = std::fs::File::create(m.p("tokens/first.bin")).unwrap();
@@ -435,7 +446,19 @@ fn a_mount_outlives_its_bearer_tokens() {
         "fresh tokens to be expired",
         || (issued.elapsed() > Duration::from_secs(7)).then_some(()),
     );
-    assert_eq!(list(&m.p("tokens")), ["first.bin", "from-api.bin"]);
+    assert_eq!(
+        list(&m.p("tokens")),
+        ["big.bin", "first.bin", "from-api.bin"]
+    );
+    // A chunk not read ahead, fetched through the layout cached before the tokens expired.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(m.p("tokens/big.bin")).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let at = 17 << 20;
+        f.read_exact_at(&mut buf, at as u64).unwrap();
+        assert!(buf == big[at..at + 4096], "the bytes differ");
+    }
     assert!(std::fs::read(fresh.p("tokens/first.bin")).unwrap() == first);
     let second = data(63, 400_000);
     {

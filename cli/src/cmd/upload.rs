@@ -2,7 +2,8 @@
 //!
 //! Interrupted uploads resume: once a write has started, its id is saved under
 //! `~/.cache/cyxcloud/uploads/`; running the same upload again (same file, size and mtime)
-//! continues after the last durable chunk instead of starting from byte 0.
+//! continues after the last durable chunk instead of starting from byte 0. Only regular files
+//! resume: what a pipe or device gave once cannot be read again.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -211,7 +212,8 @@ async fn upload_file(
         ..Default::default()
     };
     let target = path_ref(bucket, key);
-    let saved: Option<ResumeState> = (!a.no_resume)
+    let resumable = meta.is_file() && !a.no_resume;
+    let saved: Option<ResumeState> = resumable
         .then(|| std::fs::read(&state_file).ok())
         .flatten()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -253,7 +255,7 @@ async fn upload_file(
         pb.inc(skip);
         file.seek(std::io::SeekFrom::Start(skip)).await?;
     }
-    let mut saved_state = saved.is_some();
+    let mut saved_state = saved.is_some() || !resumable;
     loop {
         let n = file.read(&mut buf).await?;
         if n == 0 {
