@@ -2,6 +2,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cyxcloud_proto::v1;
@@ -475,15 +476,16 @@ fn a_mount_outlives_its_bearer_tokens() {
 }
 
 #[test]
-fn concurrent_moves_of_one_tree_from_two_mounts_and_the_api_keep_every_file_once() {
+fn concurrent_moves_of_one_tree_from_two_mounts_the_api_and_s3_lose_no_file() {
     let c = Cluster::start(7);
     c.create_bucket("race");
     let a = Mount::start(&c, &[]);
     let b = Mount::start(&c, &[]);
-    for d in ["src", "to-a", "to-b", "to-api"] {
+    let dirs = ["src", "to-a", "to-b", "to-api", "to-s3"];
+    for d in dirs {
         std::fs::create_dir(a.p(&format!("race/{d}"))).unwrap();
     }
-    let names: Vec<String> = (0..30).map(|i| format!("f{i:02}")).collect();
+    let names: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
     let body = |n: &str| format!("the content of {n}\n").repeat(500).into_bytes();
     for n in &names {
         let mut f = std::fs::File::create(a.p(&format!("race/src/{n}"))).unwrap();
@@ -499,20 +501,50 @@ fn concurrent_moves_of_one_tree_from_two_mounts_and_the_api_keep_every_file_once
         c.entry("race", "to-api").unwrap().id,
     );
     let api = c.client();
-    // All three move every file at once, each to its own directory and in its own order (so
-    // they meet in the middle); a loser gets ENOENT.
+    let work = cyxcloud_testkit::tempdir().unwrap();
+    // Four movers, each to its own directory. An S3 client (rclone), whose move is a copy then
+    // a delete (S3 has no atomic rename), starts first; once its first file has landed the
+    // other three move every file at once, each in its own order (so they meet in the
+    // middle); a loser gets ENOENT, and rclone fails for the files others took first.
+    let mut cmd = Command::new("rclone");
+    // The plain-HTTP endpoint needs no CA bundle (rclone refuses one it cannot apply).
+    cmd.env_remove("AWS_CA_BUNDLE")
+        .env("RCLONE_CONFIG", work.path().join("rclone.conf"))
+        .env("RCLONE_CONFIG_CYX_TYPE", "s3")
+        .env("RCLONE_CONFIG_CYX_PROVIDER", "Other")
+        .env(
+            "RCLONE_CONFIG_CYX_ACCESS_KEY_ID",
+            crate::cluster::ACCESS_KEY,
+        )
+        .env(
+            "RCLONE_CONFIG_CYX_SECRET_ACCESS_KEY",
+            crate::cluster::SECRET_KEY,
+        )
+        .env("RCLONE_CONFIG_CYX_ENDPOINT", c.http_url())
+        .env("RCLONE_CONFIG_CYX_REGION", "us-east-1")
+        .env("RCLONE_CONFIG_CYX_FORCE_PATH_STYLE", "true")
+        .args(["move", "cyx:race/src", "cyx:race/to-s3", "-v"])
+        .args(["--retries", "1", "--low-level-retries", "1"])
+        .args(["--transfers", "2", "--checkers", "2"]);
+    let mut rclone = cyxcloud_testkit::Proc::spawn("rclone", cmd, &work.path().join("rclone.log"));
+    wait_until(Duration::from_secs(60), "rclone's first move", || {
+        c.list("race")
+            .iter()
+            .any(|p| p.starts_with("to-s3/"))
+            .then_some(())
+    });
     let go = std::sync::Barrier::new(3);
     let order =
         |rot: usize| -> Vec<&String> { names.iter().cycle().skip(rot).take(names.len()).collect() };
-    let moved = |m: &Mount, to: &str, rot: usize| -> usize {
+    let moved = |m: &Mount, to: &str, rot: usize| -> Vec<String> {
         go.wait();
-        let mut won = 0;
+        let mut won = Vec::new();
         for n in order(rot) {
             match std::fs::rename(
                 m.p(&format!("race/src/{n}")),
                 m.p(&format!("race/{to}/{n}")),
             ) {
-                Ok(()) => won += 1,
+                Ok(()) => won.push(n.clone()),
                 Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{to} {n}: {e}"),
             }
         }
@@ -520,11 +552,11 @@ fn concurrent_moves_of_one_tree_from_two_mounts_and_the_api_keep_every_file_once
     };
     let (won_a, won_b, won_api) = std::thread::scope(|s| {
         let ta = s.spawn(|| moved(&a, "to-a", 0));
-        let tb = s.spawn(|| moved(&b, "to-b", 10));
+        let tb = s.spawn(|| moved(&b, "to-b", 13));
         let tapi = s.spawn(|| {
             go.wait();
-            let mut won = 0;
-            for n in order(20) {
+            let mut won = Vec::new();
+            for n in order(26) {
                 let r = c.rt.block_on(api.control().rename(v1::RenameRequest {
                     parent_id: src,
                     name: n.clone(),
@@ -533,7 +565,7 @@ fn concurrent_moves_of_one_tree_from_two_mounts_and_the_api_keep_every_file_once
                     ..Default::default()
                 }));
                 match r {
-                    Ok(_) => won += 1,
+                    Ok(_) => won.push(n.clone()),
                     Err(e) => assert_eq!(e.code(), tonic::Code::NotFound, "api {n}: {e}"),
                 }
             }
@@ -541,24 +573,54 @@ fn concurrent_moves_of_one_tree_from_two_mounts_and_the_api_keep_every_file_once
         });
         (ta.join().unwrap(), tb.join().unwrap(), tapi.join().unwrap())
     });
-    eprintln!("moves won: mount a {won_a}, mount b {won_b}, api {won_api}");
-    // At the gateway every file is in exactly one place, whole.
+    let status = rclone.wait_exit(Duration::from_secs(120));
+    eprintln!("rclone move: {status}");
+    eprintln!(
+        "moves won: mount a {}, mount b {}, api {}",
+        won_a.len(),
+        won_b.len(),
+        won_api.len()
+    );
+    // At the gateway no file is lost or left behind, every copy is whole, and only S3's
+    // copy-then-delete can have left a second copy.
     let listed = c.list("race");
+    let mut only_s3 = 0;
     for n in &names {
         let at: Vec<&String> = listed
             .iter()
             .filter(|p| p.ends_with(&format!("/{n}")))
             .collect();
-        assert_eq!(at.len(), 1, "{n} is at {at:?}");
-        assert!(c.get("race", at[0]) == body(n), "{} differs", at[0]);
+        assert!(!at.is_empty(), "{n} was lost");
+        assert!(at.iter().all(|p| !p.starts_with("src/")), "{n}: {at:?}");
+        assert!(
+            at.len() == 1 || (at.len() == 2 && at.iter().any(|p| p.starts_with("to-s3/"))),
+            "{n} is at {at:?}"
+        );
+        for p in &at {
+            assert!(c.get("race", p) == body(n), "{p} differs");
+        }
+        if at.len() == 1 && at[0].starts_with("to-s3/") {
+            only_s3 += 1;
+        }
+    }
+    eprintln!("files moved by S3 alone: {only_s3}");
+    // Every move a mount or the API reported done is where it said, and each file was moved
+    // by one of them unless S3 deleted it from src first.
+    for (to, won) in [("to-a", &won_a), ("to-b", &won_b), ("to-api", &won_api)] {
+        for n in won {
+            assert!(
+                listed.contains(&format!("{to}/{n}")),
+                "{to}/{n} reported moved but missing"
+            );
+        }
     }
     assert_eq!(
-        won_a + won_b + won_api,
+        won_a.len() + won_b.len() + won_api.len() + only_s3,
         names.len(),
-        "a move reported done did not happen"
+        "a move reported done did not happen, or two movers won one file"
     );
     // Both mounts converge on the gateway's view.
-    for d in ["src", "to-a", "to-b", "to-api"] {
+    for d in dirs {
         let want: Vec<String> = {
             let mut v: Vec<String> = listed
                 .iter()
