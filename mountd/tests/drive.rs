@@ -475,6 +475,101 @@ fn a_mount_outlives_its_bearer_tokens() {
     );
 }
 
+/// Runs `script` with `sh` as user and group `uid` (no supplementary groups): whether it
+/// succeeded, and what it printed (stdout then stderr).
+fn as_user(uid: u32, script: &str) -> (bool, String) {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .uid(uid)
+        .gid(uid)
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn with_allow_other_another_user_gets_exactly_the_access_the_modes_grant() {
+    const USER: u32 = 4242;
+    let c = Cluster::start(7);
+    c.create_bucket("perm");
+    let m = Mount::start(&c, &["--allow-other"]);
+    let private = Mount::start(&c, &[]);
+    // The user must reach the mountpoints through their parent directories.
+    for mnt in [&m, &private] {
+        let parent = mnt.path.parent().unwrap();
+        std::fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    let p = |rel: &str| m.p(&format!("perm/{rel}")).display().to_string();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &str, bits: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(bits)).unwrap()
+    };
+    mode(&m.p("perm").display().to_string(), 0o755);
+    std::fs::create_dir(p("private")).unwrap();
+    mode(&p("private"), 0o700);
+    std::fs::write(p("private/secret"), b"root only\n").unwrap();
+    std::fs::write(p("public.txt"), b"for everyone\n").unwrap();
+    mode(&p("public.txt"), 0o644);
+    std::fs::create_dir(p("shared")).unwrap();
+    mode(&p("shared"), 0o1777);
+    std::fs::write(p("shared/roots"), b"root's, in a sticky directory\n").unwrap();
+
+    // What the modes grant.
+    let (ok, out) = as_user(USER, &format!("cat {}", p("public.txt")));
+    assert!(ok && out == "for everyone\n", "{out}");
+    let (ok, out) = as_user(USER, &format!("echo more >> {}", p("public.txt")));
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+    let (ok, out) = as_user(USER, &format!("ls {}", p("private")));
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+    let (ok, out) = as_user(USER, &format!("cat {}", p("private/secret")));
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+    let (ok, out) = as_user(USER, &format!("chmod 666 {}", p("public.txt")));
+    assert!(!ok && out.contains("Operation not permitted"), "{out}");
+    let (ok, out) = as_user(USER, &format!("touch -c -d 2001-01-01 {}", p("public.txt")));
+    assert!(!ok && out.contains("Operation not permitted"), "{out}");
+    let (ok, out) = as_user(USER, &format!("mkdir {}", p("mine")));
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+    // In the sticky directory: the user's own file is the user's, and only the owner may
+    // remove a file there.
+    let (ok, out) = as_user(
+        USER,
+        &format!("echo mine > {0} && chmod 600 {0}", p("shared/mine")),
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = as_user(USER, &format!("rm -f {}", p("shared/roots")));
+    assert!(!ok && out.contains("Operation not permitted"), "{out}");
+    let (ok, out) = as_user(USER, &format!("mv {} {}", p("shared/roots"), p("shared/x")));
+    assert!(!ok && out.contains("Operation not permitted"), "{out}");
+    assert!(std::fs::read(p("shared/roots")).is_ok());
+    let md = std::fs::metadata(p("shared/mine")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (USER, USER, 0o600)
+    );
+    // The owner and mode reach the gateway: another mount sees them.
+    m.wait_durable("perm/shared/mine");
+    let again = Mount::start(&c, &[]);
+    let md = std::fs::metadata(again.p("perm/shared/mine")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (USER, USER, 0o600)
+    );
+    let (ok, out) = as_user(USER, &format!("rm {}", p("shared/mine")));
+    assert!(ok, "{out}");
+
+    // Without --allow-other the mount is its owner's alone, whatever the modes say.
+    let (ok, out) = as_user(USER, &format!("ls {}", private.p("perm").display()));
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+}
+
 #[test]
 fn concurrent_moves_of_one_tree_from_two_mounts_the_api_and_s3_lose_no_file() {
     let c = Cluster::start(7);
