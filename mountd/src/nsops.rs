@@ -630,6 +630,9 @@ impl Drive {
                 if let Some(t) = a.mtime_ns {
                     st.mtime_ns = t;
                 }
+                if let Some(t) = a.atime_ns {
+                    st.atime_ns = Some(t);
+                }
             }
             self.staging.journal(&sf)?;
             if let Some((_, _g)) = self.staging.lock_pending(id).await {
@@ -646,8 +649,8 @@ impl Drive {
                 return self.entry(id).await;
             }
         }
-        // Times of a staged file travel with its upload (mtime) or stay local (atime): no
-        // round trip, and truncate + write works offline.
+        // Times of a staged file travel with its upload (mtime) or after it (atime, see
+        // `StagedState::atime_ns`): no round trip, and truncate + write works offline.
         let staged_times_only = self.staging.get(id).is_some()
             && req.mode.is_none()
             && req.uid.is_none()

@@ -63,6 +63,10 @@ pub struct StagedState {
     /// Dropped from the staging set: a writer holding this must look again.
     pub removed: bool,
     pub mtime_ns: i64,
+    /// An atime set (utimens) while the file is staged: it stays local until the upload has
+    /// committed, then is sent to the gateway (a commit carries only the mtime). Kept in
+    /// memory only: lost if the mount restarts before the upload ends.
+    pub atime_ns: Option<i64>,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
@@ -321,6 +325,7 @@ impl Staging {
                     orphan: false,
                     removed: false,
                     mtime_ns: r.mtime_ns,
+                    atime_ns: None,
                     mode: r.mode,
                     uid: r.uid,
                     gid: r.gid,
@@ -414,6 +419,7 @@ impl Staging {
             orphan: false,
             removed: false,
             mtime_ns: meta.mtime_ns,
+            atime_ns: None,
             mode: meta.mode,
             uid: meta.uid,
             gid: meta.gid,
@@ -524,6 +530,7 @@ impl Staging {
                 orphan: true,
                 removed: false,
                 mtime_ns: meta.mtime_ns,
+                atime_ns: None,
                 mode: meta.mode,
                 uid: meta.uid,
                 gid: meta.gid,

@@ -70,13 +70,15 @@ async fn upload_one(d: &Drive, ino: u64, striped: &tokio::sync::Semaphore) {
                 "committed"
             );
             d.own_version(ino, e.version);
-            let (gone, later_mtime) = {
+            let (gone, later_mtime, atime) = {
                 let st = sf.lock();
                 // A time set while the upload ran (utimens travels with the upload of a staged
-                // file) is not in `e`: it wins, and the gateway gets it below.
+                // file) is not in `e`, nor is an atime set while staged: they win, and the
+                // gateway gets them below.
                 (
                     st.orphan || st.removed,
                     (st.mtime_ns != snap.2).then_some(st.mtime_ns),
+                    st.atime_ns.filter(|t| *t != e.atime_ns),
                 )
             };
             // Only the content fields: xattrs, links or mode changed through this mount after
@@ -86,24 +88,32 @@ async fn upload_one(d: &Drive, ino: u64, striped: &tokio::sync::Semaphore) {
                 c.version = e.version;
                 c.etag = e.etag.clone();
                 c.mtime_ns = later_mtime.unwrap_or(e.mtime_ns);
+                c.atime_ns = atime.unwrap_or(c.atime_ns);
                 c.change_seq = c.change_seq.max(e.change_seq);
             });
-            if let Some(t) = later_mtime
-                && !gone
-            {
+            if (later_mtime.is_some() || atime.is_some()) && !gone {
                 let r = d
                     .remote
                     .control("setattr", |mut c| async move {
                         c.set_attr(v1::SetAttrRequest {
                             entry: Some(id_ref(ino)),
-                            mtime_ns: Some(t),
+                            mtime_ns: later_mtime,
+                            atime_ns: atime,
                             ..Default::default()
                         })
                         .await
                     })
                     .await;
-                if let Err(err) = r {
-                    tracing::warn!(ino, error = %err, "cannot send a time set during the upload; it stays local");
+                match r {
+                    Ok(_) => {
+                        let mut st = sf.lock();
+                        if st.atime_ns == atime {
+                            st.atime_ns = None;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(ino, error = %err, "cannot send a time set during the upload; it stays local");
+                    }
                 }
             }
             if !gone && let Err(err) = patched {

@@ -475,6 +475,72 @@ fn a_mount_outlives_its_bearer_tokens() {
     );
 }
 
+#[test]
+fn times_set_while_a_file_uploads_are_kept_locally_and_at_the_gateway() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let c = Cluster::start(7);
+    c.create_bucket("times");
+    let m = Mount::start(&c, &["--upload-delay-ms", "0"]);
+    // Every node hangs, so the file's upload stays in flight until they resume: the window a
+    // utimens can fall into, held open.
+    for i in 0..c.nodes.len() {
+        c.pause_node(i);
+    }
+    let f = m.p("times/f.bin");
+    let body = data(70, 300_000);
+    std::fs::write(&f, &body).unwrap();
+    wait_until(Duration::from_secs(30), "the upload to start", || {
+        (state(&f).as_deref() == Some("uploading")).then_some(())
+    });
+    let at = |s: u64, ns: u32| UNIX_EPOCH + Duration::new(s, ns);
+    let (atime, mtime) = (at(1_000_000_000, 123), at(1_100_000_000, 456_789));
+    std::fs::File::open(&f)
+        .unwrap()
+        .set_times(
+            std::fs::FileTimes::new()
+                .set_accessed(atime)
+                .set_modified(mtime),
+        )
+        .unwrap();
+    assert_eq!(
+        state(&f).as_deref(),
+        Some("uploading"),
+        "set inside the window"
+    );
+    for i in 0..c.nodes.len() {
+        c.resume_node(i);
+    }
+    m.wait_durable("times/f.bin");
+    let ns = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
+    // The gateway has the time set, not the one the upload began with.
+    wait_until(
+        Duration::from_secs(30),
+        "the gateway to have the mtime",
+        || (c.entry("times", "f.bin")?.mtime_ns == ns(mtime)).then_some(()),
+    );
+    // The mount has followed the change journal past the commit's own event (a later change
+    // is listed), and still shows both times set.
+    c.put("times", "marker", b"after the commit");
+    wait_until(
+        Duration::from_secs(30),
+        "the mount to list the marker",
+        || {
+            list(&m.p("times"))
+                .contains(&"marker".to_string())
+                .then_some(())
+        },
+    );
+    let md = std::fs::metadata(&f).unwrap();
+    assert_eq!(md.modified().unwrap(), mtime);
+    assert_eq!(md.accessed().unwrap(), atime);
+    // Another mount sees both times, and the bytes.
+    let other = Mount::start(&c, &[]);
+    let md = std::fs::metadata(other.p("times/f.bin")).unwrap();
+    assert_eq!(md.modified().unwrap(), mtime);
+    assert_eq!(md.accessed().unwrap(), atime);
+    assert!(std::fs::read(other.p("times/f.bin")).unwrap() == body);
+}
+
 /// Runs `script` with `sh` as user and group `uid` (no supplementary groups): whether it
 /// succeeded, and what it printed (stdout then stderr).
 fn as_user(uid: u32, script: &str) -> (bool, String) {
