@@ -38,7 +38,10 @@ pub struct Config {
     pub gc_grace_secs: u64,
     /// How long a repair grant (its tokens, the chunk's lease) lasts.
     pub lease_secs: u64,
-    /// This instance's name in leases; empty = generated at start.
+    /// This instance's name in leases. Empty: `rebalancer@<hostname>:<metrics port>` when the
+    /// metrics port is fixed, so that a restarted rebalancer takes its own leases back at once
+    /// (a new name would wait `lease_secs` for the chunks its predecessor was repairing);
+    /// otherwise a name made up at start.
     pub holder: String,
     pub metrics: Metrics,
 }

@@ -33,6 +33,14 @@ pub struct Running {
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 fn random_suffix() -> String {
     let mut b = [0u8; 5];
     let _ = getrandom::fill(&mut b);
@@ -41,10 +49,13 @@ fn random_suffix() -> String {
 
 /// Connects to the gateway and starts the workers and the ops server.
 pub async fn run(cfg: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
-    let holder = if cfg.holder.is_empty() {
-        format!("rebalancer-{}-{}", std::process::id(), random_suffix())
-    } else {
+    let holder = if !cfg.holder.is_empty() {
         cfg.holder.clone()
+    } else if cfg.metrics.enabled && cfg.metrics.port != 0 {
+        // Two rebalancers of one host cannot share a port; a restart keeps it.
+        format!("rebalancer@{}:{}", hostname(), cfg.metrics.port)
+    } else {
+        format!("rebalancer-{}-{}", std::process::id(), random_suffix())
     };
     let mut cc = ClientConfig::new(&cfg.gateway, &cfg.access_key, &cfg.secret_key);
     cc.connect_timeout = Duration::from_secs(5);

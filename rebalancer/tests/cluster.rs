@@ -296,6 +296,102 @@ async fn a_node_drained_under_load_ends_empty_and_a_drain_killed_halfway_loses_n
     }
 }
 
+/// The `"holder"` a rebalancer's `/health` names.
+fn holder_of(c: &Cluster) -> String {
+    let (_, body) = cyxcloud_testkit::http_get(c.rebalancer_addr(), "/health").expect("health");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("health JSON");
+    v["holder"].as_str().expect("a holder").to_string()
+}
+
+/// A rebalancer killed in the middle of a repair leaves the chunk's lease held for its lease
+/// time (10 min by default). Restarted, it keeps its name and so takes the lease back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_rebalancer_takes_back_the_leases_of_the_one_killed() {
+    let mut c = Cluster::start(ClusterOptions {
+        nodes: 15,
+        chunk_size: Some(CHUNK as u64),
+        ..Default::default()
+    });
+    let client = client(&c).await;
+    client
+        .control()
+        .create_bucket(v1::CreateBucketRequest {
+            name: "lease".into(),
+            public_read: false,
+        })
+        .await
+        .unwrap();
+    let body = data(3 * CHUNK + 5, 9);
+    put(&client, "lease", "f", &body).await;
+    c.wait_redundant(Duration::from_secs(60));
+    let holder = holder_of(&c);
+    c.kill_rebalancer();
+    let dead = c.nodes[4].id.clone();
+    c.kill_node(4);
+    eventually(
+        Duration::from_secs(60),
+        "the node to be offline",
+        || async {
+            node_states(&client)
+                .await
+                .iter()
+                .any(|(n, s)| *n == dead && *s == v1::NodeState::Offline as i32)
+                .then_some(())
+        },
+    )
+    .await;
+    // What the killed rebalancer left: a repair of a chunk in flight, its grant and lease
+    // good for 10 minutes.
+    let d = degraded(&client).await;
+    let ch = d
+        .chunks
+        .first()
+        .expect("a chunk with a shard on the dead node");
+    let lost = ch.shards.iter().find(|s| s.node_id == dead).unwrap().index;
+    let sources = ch
+        .shards
+        .iter()
+        .filter(|s| s.node_id != dead && s.state == v1::ShardState::Stored as i32)
+        .take(10)
+        .map(|s| v1::RepairSource {
+            index: s.index,
+            node_id: s.node_id.clone(),
+        })
+        .collect();
+    let target = c
+        .nodes
+        .iter()
+        .map(|n| n.id.clone())
+        .find(|n| *n != dead && ch.shards.iter().all(|s| s.node_id != *n))
+        .unwrap();
+    let g = client
+        .maintenance()
+        .grant_repair(v1::GrantRepairRequest {
+            key: ch.key.clone(),
+            holder: holder.clone(),
+            lease_ms: 600_000,
+            sources,
+            targets: vec![v1::RepairTarget {
+                index: lost,
+                node_id: target,
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(g.granted);
+    c.start_rebalancer();
+    assert_eq!(holder_of(&c), holder, "the same name after a restart");
+    eventually(
+        Duration::from_secs(60),
+        "every chunk back to k+m",
+        || async { (degraded(&client).await.total == 0).then_some(()) },
+    )
+    .await;
+    assert!(get(&client, "lease", "f").await == body);
+}
+
 async fn audit_of(client: &Client, node: &str) -> v1::AuditScore {
     client
         .maintenance()

@@ -334,6 +334,9 @@ pub async fn run(cli: &Cli, a: &UpArgs) -> anyhow::Result<ExitCode> {
             let mut cmd = Command::new(&rebalancer_bin);
             cmd.args(["--gateway", &g])
                 .args(["--set", &format!("metrics.port={rebalancer_port}")])
+                // One rebalancer per data dir, under one name from run to run (its ports
+                // change): it takes back the leases of a predecessor that was killed.
+                .args(["--set", "holder=cyxcloud-up"])
                 .env("CYXCLOUD_ACCESS_KEY", &c.access_key)
                 .env("CYXCLOUD_SECRET_KEY", &c.secret_key)
                 .env("CYXCLOUD_CA_CERT", &ca);
