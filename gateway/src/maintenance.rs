@@ -367,13 +367,29 @@ impl MaintenanceService {
         let applied = write_tx!(self.gw.db, tx => {
             let mut applied = Vec::with_capacity(moves.len());
             for (index, hash, from, to) in &moves {
-                let n = tx
-                    .exec(
+                // A copy moved to another node counts only while this holder's grant still
+                // protects it there: once the grant has ended (committed, abandoned or expired)
+                // the copy may have been collected, and a late commit (the chunk deleted and
+                // written again meanwhile, say) must not name it. Found by gc_model.
+                let granted = from == to
+                    || tx
+                        .opt(
+                            "SELECT 1 FROM repair_targets WHERE chunk_id = $1 AND node_id = $2 \
+                             AND hash = $3 AND holder = $4",
+                            args![&key, to.as_str(), hash, holder.as_str()],
+                        )
+                        .await?
+                        .is_some();
+                let n = if granted {
+                    tx.exec(
                         "UPDATE shards SET node_id = $5, state = $6, audited_ms = $7 WHERE chunk_id = $1 \
                          AND idx = $2 AND node_id = $3 AND hash = $4",
                         args![&key, *index, from.as_str(), hash, to.as_str(), STORED, now_ms()],
                     )
-                    .await?;
+                    .await?
+                } else {
+                    0
+                };
                 if n > 0 {
                     tx.exec(
                         "DELETE FROM shard_challenges WHERE chunk_id = $1 AND idx = $2",

@@ -578,3 +578,35 @@ fn a_shorter_second_grant_does_not_expose_the_first_grants_copy() {
     ])
     .unwrap();
 }
+
+/// Found by the model in CI: a repair committed after its grant had ended (the same holder's
+/// second repair of the chunk committed first and released both) named a copy that the file's
+/// deletion had since collected, once the same content was written again (same chunk, same
+/// placement).
+#[test]
+fn a_repair_committed_after_its_grant_ended_does_not_name_a_collected_copy() {
+    run(&[
+        Step::Write {
+            file: 1,
+            seed: 1,
+            pending: true,
+        },
+        Step::Repair {
+            crash: false,
+            later: true,
+        },
+        Step::Repair {
+            crash: false,
+            later: false,
+        },
+        Step::Delete { file: 1 },
+        Step::Heartbeat { node: 3 },
+        Step::Write {
+            file: 0,
+            seed: 1,
+            pending: false,
+        },
+        Step::CommitRepairs,
+    ])
+    .unwrap();
+}
