@@ -21,10 +21,6 @@ pub async fn http_get_with(
 
 /// The Control endpoint for a gateway URL (`CYXCLOUD_GRPC_ADDRESS` wins).
 pub async fn grpc_address(gateway: &str, ca_pem: Option<&[u8]>) -> anyhow::Result<String> {
-    if let Ok(addr) = std::env::var("CYXCLOUD_GRPC_ADDRESS")
-        && !addr.is_empty()
-    {
-        return Ok(addr);
-    }
-    Ok(cyxcloud_client::discover::grpc_address(gateway, ca_pem).await?)
+    let explicit = std::env::var("CYXCLOUD_GRPC_ADDRESS").ok();
+    Ok(cyxcloud_client::discover::control_address(gateway, explicit.as_deref(), ca_pem).await?)
 }

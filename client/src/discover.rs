@@ -145,6 +145,20 @@ fn dechunk(mut b: &str) -> String {
     out
 }
 
+/// The Control endpoint to use: `explicit` when given (an address configured by the user,
+/// e.g. `CYXCLOUD_GRPC_ADDRESS`), else the one the gateway at `gateway` names
+/// ([`grpc_address`]).
+pub async fn control_address(
+    gateway: &str,
+    explicit: Option<&str>,
+    ca_pem: Option<&[u8]>,
+) -> Result<String> {
+    match explicit.filter(|a| !a.is_empty()) {
+        Some(a) => Ok(a.to_string()),
+        None => grpc_address(gateway, ca_pem).await,
+    }
+}
+
 /// The Control endpoint of the gateway whose HTTP URL is `gateway` (its `/api/info`). The
 /// gateway may report a wildcard bind address: the answer keeps the host used to reach it.
 pub async fn grpc_address(gateway: &str, ca_pem: Option<&[u8]>) -> Result<String> {
@@ -175,7 +189,22 @@ pub async fn grpc_address(gateway: &str, ca_pem: Option<&[u8]>) -> Result<String
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{control_address, parse};
+
+    #[tokio::test]
+    async fn an_explicit_control_address_wins_and_an_empty_one_does_not() {
+        // Port 9 (discard) on loopback: nothing answers, so discovery fails.
+        let gw = "http://127.0.0.1:9";
+        assert_eq!(
+            control_address(gw, Some("http://10.1.2.3:50051"), None)
+                .await
+                .unwrap(),
+            "http://10.1.2.3:50051"
+        );
+        let e = control_address(gw, Some(""), None).await.unwrap_err();
+        assert!(e.is_unavailable(), "{e}");
+        assert!(control_address(gw, None, None).await.is_err());
+    }
 
     #[test]
     fn urls_parse() {

@@ -14,6 +14,10 @@ pub enum ClientError {
     },
     #[error("cannot connect to {address}: {reason}")]
     Connect { address: String, reason: String },
+    /// The gateway did not answer (unreachable, timed out, or failed a moment ago and not
+    /// tried again yet): the caller may work offline and retry later.
+    #[error("the gateway is unreachable: {0}")]
+    Offline(String),
     #[error("invalid gateway address {0:?}")]
     BadAddress(String),
     #[error("chunk {chunk}: only {stored} of {needed} shards stored ({detail})")]
@@ -56,7 +60,7 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Rpc { code, .. } => Some(*code),
-            ClientError::Connect { .. } => Some(ErrorCode::Unavailable),
+            ClientError::Connect { .. } | ClientError::Offline(_) => Some(ErrorCode::Unavailable),
             ClientError::NotEnoughShards { .. } => Some(ErrorCode::Unavailable),
             ClientError::Unrecoverable { .. } => Some(ErrorCode::Unrecoverable),
             ClientError::KeyRequired => Some(ErrorCode::PermissionDenied),
@@ -67,6 +71,53 @@ impl ClientError {
     pub fn is_not_found(&self) -> bool {
         self.code() == Some(ErrorCode::NotFound)
     }
+
+    /// The gateway could not be reached (as opposed to an answer refusing the call): worth
+    /// retrying, and a reason to work offline meanwhile.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Offline(_)
+                | ClientError::Connect { .. }
+                | ClientError::Rpc {
+                    code: ErrorCode::Unavailable,
+                    ..
+                }
+        )
+    }
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_is_told_apart_from_refused() {
+        let rpc = |code| ClientError::Rpc {
+            op: "x",
+            code,
+            message: String::new(),
+            retryable: false,
+        };
+        for e in [
+            ClientError::Offline("no answer".into()),
+            ClientError::Connect {
+                address: "a".into(),
+                reason: "refused".into(),
+            },
+            rpc(ErrorCode::Unavailable),
+        ] {
+            assert!(e.is_unavailable(), "{e}");
+            assert_eq!(e.code(), Some(ErrorCode::Unavailable), "{e}");
+        }
+        for e in [
+            rpc(ErrorCode::NotFound),
+            rpc(ErrorCode::PermissionDenied),
+            ClientError::Protocol("bad".into()),
+        ] {
+            assert!(!e.is_unavailable(), "{e}");
+        }
+    }
+}

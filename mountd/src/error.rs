@@ -81,19 +81,12 @@ impl Error {
 
     /// The gateway could not be reached (as opposed to answering with an error).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Offline(_))
-            || matches!(
-                self,
-                Error::Client(ClientError::Connect { .. })
-                    | Error::Remote {
-                        code: ErrorCode::Unavailable,
-                        ..
-                    }
-                    | Error::Client(ClientError::Rpc {
-                        code: ErrorCode::Unavailable,
-                        ..
-                    })
-            )
+        match self {
+            Error::Offline(_) => true,
+            Error::Client(c) => c.is_unavailable(),
+            Error::Remote { code, .. } => *code == ErrorCode::Unavailable,
+            _ => false,
+        }
     }
 
     pub fn is_not_found(&self) -> bool {

@@ -96,12 +96,13 @@ impl Remote {
     }
 
     async fn connect(&self) -> Result<Client> {
-        let address = match &self.grpc_address {
-            Some(a) => a.clone(),
-            None => cyxcloud_client::discover::grpc_address(&self.gateway, self.ca_pem.as_deref())
-                .await
-                .map_err(|e| Error::Offline(e.to_string()))?,
-        };
+        let address = cyxcloud_client::discover::control_address(
+            &self.gateway,
+            self.grpc_address.as_deref(),
+            self.ca_pem.as_deref(),
+        )
+        .await
+        .map_err(|e| Error::Offline(e.to_string()))?;
         let mut cc = ClientConfig::new(address, &self.access_key, &self.secret_key);
         cc.ca_pem = self.ca_pem.clone();
         cc.connect_timeout = Duration::from_secs(3);
