@@ -56,13 +56,12 @@ pub struct Layout {
     pub chunks: Vec<v1::ChunkLayout>,
 }
 
-/// Whether any node token of `chunks` expires within [`TOKEN_MARGIN_SECS`]: a layout kept for
-/// later reads (a cache, a slow stream) must be fetched again before it is used.
-fn tokens_expire_soon(chunks: &[v1::ChunkLayout]) -> bool {
+/// Whether any node token of chunk `c` expires within [`TOKEN_MARGIN_SECS`]: its layout must
+/// be fetched again before it is used.
+fn tokens_expire_soon(c: &v1::ChunkLayout) -> bool {
     let soon = unix_now() as u64 + TOKEN_MARGIN_SECS;
-    chunks
+    c.shards
         .iter()
-        .flat_map(|c| &c.shards)
         .any(|s| cyxcloud_core::token::expires_at(&s.token).is_some_and(|at| at <= soon))
 }
 
@@ -150,7 +149,7 @@ impl Client {
     /// must still hold the same chunk there; if it was overwritten meanwhile the read fails
     /// (`Conflict`) rather than splice two versions.
     async fn fresh_tokens(&self, entry: u64, c: v1::ChunkLayout) -> Result<v1::ChunkLayout> {
-        if !tokens_expire_soon(std::slice::from_ref(&c)) || entry == 0 {
+        if !tokens_expire_soon(&c) || entry == 0 {
             return Ok(c);
         }
         let Some(info) = c.info.as_ref() else {
